@@ -1,0 +1,55 @@
+# paddle_qwen2 developer entry points. `make test` is what CI runs (.ci/run).
+PY     ?= python3
+VENV   ?= .venv
+VENV26 ?= .venv26
+
+# CPU threading defaults for test/bench runs; only applied when not already set.
+OMP_NUM_THREADS    ?= 2
+MKL_DEBUG_CPU_TYPE ?= 5
+export OMP_NUM_THREADS MKL_DEBUG_CPU_TYPE
+
+.PHONY: all venv venv26 test test-paddle26 demo bench clean distclean
+
+all: test
+
+venv: $(VENV)/.installed
+venv26: $(VENV26)/.installed
+
+# Main venv (paddlepaddle 3.3.1). requirements-test.txt is installed second on
+# purpose: it overrides huggingface_hub for transformers (see the file's header).
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
+	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -r requirements.txt
+	$(VENV)/bin/python -m pip install -r requirements-test.txt
+	$(VENV)/bin/python -m pip install -e . --no-deps
+	touch $@
+
+# Parity venv (paddlepaddle 2.6.2, otherwise the same pins).
+$(VENV26)/.installed: requirements-paddle26.txt requirements-test.txt pyproject.toml
+	test -x $(VENV26)/bin/python || $(PY) -m venv $(VENV26)
+	$(VENV26)/bin/python -m pip install -r requirements-paddle26.txt
+	$(VENV26)/bin/python -m pip install -r requirements-test.txt
+	$(VENV26)/bin/python -m pip install -e . --no-deps
+	touch $@
+
+test: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q tests
+	$(MAKE) test-paddle26
+
+test-paddle26: $(VENV26)/.installed
+	$(VENV26)/bin/python -m pytest -q -m paddle26 tests
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/python examples/demo.py
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/run_all.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache
+	find . -path ./$(VENV) -prune -o -path ./$(VENV26) -prune -o \
+	    -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Also removes both venvs (they are rebuilt from the pinned requirements on demand).
+distclean: clean
+	rm -rf $(VENV) $(VENV26)

@@ -1,0 +1,1364 @@
+"""Qwen2 / Qwen2.5 in PaddlePaddle, numerically faithful to HuggingFace transformers 4.57.
+
+Tensor layout: activations are `[batch, seq, hidden]`; attention works in `[batch, seq, heads, head_dim]`
+(Paddle's flash / SDPA layout) and the KV cache keeps that layout, one `(key, value)` tuple per layer.
+Linear weights are stored Paddle-style as `[in_features, out_features]` (HF's transposed).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from functools import partial
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle import Tensor, nn
+from paddle.distributed import fleet
+from paddle.distributed.fleet.utils import recompute
+from paddlenlp.transformers.activations import ACT2FN
+from paddlenlp.transformers.conversion_utils import StateDictNameMapping
+from paddlenlp.transformers.model_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    ModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
+from paddlenlp.transformers.model_utils import PretrainedModel, register_base_model
+
+from .configuration import Qwen2Config
+
+__all__ = [
+    "get_triangle_upper_mask",
+    "assign_kv_heads",
+    "parallel_matmul",
+    "scaled_dot_product_attention",
+    "masked_fill",
+    "is_casual_mask",
+    "_make_causal_mask",
+    "_expand_2d_mask",
+    "repeat_kv",
+    "rotate_half",
+    "apply_rotary_pos_emb",
+    "Qwen2RMSNorm",
+    "Qwen2RotaryEmbedding",
+    "Qwen2MLP",
+    "Qwen2Attention",
+    "Qwen2DecoderLayer",
+    "Qwen2PretrainedModel",
+    "Qwen2Model",
+    "Qwen2LMHead",
+    "Qwen2PretrainingCriterion",
+    "Qwen2ForCausalLM",
+    "Qwen2ForSequenceClassification",
+    "Qwen2ForTokenClassification",
+    "Qwen2ForQuestionAnswering",
+    "Qwen2SentenceEmbedding",
+    "Qwen2SentenceEmbeddingOutput",
+]
+
+KVCache = Tuple[Tensor, Tensor]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tensor-parallel helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _mp_group_world_size() -> int:
+    """Size of the model-parallel group of the current fleet job (1 outside fleet)."""
+    try:
+        hcg = fleet.get_hybrid_communicate_group()
+    except Exception:  # fleet not initialised
+        return 1
+    return hcg.get_model_parallel_world_size() if hcg is not None else 1
+
+
+def assign_kv_heads(num_kv_heads: int, num_gpus: int) -> List[List[int]]:
+    """Which key/value heads each tensor-parallel rank holds.
+
+    Returns a list with one entry per rank, each the list of kv-head indices that rank computes.
+    With at least as many kv heads as ranks the heads are split evenly (`[[0, 1], [2, 3]]` for 4 heads
+    on 2 ranks); with fewer kv heads than ranks each head is replicated on `num_gpus // num_kv_heads`
+    consecutive ranks (`[[0], [0], [1], [1]]` for 2 heads on 4 ranks).
+    """
+    if num_kv_heads <= 0 or num_gpus <= 0:
+        raise ValueError(f"num_kv_heads ({num_kv_heads}) and num_gpus ({num_gpus}) must be positive")
+    if num_kv_heads >= num_gpus:
+        if num_kv_heads % num_gpus != 0:
+            raise ValueError(f"num_key_value_heads ({num_kv_heads}) must be divisible by the TP degree ({num_gpus})")
+        per_rank = num_kv_heads // num_gpus
+        return [list(range(rank * per_rank, (rank + 1) * per_rank)) for rank in range(num_gpus)]
+    if num_gpus % num_kv_heads != 0:
+        raise ValueError(
+            f"the TP degree ({num_gpus}) must be a multiple of num_key_value_heads ({num_kv_heads}) "
+            "to replicate kv heads across ranks"
+        )
+    replicas = num_gpus // num_kv_heads
+    return [[rank // replicas] for rank in range(num_gpus)]
+
+
+def parallel_matmul(x: Tensor, y: Tensor, transpose_y: bool = False, tensor_parallel_output: bool = True) -> Tensor:
+    """`x @ y` where `y` may be a vocabulary shard of a tensor-parallel LM head.
+
+    x: `[batch, seq, hidden]`; y: `[hidden, vocab(/tp)]` (or `[vocab(/tp), hidden]` with `transpose_y`).
+    Under tensor parallelism the input is marked for the backward all-reduce and, unless
+    `tensor_parallel_output`, the per-rank logits are gathered to the full vocabulary.
+    """
+    is_split = getattr(y, "is_distributed", False) and _mp_group_world_size() > 1
+    if not is_split:
+        return paddle.matmul(x, y, transpose_y=transpose_y)
+    from paddle.distributed.fleet.layers.mpu import mp_ops
+
+    group = fleet.get_hybrid_communicate_group().get_model_parallel_group()
+    x = mp_ops._c_identity(x, group=group)
+    logits = paddle.matmul(x, y, transpose_y=transpose_y)
+    if tensor_parallel_output:
+        return logits
+    return mp_ops._c_concat(logits, group=group)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Masks. Boolean masks are True where attention is allowed; additive masks hold 0 there and the dtype's
+# lowest finite value elsewhere (as HF's eager attention does).
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _dtype_min(dtype) -> float:
+    """Lowest finite value of a float dtype (paddle dtype or string)."""
+    name = str(dtype).split(".")[-1]
+    if name in ("bfloat16", "uint16"):
+        return -3.3895313892515355e38
+    if name == "float16":
+        return float(np.finfo(np.float16).min)
+    if name == "float64":
+        return float(np.finfo(np.float64).min)
+    return float(np.finfo(np.float32).min)
+
+
+def masked_fill(x: Tensor, mask: Tensor, value: float) -> Tensor:
+    """Return `x` with `value` wherever the boolean `mask` (broadcast to `x`) is True.
+
+    Half-precision inputs go through float32 (Paddle's CPU `where` has no bf16/fp16 kernel)."""
+    if x.dtype in (paddle.bfloat16, paddle.float16):
+        return masked_fill(x.astype("float32"), mask, value).astype(x.dtype)
+    return paddle.where(mask, paddle.full([], value, dtype=x.dtype), x)
+
+
+def _additive_mask(allowed: Tensor, dtype) -> Tensor:
+    """Boolean mask (True = attend) -> additive mask in `dtype`: 0 where allowed, the dtype's minimum elsewhere."""
+    return masked_fill(paddle.zeros(allowed.shape, "float32"), paddle.logical_not(allowed), _dtype_min(dtype)).astype(dtype)
+
+
+def get_triangle_upper_mask(x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """Additive causal mask for attention scores `x` of shape `[..., q_len, kv_len]`.
+
+    Positions above the (bottom-right aligned) diagonal get the dtype's lowest value, the rest 0. A given
+    `mask` is returned unchanged, so callers can write `mask = get_triangle_upper_mask(scores, mask)`.
+    """
+    if mask is not None:
+        return mask
+    q_len, kv_len = x.shape[-2], x.shape[-1]
+    return _additive_mask(_make_causal_mask([1, q_len], past_key_values_length=kv_len - q_len)[0, 0], x.dtype)
+
+
+def _make_causal_mask(
+    input_ids_shape, past_key_values_length: int = 0, sliding_window: Optional[int] = None
+) -> Tensor:
+    """Boolean causal mask `[batch, 1, q_len, past + q_len]` for queries placed after `past` cached tokens.
+
+    Query `i` sits at absolute position `past + i` and may see keys `j <= past + i`; with a
+    `sliding_window` only keys `j > past + i - sliding_window` (HF 4.57 sliding-window semantics).
+    """
+    batch_size, q_len = input_ids_shape[0], input_ids_shape[1]
+    kv_len = past_key_values_length + q_len
+    q_pos = paddle.arange(past_key_values_length, kv_len, dtype="int64").unsqueeze(-1)
+    kv_pos = paddle.arange(kv_len, dtype="int64").unsqueeze(0)
+    allowed = kv_pos <= q_pos
+    if sliding_window is not None:
+        allowed = paddle.logical_and(allowed, kv_pos > q_pos - sliding_window)
+    return allowed.unsqueeze([0, 1]).expand([batch_size, 1, q_len, kv_len])
+
+
+def _expand_2d_mask(mask: Tensor, dtype, tgt_length: int) -> Tensor:
+    """Padding mask `[batch, kv_len]` (1 = token, 0 = pad) -> boolean `[batch, 1, tgt_length, kv_len]`.
+
+    `dtype` is accepted for signature compatibility with PaddleNLP; the result is boolean.
+    """
+    batch_size, src_length = mask.shape[0], mask.shape[-1]
+    return mask.astype("bool").unsqueeze([1, 2]).expand([batch_size, 1, tgt_length, src_length])
+
+
+def is_casual_mask(attention_mask: Optional[Tensor]) -> bool:
+    """True when a 4D boolean/additive mask `[batch, 1, q, kv]` is exactly the plain causal mask
+    (no padding, no window), i.e. a kernel may use `is_causal=True` instead of the mask."""
+    if attention_mask is None:
+        return True
+    q_len, kv_len = attention_mask.shape[-2], attention_mask.shape[-1]
+    allowed = attention_mask if attention_mask.dtype == paddle.bool else attention_mask == 0
+    causal = _make_causal_mask([1, q_len], kv_len - q_len)
+    return bool(paddle.all(allowed == causal).item())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Qwen2RMSNorm(nn.Layer):
+    """RMSNorm: `weight * x / sqrt(mean(x^2) + eps)`, the variance taken in float32 and the result cast
+    back to the input dtype before the weight is applied (as HF does). Input/output `[..., hidden]`."""
+
+    def __init__(self, config_or_hidden_size: Union[Qwen2Config, int], eps: Optional[float] = None):
+        super().__init__()
+        if isinstance(config_or_hidden_size, int):
+            hidden_size, self.variance_epsilon = config_or_hidden_size, 1e-6 if eps is None else eps
+        else:
+            hidden_size = config_or_hidden_size.hidden_size
+            self.variance_epsilon = config_or_hidden_size.rms_norm_eps if eps is None else eps
+        self.hidden_size = hidden_size
+        self.weight = self.create_parameter(
+            shape=[hidden_size], dtype=paddle.get_default_dtype(), default_initializer=nn.initializer.Constant(1.0)
+        )
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.astype("float32")
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = paddle.rsqrt(variance + self.variance_epsilon) * hidden_states
+        return self.weight * hidden_states.astype(input_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.hidden_size}, eps={self.variance_epsilon}"
+
+
+def _rope_inv_freq(config: Qwen2Config, seq_len: Optional[int] = None) -> Tuple[np.ndarray, float]:
+    """Inverse frequencies `[head_dim // 2]` (float32) and the cos/sin scale for `config.rope_scaling`."""
+    base, dim = float(config.rope_theta), config.attention_head_dim
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    scaling = config.rope_scaling or {"rope_type": "default"}
+    rope_type = scaling["rope_type"]
+    if rope_type == "default":
+        return (1.0 / (np.float32(base) ** exponents)).astype(np.float32), 1.0
+    if rope_type == "linear":
+        return (1.0 / (np.float32(base) ** exponents) / np.float32(scaling["factor"])).astype(np.float32), 1.0
+    if rope_type == "dynamic":
+        max_pos, factor = config.max_position_embeddings, scaling["factor"]
+        seq_len = max_pos if seq_len is None else max(seq_len, max_pos)
+        base = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+        return (1.0 / (np.float32(base) ** exponents)).astype(np.float32), 1.0
+    return _yarn_inv_freq(scaling, base, dim, config.max_position_embeddings, exponents)
+
+
+def _yarn_inv_freq(scaling: dict, base: float, dim: int, max_pos: int, exponents: np.ndarray) -> Tuple[np.ndarray, float]:
+    """YaRN: blend interpolated and extrapolated frequencies with a linear ramp; scale cos/sin by mscale."""
+    factor = scaling["factor"]
+    original_max_pos = scaling.get("original_max_position_embeddings") or max_pos
+
+    def mscale_of(scale: float, mscale: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
+        if mscale and mscale_all_dim:
+            attention_factor = float(mscale_of(factor, mscale) / mscale_of(factor, mscale_all_dim))
+        else:
+            attention_factor = mscale_of(factor)
+    beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+
+    def correction_dim(num_rotations: float) -> float:
+        return (dim * math.log(original_max_pos / (num_rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1).astype(np.float32)
+    extrapolation_weight = 1 - ramp
+    pos_freqs = np.float32(base) ** exponents
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation_weight) + (1.0 / pos_freqs) * extrapolation_weight
+    return inv_freq.astype(np.float32), float(attention_factor)
+
+
+class Qwen2RotaryEmbedding(nn.Layer):
+    """Rotary position embedding with HF's rope types: default, linear, dynamic (NTK) and yarn.
+
+    `forward(x, position_ids)` returns `(cos, sin)`, each `[batch, seq, head_dim]` in `x.dtype`, computed
+    in float32 and multiplied by the rope type's attention scaling. Dynamic NTK re-derives its frequencies
+    when positions grow past the longest seen (and resets below `max_position_embeddings`), like HF.
+    """
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.config = config
+        self.rope_type = (config.rope_scaling or {}).get("rope_type", "default")
+        self.original_max_seq_len = self.max_seq_len_cached = config.max_position_embeddings
+        inv_freq, self.attention_scaling = _rope_inv_freq(config)
+        self.original_inv_freq = inv_freq
+        self.inv_freq = paddle.to_tensor(inv_freq)
+
+    def _dynamic_update(self, position_ids: Tensor) -> None:
+        seq_len = int(position_ids.max().item()) + 1
+        if seq_len > self.max_seq_len_cached:
+            inv_freq, self.attention_scaling = _rope_inv_freq(self.config, seq_len)
+            self.inv_freq = paddle.to_tensor(inv_freq)
+            self.max_seq_len_cached = seq_len
+        if seq_len < self.original_max_seq_len < self.max_seq_len_cached:
+            self.inv_freq = paddle.to_tensor(self.original_inv_freq)
+            self.max_seq_len_cached = self.original_max_seq_len
+
+    @paddle.no_grad()
+    def forward(self, x: Tensor, position_ids: Tensor) -> Tuple[Tensor, Tensor]:
+        if self.rope_type == "dynamic":
+            self._dynamic_update(position_ids)
+        freqs = position_ids.astype("float32").unsqueeze(-1) * self.inv_freq
+        emb = paddle.concat([freqs, freqs], axis=-1)
+        cos, sin = emb.cos(), emb.sin()
+        if self.attention_scaling != 1.0:
+            cos, sin = cos * self.attention_scaling, sin * self.attention_scaling
+        return cos.astype(x.dtype), sin.astype(x.dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """Rotate the two halves of the last dimension: `[x1, x2] -> [-x2, x1]`."""
+    x1, x2 = paddle.split(x, 2, axis=-1)
+    return paddle.concat([-x2, x1], axis=-1)
+
+
+def apply_rotary_pos_emb(
+    q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_ids: Optional[Tensor] = None, unsqueeze_dim: int = 2
+) -> Tuple[Tensor, Tensor]:
+    """Apply RoPE to `q` `[batch, seq, heads, head_dim]` and `k` `[batch, seq, kv_heads, head_dim]`.
+
+    `cos`/`sin` are `[batch, seq, head_dim]` (from `Qwen2RotaryEmbedding`); they are unsqueezed at
+    `unsqueeze_dim` to broadcast over heads (use 1 for the `[batch, heads, seq, head_dim]` layout).
+    If `position_ids` is given, `cos`/`sin` are tables `[max_pos, head_dim]` gathered at those positions.
+    """
+    if position_ids is not None:
+        cos, sin = paddle.gather(cos, position_ids.reshape([-1]), axis=0), paddle.gather(sin, position_ids.reshape([-1]), axis=0)
+        cos = cos.reshape(list(position_ids.shape) + [cos.shape[-1]])
+        sin = sin.reshape(list(position_ids.shape) + [sin.shape[-1]])
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    q_embed = q * cos + rotate_half(q) * sin
+    k_embed = k * cos + rotate_half(k) * sin
+    return q_embed, k_embed
+
+
+def repeat_kv(hidden_states: Tensor, n_rep: int) -> Tensor:
+    """`[batch, seq, kv_heads, head_dim]` -> `[batch, seq, kv_heads * n_rep, head_dim]`, each kv head
+    repeated `n_rep` times in place (head `h` serves query heads `h*n_rep ... h*n_rep + n_rep - 1`)."""
+    if n_rep == 1:
+        return hidden_states
+    batch, seq_len, kv_heads, head_dim = hidden_states.shape
+    hidden_states = hidden_states.unsqueeze(3).expand([batch, seq_len, kv_heads, n_rep, head_dim])
+    return hidden_states.reshape([batch, seq_len, kv_heads * n_rep, head_dim])
+
+
+def _sdpa_kernel_available() -> bool:
+    """Whether Paddle's fused attention kernel can run here (GPU flash attention, or CPU SDPA on Paddle 3)."""
+    if not hasattr(F, "scaled_dot_product_attention"):
+        return False
+    if paddle.is_compiled_with_cuda() and "gpu" in paddle.get_device():
+        return True
+    return int(paddle.__version__.split(".")[0]) >= 3
+
+
+_warned_no_kernel = False
+
+
+def scaled_dot_product_attention(
+    query_states: Tensor,
+    key_states: Tensor,
+    value_states: Tensor,
+    attention_mask: Optional[Tensor],
+    config: Qwen2Config,
+    output_attentions: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Attention core. q: `[batch, q_len, heads, head_dim]`; k, v: `[batch, kv_len, kv_heads, head_dim]`;
+    `attention_mask`: additive `[batch, 1, q_len, kv_len]` or None (plain causal).
+
+    Returns `([batch, q_len, heads * head_dim], attn_weights or None)`. The math path matches HF eager
+    (softmax in float32). With `config.use_flash_attention` Paddle's fused kernel is used where the device and
+    version support it (falling back to the math path otherwise); it cannot return attention weights.
+    """
+    global _warned_no_kernel
+    batch, q_len, num_heads, head_dim = query_states.shape
+    n_rep = num_heads // key_states.shape[2]
+    key_states, value_states = repeat_kv(key_states, n_rep), repeat_kv(value_states, n_rep)
+    scaling = head_dim**-0.5
+
+    use_kernel = config.use_flash_attention and not output_attentions
+    if use_kernel and not _sdpa_kernel_available():
+        if not _warned_no_kernel:
+            warnings.warn("use_flash_attention: no fused attention kernel on this device/Paddle; using the math path")
+            _warned_no_kernel = True
+        use_kernel = False
+    if use_kernel:
+        if attention_mask is None:
+            attention_mask = get_triangle_upper_mask(paddle.empty([1, 1, q_len, key_states.shape[1]], query_states.dtype))
+        out = F.scaled_dot_product_attention(
+            query_states, key_states, value_states, attn_mask=attention_mask, dropout_p=dropout, training=training
+        )
+        return out.reshape([batch, q_len, num_heads * head_dim]), None
+
+    q = query_states.transpose([0, 2, 1, 3])
+    k = key_states.transpose([0, 2, 1, 3])
+    v = value_states.transpose([0, 2, 1, 3])
+    scores = paddle.matmul(q, k, transpose_y=True) * scaling
+    scores = scores + get_triangle_upper_mask(scores, attention_mask)
+    weights = F.softmax(scores, axis=-1, dtype="float32").astype(q.dtype)
+    if dropout > 0.0 and training:
+        weights = F.dropout(weights, p=dropout, training=True)
+    out = paddle.matmul(weights, v).transpose([0, 2, 1, 3]).reshape([batch, q_len, num_heads * head_dim])
+    return out, (weights if output_attentions else None)
+
+
+def _parallel_linear(config: Qwen2Config, in_features: int, out_features: int, bias: bool, kind: str) -> nn.Layer:
+    """A Linear, or fleet's column/row parallel Linear (sequence-parallel variants with `sequence_parallel`).
+
+    `kind` is "column" (output dim split across ranks), "row" (input dim split) or "local" (not split).
+    """
+    if config.tensor_parallel_degree <= 1 or kind == "local":
+        return nn.Linear(in_features, out_features, bias_attr=None if bias else False)
+    if config.sequence_parallel:
+        from paddle.distributed.fleet.utils.sequence_parallel_utils import (
+            ColumnSequenceParallelLinear,
+            RowSequenceParallelLinear,
+        )
+
+        column_cls, row_cls = ColumnSequenceParallelLinear, RowSequenceParallelLinear
+    else:
+        column_cls, row_cls = fleet.meta_parallel.ColumnParallelLinear, fleet.meta_parallel.RowParallelLinear
+    if kind == "column":
+        return column_cls(in_features, out_features, has_bias=bias, gather_output=False)
+    return row_cls(in_features, out_features, has_bias=bias, input_is_parallel=True)
+
+
+class Qwen2MLP(nn.Layer):
+    """SwiGLU feed-forward: `down(act(gate(x)) * up(x))`, `[batch, seq, hidden] -> [batch, seq, hidden]`.
+
+    With `fuse_attention_ffn` gate and up are one projection `gate_up_fused_proj` (`[gate | up]` per rank).
+    """
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.hidden_size, self.intermediate_size = config.hidden_size, config.intermediate_size
+        self.fuse_attention_ffn = config.fuse_attention_ffn
+        if self.fuse_attention_ffn:
+            self.gate_up_fused_proj = _parallel_linear(config, self.hidden_size, 2 * self.intermediate_size, False, "column")
+        else:
+            self.gate_proj = _parallel_linear(config, self.hidden_size, self.intermediate_size, False, "column")
+            self.up_proj = _parallel_linear(config, self.hidden_size, self.intermediate_size, False, "column")
+        self.down_proj = _parallel_linear(config, self.intermediate_size, self.hidden_size, False, "row")
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fuse_attention_ffn:
+            gate, up = paddle.chunk(self.gate_up_fused_proj(x), 2, axis=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(self.act_fn(gate) * up)
+
+
+class Qwen2Attention(nn.Layer):
+    """Multi-head attention with grouped KV heads, bias on q/k/v only, RoPE, KV cache and (per layer) the
+    sliding window. `[batch, seq, hidden] -> [batch, seq, hidden]`.
+
+    Under tensor parallelism each rank holds `num_heads / tp` query heads and the kv heads given by
+    `assign_kv_heads` (replicated when there are fewer kv heads than ranks). With `fuse_attention_qkv`
+    q, k and v are one projection `qkv_proj` laid out `[q | k | v]` per rank.
+    """
+
+    def __init__(self, config: Qwen2Config, layer_idx: int = 0):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        self.hidden_size = config.hidden_size
+        self.head_dim = config.attention_head_dim
+        tp = config.tensor_parallel_degree
+        self.num_heads = config.num_attention_heads // tp
+        self.kv_heads_replicated = tp > 1 and config.num_key_value_heads < tp
+        if self.kv_heads_replicated:
+            self.kv_head_indices = assign_kv_heads(config.num_key_value_heads, tp)[config.tensor_parallel_rank]
+        else:
+            self.kv_head_indices = None
+        self.num_key_value_heads = 1 if self.kv_heads_replicated else config.num_key_value_heads // tp
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        self.attention_dropout = config.attention_dropout
+        self.sliding_window = config.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else None
+        self.fuse_attention_qkv = config.fuse_attention_qkv
+        q_size = config.num_attention_heads * self.head_dim
+        kv_size = config.num_key_value_heads * self.head_dim
+        kv_kind = "local" if self.kv_heads_replicated else "column"
+        if self.kv_heads_replicated:
+            kv_size = self.head_dim
+        if self.fuse_attention_qkv:
+            if self.kv_heads_replicated:
+                raise ValueError("fuse_attention_qkv needs num_key_value_heads >= tensor_parallel_degree")
+            self.qkv_proj = _parallel_linear(config, self.hidden_size, q_size + 2 * kv_size, True, "column")
+        else:
+            self.q_proj = _parallel_linear(config, self.hidden_size, q_size, True, "column")
+            self.k_proj = _parallel_linear(config, self.hidden_size, kv_size, True, kv_kind)
+            self.v_proj = _parallel_linear(config, self.hidden_size, kv_size, True, kv_kind)
+        self.o_proj = _parallel_linear(config, q_size, self.hidden_size, False, "row")
+        self.recompute_core_attn = config.recompute and config.recompute_granularity == "core_attn"
+
+    def _project_qkv(self, hidden_states: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        batch, seq_len = hidden_states.shape[0], hidden_states.shape[1]
+        if self.fuse_attention_qkv:
+            mixed = self.qkv_proj(hidden_states)
+            q_width = self.num_heads * self.head_dim
+            kv_width = self.num_key_value_heads * self.head_dim
+            query, key, value = paddle.split(mixed, [q_width, kv_width, kv_width], axis=-1)
+        else:
+            query, key, value = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        query = query.reshape([batch, seq_len, self.num_heads, self.head_dim])
+        key = key.reshape([batch, seq_len, self.num_key_value_heads, self.head_dim])
+        value = value.reshape([batch, seq_len, self.num_key_value_heads, self.head_dim])
+        return query, key, value
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        position_embeddings: Tuple[Tensor, Tensor],
+        attention_mask: Optional[Tensor] = None,
+        past_key_value: Optional[KVCache] = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor], Optional[KVCache]]:
+        """hidden_states `[batch, seq, hidden]`; position_embeddings `(cos, sin)` `[batch, seq, head_dim]`;
+        attention_mask additive `[batch, 1, seq, past + seq]`; past_key_value `(k, v)` `[batch, past, kv_heads, head_dim]`.
+        Returns `(output [batch, seq, hidden], attn_weights or None, (k, v) or None)`."""
+        query, key, value = self._project_qkv(hidden_states)
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        if past_key_value is not None:
+            key = paddle.concat([past_key_value[0], key], axis=1)
+            value = paddle.concat([past_key_value[1], value], axis=1)
+        present = (key, value) if use_cache else None
+
+        dropout = self.attention_dropout if self.training else 0.0
+        if self.recompute_core_attn and self.training and not hidden_states.stop_gradient:
+            attn_output, attn_weights = recompute(
+                scaled_dot_product_attention, query, key, value, attention_mask, self.config,
+                output_attentions, dropout, self.training, use_reentrant=self.config.recompute_use_reentrant,
+            )
+        else:
+            attn_output, attn_weights = scaled_dot_product_attention(
+                query, key, value, attention_mask, self.config, output_attentions, dropout, self.training
+            )
+        return self.o_proj(attn_output), attn_weights, present
+
+
+class Qwen2DecoderLayer(nn.Layer):
+    """Pre-norm block: `x + attn(norm(x))`, then `h + mlp(norm(h))`. `[batch, seq, hidden]` in and out."""
+
+    def __init__(self, config: Qwen2Config, layer_idx: int = 0):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        self.hidden_size = config.hidden_size
+        self.self_attn = Qwen2Attention(config, layer_idx)
+        self.mlp = Qwen2MLP(config)
+        self.input_layernorm = Qwen2RMSNorm(config)
+        self.post_attention_layernorm = Qwen2RMSNorm(config)
+        self.attention_type = config.layer_types[layer_idx]
+        no_recompute = config.no_recompute_layers or []
+        self.recompute_full_attn = (
+            config.recompute and config.recompute_granularity == "full_attn" and layer_idx not in no_recompute
+        )
+
+    def forward(
+        self,
+        hidden_states: Tensor,
+        position_embeddings: Tuple[Tensor, Tensor],
+        attention_mask: Optional[Tensor] = None,
+        past_key_value: Optional[KVCache] = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor], Optional[KVCache]]:
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        if self.recompute_full_attn and self.training and not hidden_states.stop_gradient:
+            attn_out, attn_weights, present = recompute(
+                self.self_attn, hidden_states, position_embeddings, attention_mask, past_key_value, use_cache,
+                output_attentions, use_reentrant=self.config.recompute_use_reentrant,
+            )
+        else:
+            attn_out, attn_weights, present = self.self_attn(
+                hidden_states, position_embeddings, attention_mask, past_key_value, use_cache, output_attentions
+            )
+        hidden_states = residual + attn_out
+        residual = hidden_states
+        hidden_states = residual + self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states, attn_weights, present
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretrained model base
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def create_custom_forward(module: nn.Layer):
+    """Wrap `module` in a plain function of positional inputs, as `recompute` expects."""
+
+    def custom_forward(*inputs):
+        return module(*inputs)
+
+    return custom_forward
+
+
+class Qwen2PretrainedModel(PretrainedModel):
+    """Base of every Qwen2 model: config class, weight init, HF name mapping and FLOP counts."""
+
+    config_class = Qwen2Config
+    base_model_prefix = "qwen2"
+    _keys_to_ignore_on_load_unexpected = [r"self_attn\.rotary_emb\.inv_freq"]
+    # HF's attribute holding the base model, per head (Qwen2ForQuestionAnswering keeps "transformer" for BC).
+    hf_base_model_prefix = "model"
+    # Extra HF -> Paddle entries of the head: (hf_name, paddle_name, action).
+    _hf_head_mappings: List[Tuple[str, str, Optional[str]]] = []
+
+    @classmethod
+    def _get_name_mappings(cls, config: Qwen2Config) -> List[StateDictNameMapping]:
+        """HF state-dict names -> this model's names. Every nn.Linear weight is transposed (HF stores
+        `[out, in]`, Paddle `[in, out]`); embeddings and norms are copied as they are."""
+        base = [["embed_tokens.weight", None], ["norm.weight", None]]
+        for i in range(config.num_hidden_layers):
+            prefix = f"layers.{i}."
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                base.append([f"{prefix}self_attn.{proj}.weight", "transpose"])
+                base.append([f"{prefix}self_attn.{proj}.bias", None])
+            base.append([f"{prefix}self_attn.o_proj.weight", "transpose"])
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                base.append([f"{prefix}mlp.{proj}.weight", "transpose"])
+            base.append([f"{prefix}input_layernorm.weight", None])
+            base.append([f"{prefix}post_attention_layernorm.weight", None])
+        if cls.base_model_class is cls:
+            rows = [(name, name, action) for name, action in base]
+        else:
+            rows = [(f"{cls.hf_base_model_prefix}.{name}", f"qwen2.{name}", action) for name, action in base]
+            rows += [tuple(row) for row in cls._hf_head_mappings if row[0] != "lm_head.weight" or not config.tie_word_embeddings]
+        return [StateDictNameMapping(hf, pd, action, index=i) for i, (hf, pd, action) in enumerate(rows)]
+
+    def _init_weights(self, layer: nn.Layer) -> None:
+        """Normal(0, initializer_range) for Linear and Embedding weights, zero biases, ones for RMSNorm."""
+        std = self.config.initializer_range
+        linear_types = (nn.Linear, fleet.meta_parallel.ColumnParallelLinear, fleet.meta_parallel.RowParallelLinear)
+        embedding_types = (nn.Embedding, fleet.meta_parallel.VocabParallelEmbedding)
+        if isinstance(layer, linear_types + embedding_types + (Qwen2LMHead,)):
+            if "weight" in layer._parameters:
+                with paddle.no_grad():
+                    layer.weight.set_value(paddle.normal(0.0, std, layer.weight.shape).astype(layer.weight.dtype))
+            if getattr(layer, "bias", None) is not None:
+                with paddle.no_grad():
+                    layer.bias.set_value(paddle.zeros_like(layer.bias))
+        elif isinstance(layer, Qwen2RMSNorm):
+            with paddle.no_grad():
+                layer.weight.set_value(paddle.ones_like(layer.weight))
+
+    def _get_model_flops(self, batch_size: int = 1, seq_length: Optional[int] = None, **_) -> float:
+        """Forward-pass FLOPs (2 per multiply-add) of `batch_size` sequences of `seq_length` tokens:
+        q/k/v/o and MLP matmuls, the attention score and value products, and the LM head."""
+        cfg = self.config
+        seq_length = seq_length or cfg.max_position_embeddings
+        head_dim = cfg.attention_head_dim
+        q_out, kv_out = cfg.num_attention_heads * head_dim, cfg.num_key_value_heads * head_dim
+        proj = cfg.hidden_size * (2 * q_out + 2 * kv_out) + 3 * cfg.hidden_size * cfg.intermediate_size
+        per_layer = 2 * seq_length * proj + 2 * 2 * seq_length * seq_length * q_out
+        lm_head = 2 * seq_length * cfg.hidden_size * cfg.vocab_size
+        return float(batch_size * (cfg.num_hidden_layers * per_layer + lm_head))
+
+    def _get_hardware_flops(self, batch_size: int = 1, seq_length: Optional[int] = None, **_) -> float:
+        """Training-step FLOPs (forward + 2x backward) including what recompute runs again."""
+        cfg = self.config
+        forward = self._get_model_flops(batch_size, seq_length)
+        if not cfg.recompute:
+            return 3 * forward
+        seq_length = seq_length or cfg.max_position_embeddings
+        layers_recomputed = cfg.num_hidden_layers - len(cfg.no_recompute_layers or [])
+        q_out = cfg.num_attention_heads * cfg.attention_head_dim
+        core = 2 * 2 * seq_length * seq_length * q_out * batch_size
+        lm_head = 2 * seq_length * cfg.hidden_size * cfg.vocab_size * batch_size
+        per_layer = (forward - lm_head) / cfg.num_hidden_layers
+        extra = {"full": per_layer, "full_attn": per_layer - 2 * seq_length * 3 * cfg.hidden_size * cfg.intermediate_size * batch_size, "core_attn": core}
+        return 3 * forward + layers_recomputed * extra[cfg.recompute_granularity]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Base model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_attention_mask(attention_mask: Tensor, batch: int, q_len: int, kv_len: int) -> None:
+    shape = list(attention_mask.shape)
+    if attention_mask.ndim == 2 and shape == [batch, kv_len]:
+        return
+    if attention_mask.ndim == 4 and shape[0] in (1, batch) and shape[1] == 1 and shape[2:] == [q_len, kv_len]:
+        return
+    raise ValueError(
+        f"attention_mask has shape {shape}; expected [batch, past + seq] = [{batch}, {kv_len}] "
+        f"or [batch, 1, seq, past + seq] = [{batch}, 1, {q_len}, {kv_len}]"
+    )
+
+
+@register_base_model
+class Qwen2Model(Qwen2PretrainedModel):
+    """Embeddings, decoder layers and the final norm. Returns `last_hidden_state` `[batch, seq, hidden]`,
+    optionally `hidden_states` (embedding output first, final-norm output last: `num_hidden_layers + 1`
+    entries, as HF), `attentions` and `past_key_values`."""
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.hidden_size = config.hidden_size
+        tp = config.tensor_parallel_degree
+        if tp > 1 and config.vocab_size % tp == 0:
+            self.embed_tokens = fleet.meta_parallel.VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        else:
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.LayerList([Qwen2DecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = Qwen2RMSNorm(config)
+        self.rotary_emb = Qwen2RotaryEmbedding(config)
+        self.no_recompute_layers = config.no_recompute_layers or []
+        self.has_sliding_layers = "sliding_attention" in config.layer_types
+
+    def get_input_embeddings(self) -> nn.Layer:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Layer) -> None:
+        self.embed_tokens = value
+
+    @staticmethod
+    def _prepare_decoder_attention_mask(
+        attention_mask: Optional[Tensor],
+        input_shape,
+        past_key_values_length: int,
+        dtype,
+        sliding_window: Optional[int] = None,
+    ) -> Optional[Tensor]:
+        """Additive mask `[batch, 1, seq, past + seq]` combining causality (offset by the cache), padding
+        (2D `attention_mask` `[batch, past + seq]`, 1 = token) and an optional sliding window.
+
+        A 4D `attention_mask` is taken as given (boolean: True = attend; float: additive). Returns None when
+        nothing is masked beyond plain causality and no window applies (the kernel's causal path).
+        """
+        if attention_mask is not None and attention_mask.ndim == 4:
+            if attention_mask.dtype == paddle.bool:
+                return _additive_mask(attention_mask, dtype)
+            return attention_mask.astype(dtype)
+        allowed = _make_causal_mask(input_shape, past_key_values_length, sliding_window)
+        if attention_mask is not None:
+            allowed = paddle.logical_and(allowed, _expand_2d_mask(attention_mask, dtype, input_shape[1]))
+        return _additive_mask(allowed, dtype)
+
+    def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, past_length):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+        batch, seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        if input_ids is not None and input_ids.numel() > 0:
+            low, high = int(input_ids.min().item()), int(input_ids.max().item())
+            if low < 0 or high >= self.vocab_size:
+                bad = low if low < 0 else high
+                raise ValueError(f"input_ids contain token id {bad}, outside the vocabulary [0, {self.vocab_size})")
+        total = past_length + seq_len
+        if total > self.config.max_position_embeddings and self.config.rope_scaling is None:
+            raise ValueError(
+                f"sequence length {total} (past {past_length} + new {seq_len}) exceeds max_position_embeddings "
+                f"({self.config.max_position_embeddings}) and the config has no rope_scaling"
+            )
+        if attention_mask is not None:
+            _check_attention_mask(attention_mask, batch, seq_len, total)
+        return batch, seq_len
+
+    def recompute_training_full(self, layer_module: nn.Layer, hidden_states: Tensor, *args) -> Tuple:
+        """Run one decoder layer under activation recompute (granularity "full")."""
+        return recompute(
+            create_custom_forward(layer_module), hidden_states, *args, use_reentrant=self.config.recompute_use_reentrant
+        )
+
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        use_cache: Optional[bool] = None,
+        past_key_values: Optional[Tuple[KVCache, ...]] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[Tuple, BaseModelOutputWithPast]:
+        """input_ids `[batch, seq]` (or inputs_embeds `[batch, seq, hidden]`); attention_mask `[batch, past + seq]`
+        (1 = token, 0 = padding) or a 4D mask; position_ids `[batch, seq]` (default `past .. past + seq - 1`)."""
+        cfg = self.config
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        use_cache = cfg.use_cache if use_cache is None else use_cache
+        return_dict = cfg.use_return_dict if return_dict is None else return_dict
+
+        past_length = past_key_values[0][0].shape[1] if past_key_values is not None else 0
+        batch, seq_len = self._validate_inputs(input_ids, inputs_embeds, attention_mask, past_length)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if position_ids is None:
+            position_ids = paddle.arange(past_length, past_length + seq_len, dtype="int64").unsqueeze(0).expand([batch, seq_len])
+
+        masks = {
+            "full_attention": self._prepare_decoder_attention_mask(
+                attention_mask, [batch, seq_len], past_length, inputs_embeds.dtype
+            )
+        }
+        if self.has_sliding_layers:
+            masks["sliding_attention"] = self._prepare_decoder_attention_mask(
+                attention_mask, [batch, seq_len], past_length, inputs_embeds.dtype, cfg.sliding_window
+            )
+
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        next_cache = () if use_cache else None
+        for idx, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            past = past_key_values[idx] if past_key_values is not None else None
+            args = (position_embeddings, masks[layer.attention_type], past, use_cache, output_attentions)
+            if (
+                cfg.recompute
+                and cfg.recompute_granularity == "full"
+                and idx not in self.no_recompute_layers
+                and self.training
+                and not hidden_states.stop_gradient
+            ):
+                hidden_states, attn_weights, present = self.recompute_training_full(layer, hidden_states, *args)
+            else:
+                hidden_states, attn_weights, present = layer(hidden_states, *args)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+            if use_cache:
+                next_cache += (present,)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+
+        if not return_dict:
+            return tuple(v for v in (hidden_states, next_cache, all_hidden_states, all_attentions) if v is not None)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=next_cache,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Heads
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Qwen2LMHead(nn.Layer):
+    """Vocabulary projection `[batch, seq, hidden] -> [batch, seq, vocab]` (or this rank's vocab shard).
+
+    Untied: its own `weight` `[hidden, vocab]`. Tied (`tied_embedding` given): the embedding matrix
+    `[vocab, hidden]` used transposed; it is read from the embedding layer at call time and not registered
+    a second time, so the state dict holds it once (as HF's does).
+    """
+
+    def __init__(self, config: Qwen2Config, tied_embedding: Optional[nn.Layer] = None):
+        super().__init__()
+        self.config = config
+        tp = config.tensor_parallel_degree
+        vocab_size = config.vocab_size // tp if tp > 1 and config.vocab_size % tp == 0 else config.vocab_size
+        self.transpose_y = tied_embedding is not None
+        object.__setattr__(self, "tied_embedding", tied_embedding)  # a reference, not a sublayer
+        if tied_embedding is None:
+            self.weight = self.create_parameter(
+                shape=[config.hidden_size, vocab_size],
+                dtype=paddle.get_default_dtype(),
+                default_initializer=nn.initializer.Normal(0.0, config.initializer_range),
+            )
+            self.weight.is_distributed = vocab_size != config.vocab_size
+            if self.weight.is_distributed:
+                self.weight.split_axis = 1
+
+    @property
+    def projection(self) -> Tensor:
+        """The matrix used: own weight `[hidden, vocab]` or the tied embedding `[vocab, hidden]`."""
+        return self.tied_embedding.weight if self.tied_embedding is not None else self.weight
+
+    def forward(self, hidden_states: Tensor, tensor_parallel_output: Optional[bool] = None) -> Tensor:
+        if tensor_parallel_output is None:
+            tensor_parallel_output = self.config.tensor_parallel_output
+        return parallel_matmul(hidden_states, self.projection, self.transpose_y, tensor_parallel_output)
+
+
+class Qwen2PretrainingCriterion(nn.Layer):
+    """Next-token cross entropy. `prediction_scores` `[batch, seq, vocab(/tp)]` and `masked_lm_labels`
+    `[batch, seq]` are aligned with the inputs (HF convention: labels = input_ids); the criterion shifts
+    them. The loss is the mean over label tokens that are not `ignore_index` (-100), computed in float32;
+    with no such token it is 0. Vocabulary-split logits use fleet's `ParallelCrossEntropy`."""
+
+    def __init__(self, config: Qwen2Config, ignore_index: int = -100):
+        super().__init__()
+        self.config = config
+        self.ignore_index = ignore_index
+        self.enable_parallel_cross_entropy = config.tensor_parallel_degree > 1 and config.tensor_parallel_output
+        if self.enable_parallel_cross_entropy:
+            self.loss_func = fleet.meta_parallel.ParallelCrossEntropy(ignore_index=ignore_index)
+        else:
+            self.loss_func = nn.CrossEntropyLoss(reduction="none", ignore_index=ignore_index)
+
+    def forward(self, prediction_scores: Tensor, masked_lm_labels: Tensor) -> Tensor:
+        logits = prediction_scores[:, :-1, :].astype("float32")
+        labels = masked_lm_labels[:, 1:]
+        token_loss = self.loss_func(logits, labels.unsqueeze(-1)).squeeze(-1)
+        valid = (labels != self.ignore_index).astype("float32")
+        count = valid.sum()
+        return (token_loss * valid).sum() / paddle.maximum(count, paddle.ones_like(count))
+
+
+class Qwen2ForCausalLM(Qwen2PretrainedModel):
+    """Qwen2 with the LM head: logits `[batch, seq, vocab]`, loss from `labels` `[batch, seq]` (shifted
+    inside, -100 ignored), KV cache for paddlenlp's `generate` (greedy, sampling, beam search)."""
+
+    _tied_weights_keys = ["lm_head.weight"]
+    _hf_head_mappings = [("lm_head.weight", "lm_head.weight", "transpose")]
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__(config)
+        self.qwen2 = Qwen2Model(config)
+        if config.tie_word_embeddings:
+            self.lm_head = Qwen2LMHead(config, tied_embedding=self.qwen2.embed_tokens)
+        else:
+            self.lm_head = Qwen2LMHead(config)
+        self.criterion = Qwen2PretrainingCriterion(config)
+
+    def get_input_embeddings(self) -> nn.Layer:
+        return self.qwen2.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Layer) -> None:
+        self.qwen2.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Layer:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Layer) -> None:
+        self.lm_head = new_embeddings
+
+    def get_decoder(self) -> Qwen2Model:
+        return self.qwen2
+
+    @staticmethod
+    def prepare_attention_mask_for_generation(input_ids: Tensor, pad_token_id, eos_token_id) -> Tensor:
+        """2D padding mask `[batch, seq]` (1 = token) for `generate` when the caller gave none: pad tokens
+        are masked only when the pad id differs from the eos id (else nothing is masked)."""
+        if pad_token_id is not None and pad_token_id != eos_token_id:
+            return (input_ids != pad_token_id).astype("int64")
+        return paddle.ones_like(input_ids, dtype="int64")
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: Tensor,
+        use_cache: bool = True,
+        past_key_values: Optional[Tuple[KVCache, ...]] = None,
+        attention_mask: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        **kwargs,
+    ) -> dict:
+        """Inputs of one decoding step. With a cache only the newest token is fed. Position ids follow the
+        padding mask like HF (`cumsum(mask) - 1`, pads at 1), so left-padded prompts start at position 0."""
+        if attention_mask is not None and attention_mask.ndim == 4:  # paddlenlp's additive [batch, 1, 1, seq]
+            attention_mask = (attention_mask.reshape([attention_mask.shape[0], -1]) == 0).astype("int64")
+        if position_ids is None and attention_mask is not None:
+            position_ids = attention_mask.astype("int64").cumsum(-1) - 1
+            position_ids = masked_fill(position_ids, attention_mask == 0, 1)
+        if past_key_values is not None:
+            input_ids = input_ids[:, -1:]
+        if position_ids is not None:
+            position_ids = position_ids[:, -input_ids.shape[1]:]
+        model_inputs = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None and past_key_values is None else {"input_ids": input_ids}
+        model_inputs.update(
+            {
+                "position_ids": position_ids,
+                "past_key_values": past_key_values,
+                "use_cache": use_cache,
+                "attention_mask": attention_mask,
+                "return_dict": True,
+            }
+        )
+        return model_inputs
+
+    @staticmethod
+    def update_model_kwargs_for_generation(outputs, model_kwargs: dict, is_encoder_decoder: bool = False) -> dict:
+        """Carry the new cache forward and extend the 2D attention mask (and explicit position ids) by one."""
+        if isinstance(outputs, ModelOutput):
+            model_kwargs["past_key_values"] = outputs.past_key_values
+        elif isinstance(outputs, tuple) and len(outputs) > 1 and not isinstance(outputs[1], paddle.Tensor):
+            model_kwargs["past_key_values"] = outputs[1]
+        model_kwargs.pop("cache", None)
+        attention_mask = model_kwargs.get("attention_mask")
+        if attention_mask is not None:
+            if attention_mask.ndim == 4:
+                attention_mask = (attention_mask.reshape([attention_mask.shape[0], -1]) == 0).astype("int64")
+            ones = paddle.ones([attention_mask.shape[0], 1], dtype=attention_mask.dtype)
+            model_kwargs["attention_mask"] = paddle.concat([attention_mask, ones], axis=-1)
+        position_ids = model_kwargs.get("position_ids")
+        if position_ids is not None:
+            model_kwargs["position_ids"] = paddle.concat([position_ids, position_ids[:, -1:] + 1], axis=-1)
+        return model_kwargs
+
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        labels: Optional[Tensor] = None,
+        use_cache: Optional[bool] = None,
+        past_key_values: Optional[Tuple[KVCache, ...]] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[Tuple, CausalLMOutputWithPast]:
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        outputs = self.qwen2(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            past_key_values=past_key_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        # Split logits are kept for the parallel loss; gathered when there is no loss to compute.
+        tensor_parallel_output = self.config.tensor_parallel_output and labels is not None
+        logits = self.lm_head(outputs.last_hidden_state, tensor_parallel_output=tensor_parallel_output)
+        loss = self.criterion(logits, labels) if labels is not None else None
+        if not return_dict:
+            rest = tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss, logits) if loss is not None else (logits,)) + rest
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+def _cross_entropy_mean(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """Cross entropy `[n, classes]` x `[n]` averaged over the labels that are not `ignore_index` (0 if none).
+
+    Written out because Paddle's `F.cross_entropy(..., ignore_index=...)` mean divides by all labels."""
+    labels = labels.astype("int64")
+    valid = labels != ignore_index
+    safe_labels = paddle.where(valid, labels, paddle.zeros_like(labels))
+    token_loss = F.cross_entropy(logits.astype("float32"), safe_labels, reduction="none").reshape([-1])
+    weights = valid.astype("float32").reshape([-1])
+    count = weights.sum()
+    return (token_loss * weights).sum() / paddle.maximum(count, paddle.ones_like(count))
+
+
+def _classification_loss(config: Qwen2Config, logits: Tensor, labels: Tensor) -> Tensor:
+    """HF's problem types: regression (num_labels == 1, MSE), single-label (integer labels, cross entropy),
+    multi-label (float labels `[batch, num_labels]`, BCE with logits)."""
+    num_labels = config.num_labels
+    problem_type = config.problem_type
+    if problem_type is None:
+        if num_labels == 1:
+            problem_type = "regression"
+        elif labels.dtype in (paddle.int32, paddle.int64):
+            problem_type = "single_label_classification"
+        else:
+            problem_type = "multi_label_classification"
+    logits = logits.astype("float32")
+    if problem_type == "regression":
+        labels = labels.astype("float32")
+        if num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.reshape(logits.shape[:1]))
+        return F.mse_loss(logits, labels)
+    if problem_type == "single_label_classification":
+        labels = labels.reshape([-1]).astype("int64")
+        valid = labels[labels != -100] if labels.numel() > 0 else labels
+        if valid.numel() > 0 and (int(valid.min().item()) < 0 or int(valid.max().item()) >= num_labels):
+            raise ValueError(f"labels must lie in [0, num_labels={num_labels}) (or be -100); got {labels.numpy().tolist()}")
+        return _cross_entropy_mean(logits.reshape([-1, num_labels]), labels)
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.astype("float32"))
+    raise ValueError(f"unknown problem_type {problem_type!r}")
+
+
+class Qwen2ForSequenceClassification(Qwen2PretrainedModel):
+    """Sequence classification / regression from the hidden state of the rightmost token that is not
+    `pad_token_id` (so left and right padding both work, as HF 4.57). logits `[batch, num_labels]`."""
+
+    _hf_head_mappings = [("score.weight", "score.weight", "transpose")]
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.qwen2 = Qwen2Model(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias_attr=False)
+
+    def get_input_embeddings(self) -> nn.Layer:
+        return self.qwen2.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Layer) -> None:
+        self.qwen2.embed_tokens = value
+
+    def _last_token_index(self, input_ids: Optional[Tensor], batch_size: int, seq_len: int) -> Tensor:
+        pad_id = self.config.pad_token_id
+        if pad_id is None:
+            if batch_size != 1:
+                raise ValueError("Qwen2ForSequenceClassification needs config.pad_token_id for batches larger than 1")
+            return paddle.full([batch_size], seq_len - 1, dtype="int64")
+        if input_ids is None:
+            warnings.warn("inputs_embeds given: padding cannot be detected, pooling the last position")
+            return paddle.full([batch_size], seq_len - 1, dtype="int64")
+        positions = paddle.arange(seq_len, dtype="int64").unsqueeze(0)
+        return (positions * (input_ids != pad_id).astype("int64")).argmax(axis=-1)
+
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        labels: Optional[Tensor] = None,
+        use_cache: Optional[bool] = None,
+        past_key_values: Optional[Tuple[KVCache, ...]] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[Tuple, SequenceClassifierOutputWithPast]:
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        outputs = self.qwen2(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            past_key_values=past_key_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.score(outputs.last_hidden_state)
+        batch_size, seq_len = logits.shape[0], logits.shape[1]
+        last = self._last_token_index(input_ids, batch_size, seq_len)
+        pooled_logits = logits[paddle.arange(batch_size), last]
+        loss = _classification_loss(self.config, pooled_logits, labels) if labels is not None else None
+        if not return_dict:
+            rest = tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss, pooled_logits) if loss is not None else (pooled_logits,)) + rest
+        return SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled_logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class Qwen2ForTokenClassification(Qwen2PretrainedModel):
+    """Per-token classification: dropout (classifier_dropout, default 0.1) then a biased Linear.
+    logits `[batch, seq, num_labels]`; loss is cross entropy over labels != -100."""
+
+    _hf_head_mappings = [("score.weight", "score.weight", "transpose"), ("score.bias", "score.bias", None)]
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.qwen2 = Qwen2Model(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else 0.1
+        self.dropout = nn.Dropout(dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
+
+    def get_input_embeddings(self) -> nn.Layer:
+        return self.qwen2.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Layer) -> None:
+        self.qwen2.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        labels: Optional[Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[Tuple, TokenClassifierOutput]:
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        outputs = self.qwen2(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.score(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = _classification_loss(
+                self.config, logits.reshape([-1, self.num_labels]), labels.reshape([-1]).astype("int64")
+            )
+        if not return_dict:
+            rest = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss, logits) if loss is not None else (logits,)) + rest
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class Qwen2ForQuestionAnswering(Qwen2PretrainedModel):
+    """Extractive QA: a Linear `hidden -> 2` gives start and end logits, each `[batch, seq]`. The loss is
+    the mean of start and end cross entropies; positions outside the sequence are ignored (as HF)."""
+
+    hf_base_model_prefix = "transformer"
+    _hf_head_mappings = [("qa_outputs.weight", "qa_outputs.weight", "transpose"), ("qa_outputs.bias", "qa_outputs.bias", None)]
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__(config)
+        self.qwen2 = Qwen2Model(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+
+    def get_input_embeddings(self) -> nn.Layer:
+        return self.qwen2.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Layer) -> None:
+        self.qwen2.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        start_positions: Optional[Tensor] = None,
+        end_positions: Optional[Tensor] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+    ) -> Union[Tuple, QuestionAnsweringModelOutput]:
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        outputs = self.qwen2(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.qa_outputs(outputs.last_hidden_state)
+        start_logits, end_logits = logits[..., 0], logits[..., 1]
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            ignored_index = start_logits.shape[1]
+            start = start_positions.reshape([-1]).astype("int64").clip(0, ignored_index)
+            end = end_positions.reshape([-1]).astype("int64").clip(0, ignored_index)
+            start_loss = _cross_entropy_mean(start_logits, start, ignore_index=ignored_index)
+            end_loss = _cross_entropy_mean(end_logits, end, ignore_index=ignored_index)
+            loss = (start_loss + end_loss) / 2
+        if not return_dict:
+            rest = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss, start_logits, end_logits) if loss is not None else (start_logits, end_logits)) + rest
+        return QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class Qwen2SentenceEmbeddingOutput(ModelOutput):
+    """`embeddings` `[batch, hidden]` (float32) and the model's `last_hidden_state` `[batch, seq, hidden]`."""
+
+    embeddings: Optional[Tensor] = None
+    last_hidden_state: Optional[Tensor] = None
+
+
+POOLING_MODES = ("last", "mean")
+
+
+class Qwen2SentenceEmbedding(Qwen2PretrainedModel):
+    """Sentence embeddings from the base model, pooled over the attention mask.
+
+    `pooling="last"`: the hidden state of the rightmost attended token (left or right padding);
+    `pooling="mean"`: the mean over attended tokens. `normalize=True` L2-normalises. An all-padding row gives
+    the last position's state ("last") or zeros ("mean"), never NaN. Returns `[batch, hidden]` float32.
+    """
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__(config)
+        self.qwen2 = Qwen2Model(config)
+
+    def get_input_embeddings(self) -> nn.Layer:
+        return self.qwen2.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Layer) -> None:
+        self.qwen2.embed_tokens = value
+
+    @staticmethod
+    def pool(hidden_states: Tensor, attention_mask: Optional[Tensor], pooling: str = "last") -> Tensor:
+        """hidden_states `[batch, seq, hidden]`, attention_mask `[batch, seq]` -> `[batch, hidden]` float32."""
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+        hidden_states = hidden_states.astype("float32")
+        batch, seq_len = hidden_states.shape[0], hidden_states.shape[1]
+        if attention_mask is None:
+            attention_mask = paddle.ones([batch, seq_len], dtype="int64")
+        mask = attention_mask.astype("float32")
+        if pooling == "mean":
+            summed = (hidden_states * mask.unsqueeze(-1)).sum(axis=1)
+            return summed / paddle.clip(mask.sum(axis=1, keepdim=True), min=1.0)
+        positions = paddle.arange(seq_len, dtype="int64").unsqueeze(0)
+        has_token = mask.sum(axis=1) > 0
+        last = (positions * attention_mask.astype("int64")).argmax(axis=-1)
+        last = paddle.where(has_token, last, paddle.full_like(last, seq_len - 1))
+        return hidden_states[paddle.arange(batch), last]
+
+    def forward(
+        self,
+        input_ids: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        inputs_embeds: Optional[Tensor] = None,
+        pooling: str = "last",
+        normalize: bool = True,
+        return_dict: Optional[bool] = None,
+    ) -> Union[Tensor, Qwen2SentenceEmbeddingOutput]:
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        outputs = self.qwen2(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            return_dict=True,
+        )
+        embeddings = self.pool(outputs.last_hidden_state, attention_mask, pooling)
+        if normalize:
+            embeddings = F.normalize(embeddings, p=2, axis=-1)
+        if not return_dict:
+            return embeddings
+        return Qwen2SentenceEmbeddingOutput(embeddings=embeddings, last_hidden_state=outputs.last_hidden_state)

@@ -1,0 +1,159 @@
+"""Shared fixtures: tiny HF Qwen2 checkpoints written live by transformers' own `save_pretrained`.
+
+Every checkpoint has its weights re-drawn (random biases, norm weights far from 1) so that a wrong
+transpose, a missing bias or a norm applied in the wrong dtype shows up as a numeric difference.
+"""
+import zlib  # noqa: F401  # must precede paddle (paddle 2.6 ships its own zlib symbols)
+
+import os
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import paddle
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from paddle_qwen2 import Qwen2Config  # noqa: E402
+from paddle_qwen2 import modeling  # noqa: E402
+
+paddle.set_device("cpu")
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+
+# Tolerances of the project standard (fp32).
+MAX_ABS = 1e-4
+MEAN_ABS = 1e-5
+
+BASE = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=112,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-6,
+    rope_theta=10000.0,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=None,
+    tie_word_embeddings=False,
+)
+
+# name -> overrides of BASE
+VARIANTS: Dict[str, dict] = {
+    "gqa": {},
+    "mha": dict(num_key_value_heads=4),
+    "tied": dict(tie_word_embeddings=True),
+    "sliding": dict(use_sliding_window=True, sliding_window=4, max_window_layers=1),
+    "head_dim": dict(head_dim=24),
+    "rope_linear": dict(rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    "rope_dynamic": dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, max_position_embeddings=12),
+    "rope_yarn": dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}),
+}
+
+HF_HEADS = {
+    "causal_lm": "Qwen2ForCausalLM",
+    "seq_cls": "Qwen2ForSequenceClassification",
+    "token_cls": "Qwen2ForTokenClassification",
+    "qa": "Qwen2ForQuestionAnswering",
+    "base": "Qwen2Model",
+}
+PADDLE_HEADS = {
+    "causal_lm": modeling.Qwen2ForCausalLM,
+    "seq_cls": modeling.Qwen2ForSequenceClassification,
+    "token_cls": modeling.Qwen2ForTokenClassification,
+    "qa": modeling.Qwen2ForQuestionAnswering,
+    "base": modeling.Qwen2Model,
+}
+HEAD_CONFIG = {"seq_cls": dict(num_labels=3), "token_cls": dict(num_labels=5, classifier_dropout=0.0)}
+
+
+def redraw_weights(model, seed: int = 0) -> None:
+    """Non-trivial weights: matrices N(0, 0.08), biases N(0, 0.5), norm weights N(1, 0.3)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            if name.endswith("norm.weight"):
+                param.copy_(1.0 + 0.3 * noise)
+            elif name.endswith("bias"):
+                param.copy_(0.5 * noise)
+            else:
+                param.copy_(0.08 * noise)
+
+
+def write_hf_checkpoint(path: Path, variant: str, head: str = "causal_lm", seed: int = 0) -> Path:
+    """Build a tiny HF model of `variant` / `head`, re-draw its weights and `save_pretrained` it to `path`."""
+    cfg = dict(BASE, **VARIANTS[variant], **HEAD_CONFIG.get(head, {}))
+    config = transformers.Qwen2Config(**cfg)
+    torch.manual_seed(seed)
+    model = getattr(transformers, HF_HEADS[head])(config)
+    redraw_weights(model, seed)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory):
+    """`hf_checkpoint(variant, head="causal_lm")` -> folder written by HF `save_pretrained` (cached per session)."""
+    cache = {}
+
+    def get(variant: str, head: str = "causal_lm") -> Path:
+        key = (variant, head)
+        if key not in cache:
+            cache[key] = write_hf_checkpoint(tmp_path_factory.mktemp(f"hf-{variant}-{head}"), variant, head)
+        return cache[key]
+
+    return get
+
+
+def load_hf(path: Path, head: str = "causal_lm"):
+    """The HF model from `path`, eager attention, eval mode."""
+    model = getattr(transformers, HF_HEADS[head]).from_pretrained(path, attn_implementation="eager")
+    return model.eval()
+
+
+def hf_state_dict_numpy(path: Path) -> Dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def load_paddle(path: Path, head: str = "causal_lm", **config_overrides):
+    """A Paddle model of `head` with the HF weights at `path`, mapped through `_get_name_mappings`."""
+    cls = PADDLE_HEADS[head]
+    config = Qwen2Config.from_pretrained(path, **config_overrides)
+    model = cls(config)
+    state = hf_state_dict_numpy(path)
+    mapped = {}
+    for mapping in cls._get_name_mappings(config):
+        if mapping.source_name in state:
+            tensor = state[mapping.source_name]
+            mapped[mapping.target_name] = tensor.T if mapping.action == "transpose" else tensor
+    missing, unexpected = model.set_state_dict(mapped)
+    assert not missing and not unexpected, (missing, unexpected)
+    model.eval()
+    return model
+
+
+def _to_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().numpy()
+    if isinstance(x, paddle.Tensor):
+        return x.astype("float32").numpy() if x.dtype == paddle.bfloat16 else x.numpy()
+    return np.asarray(x)
+
+
+def assert_close(actual, expected, max_abs: float = MAX_ABS, mean_abs: float = MEAN_ABS, what: str = ""):
+    """Project tolerance: max |a - e| <= max_abs and mean |a - e| <= mean_abs."""
+    a, e = (_to_numpy(x) for x in (actual, expected))
+    a, e = a.astype(np.float64), e.astype(np.float64)
+    assert a.shape == e.shape, f"{what}: shape {a.shape} != {e.shape}"
+    diff = np.abs(a - e)
+    assert np.isfinite(a).all(), f"{what}: non-finite values"
+    assert diff.max() <= max_abs and diff.mean() <= mean_abs, (
+        f"{what}: max abs diff {diff.max():.3g} (<= {max_abs}), mean {diff.mean():.3g} (<= {mean_abs})"
+    )
