@@ -1304,7 +1304,8 @@ class Qwen2SentenceEmbedding(Qwen2PretrainedModel):
     """Sentence embeddings from the base model, pooled over the attention mask.
 
     `pooling="last"`: the hidden state of the rightmost attended token (left or right padding);
-    `pooling="mean"`: the mean over attended tokens. `normalize=True` L2-normalises. An all-padding row gives
+    `pooling="mean"`: the mean over attended tokens. `normalize=True` L2-normalises. Position ids count real
+    tokens only, so the padding side does not change an embedding. An all-padding row gives
     the last position's state ("last") or zeros ("mean"), never NaN. Returns `[batch, hidden]` float32.
     """
 
@@ -1348,6 +1349,9 @@ class Qwen2SentenceEmbedding(Qwen2PretrainedModel):
         return_dict: Optional[bool] = None,
     ) -> Union[Tensor, Qwen2SentenceEmbeddingOutput]:
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
+            # count positions over real tokens only, so a sentence embeds the same whatever its padding side
+            position_ids = masked_fill(attention_mask.astype("int64").cumsum(-1) - 1, attention_mask == 0, 0)
         outputs = self.qwen2(
             input_ids=input_ids,
             position_ids=position_ids,

@@ -1,0 +1,508 @@
+"""Each component of the Paddle layout, tested on its own (against HF's functions where HF has one)."""
+import json
+import math
+
+import numpy as np
+import paddle
+import pytest
+import torch
+from transformers.models.qwen2 import modeling_qwen2 as hf_qwen2
+
+from conftest import BASE, VARIANTS, assert_close, load_hf, load_paddle, write_hf_checkpoint
+from paddle_qwen2 import Qwen2Config, modeling
+from paddle_qwen2.modeling import (
+    Qwen2Attention,
+    Qwen2DecoderLayer,
+    Qwen2ForCausalLM,
+    Qwen2LMHead,
+    Qwen2MLP,
+    Qwen2Model,
+    Qwen2PretrainedModel,
+    Qwen2PretrainingCriterion,
+    Qwen2RMSNorm,
+    Qwen2RotaryEmbedding,
+    Qwen2SentenceEmbedding,
+    _expand_2d_mask,
+    _make_causal_mask,
+    apply_rotary_pos_emb,
+    assign_kv_heads,
+    create_custom_forward,
+    get_triangle_upper_mask,
+    is_casual_mask,
+    masked_fill,
+    parallel_matmul,
+    repeat_kv,
+    rotate_half,
+    scaled_dot_product_attention,
+)
+
+LAYOUT_NAMES = [
+    "__all__", "get_triangle_upper_mask", "assign_kv_heads", "parallel_matmul", "scaled_dot_product_attention",
+    "masked_fill", "is_casual_mask", "_make_causal_mask", "_expand_2d_mask", "repeat_kv", "Qwen2RMSNorm",
+    "Qwen2RotaryEmbedding", "rotate_half", "apply_rotary_pos_emb", "Qwen2MLP", "Qwen2Attention", "Qwen2DecoderLayer",
+    "Qwen2PretrainedModel", "Qwen2Model", "Qwen2ForCausalLM", "Qwen2LMHead", "Qwen2ForSequenceClassification",
+    "Qwen2ForTokenClassification", "Qwen2SentenceEmbedding", "Qwen2PretrainingCriterion", "recompute_training_full",
+    "create_custom_forward", "Qwen2ForQuestionAnswering",
+]
+
+
+def tiny_config(**overrides) -> Qwen2Config:
+    return Qwen2Config(**dict(BASE, **overrides))
+
+
+def rand(*shape, seed=0):
+    return np.random.RandomState(seed).standard_normal(shape).astype("float32")
+
+
+def test_every_layout_name_importable():
+    for name in LAYOUT_NAMES:
+        owner = Qwen2Model if name == "recompute_training_full" else modeling
+        assert hasattr(owner, name), name
+    for name in modeling.__all__:
+        assert hasattr(modeling, name), name
+    for method in ("config_class", "_get_name_mappings", "_init_weights", "_get_model_flops"):
+        assert hasattr(Qwen2PretrainedModel, method)
+    assert hasattr(Qwen2Model, "_prepare_decoder_attention_mask")
+    assert hasattr(Qwen2ForCausalLM, "prepare_inputs_for_generation")
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.paddle26
+def test_config_reads_hf_config_json_as_is(hf_checkpoint):
+    path = hf_checkpoint("sliding")
+    raw = json.loads((path / "config.json").read_text())
+    config = Qwen2Config.from_pretrained(path)
+    for key in ("vocab_size", "hidden_size", "num_key_value_heads", "rope_theta", "sliding_window",
+                "max_window_layers", "layer_types", "use_sliding_window", "tie_word_embeddings"):
+        assert getattr(config, key) == raw[key], key
+    assert config.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]
+    assert config.use_cache is True and config.attention_head_dim == 16
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(use_sliding_window=True, sliding_window=8, max_window_layers=2, num_hidden_layers=4),
+        dict(use_sliding_window=False, sliding_window=8, max_window_layers=0),
+        dict(rope_scaling={"type": "yarn", "factor": 4.0}),
+        dict(head_dim=48),
+    ],
+)
+def test_config_derived_fields_match_hf(kwargs):
+    import transformers
+
+    hf = transformers.Qwen2Config(**dict(BASE, **kwargs))
+    ours = Qwen2Config(**dict(BASE, **kwargs))
+    assert ours.layer_types == hf.layer_types
+    assert ours.sliding_window == hf.sliding_window
+    assert (ours.rope_scaling or {}).get("rope_type") == (hf.rope_scaling or {}).get("rope_type")
+    assert ours.attention_head_dim == getattr(hf, "head_dim", hf.hidden_size // hf.num_attention_heads)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(hidden_size=66, num_attention_heads=4), "divisible by num_attention_heads"),
+        (dict(num_attention_heads=4, num_key_value_heads=3), "divisible by num_key_value_heads"),
+        (dict(rope_scaling={"rope_type": "ntk-by-parts", "factor": 2.0}), "unknown rope_type"),
+        (dict(rope_scaling={"rope_type": "linear"}), "missing \\['factor'\\]"),
+        (dict(rope_scaling={"rope_type": "linear", "factor": 2.0, "beta_fast": 3}), "unknown keys"),
+        (dict(layer_types=["full_attention"]), "layer_types must list 3"),
+        (dict(recompute_granularity="everything"), "recompute_granularity"),
+    ],
+)
+def test_config_rejects_invalid_combinations(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Qwen2Config(**dict(BASE, **kwargs))
+
+
+# ---------------------------------------------------------------------------------------------- layers vs HF
+
+
+@pytest.mark.paddle26
+def test_rmsnorm_matches_hf():
+    weight = 1 + 0.3 * rand(64, seed=1)
+    x = 3 * rand(2, 5, 64)
+    ours = Qwen2RMSNorm(64, eps=1e-5)
+    ours.weight.set_value(weight)
+    theirs = hf_qwen2.Qwen2RMSNorm(64, eps=1e-5)
+    theirs.weight.data = torch.tensor(weight)
+    assert_close(ours(paddle.to_tensor(x)), theirs(torch.tensor(x)), what="rmsnorm")
+    assert Qwen2RMSNorm(tiny_config(rms_norm_eps=1e-5)).variance_epsilon == 1e-5
+
+
+@pytest.mark.paddle26
+def test_mlp_matches_hf():
+    config = tiny_config()
+    ours, theirs = Qwen2MLP(config), hf_qwen2.Qwen2MLP(__import__("transformers").Qwen2Config(**BASE))
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        w = 0.1 * rand(*getattr(theirs, name).weight.shape, seed=len(name))
+        getattr(theirs, name).weight.data = torch.tensor(w)
+        getattr(ours, name).weight.set_value(w.T)
+    x = rand(2, 5, 64)
+    assert_close(ours(paddle.to_tensor(x)), theirs(torch.tensor(x)), what="mlp")
+
+
+@pytest.mark.paddle26
+@pytest.mark.parametrize("variant", ["gqa", "rope_linear", "rope_dynamic", "rope_yarn", "head_dim"])
+def test_rotary_embedding_matches_hf(variant):
+    import transformers
+
+    cfg = dict(BASE, **VARIANTS[variant])
+    ours = Qwen2RotaryEmbedding(Qwen2Config(**cfg))
+    theirs = hf_qwen2.Qwen2RotaryEmbedding(transformers.Qwen2Config(**cfg))
+    for length in (10, 40):  # 40 exceeds rope_dynamic's max_position_embeddings: frequencies re-derived
+        pos = np.tile(np.arange(length), (2, 1))
+        cos, sin = ours(paddle.zeros([1], "float32"), paddle.to_tensor(pos))
+        hcos, hsin = theirs(torch.zeros(1), torch.tensor(pos))
+        assert_close(cos, hcos, what="cos")
+        assert_close(sin, hsin, what="sin")
+
+
+@pytest.mark.paddle26
+def test_rotate_half_and_apply_rotary_match_hf():
+    q, k = rand(2, 6, 4, 16, seed=1), rand(2, 6, 2, 16, seed=2)
+    cos, sin = rand(2, 6, 16, seed=3), rand(2, 6, 16, seed=4)
+    assert_close(rotate_half(paddle.to_tensor(q)), hf_qwen2.rotate_half(torch.tensor(q)), what="rotate_half")
+    pq, pk = apply_rotary_pos_emb(*(paddle.to_tensor(a) for a in (q, k, cos, sin)))
+    # HF works in [batch, heads, seq, dim]
+    hq, hk = hf_qwen2.apply_rotary_pos_emb(
+        torch.tensor(q).transpose(1, 2), torch.tensor(k).transpose(1, 2), torch.tensor(cos), torch.tensor(sin)
+    )
+    assert_close(pq, hq.transpose(1, 2), what="q")
+    assert_close(pk, hk.transpose(1, 2), what="k")
+    # table form: cos/sin `[max_pos, dim]` gathered at position_ids
+    table_cos, table_sin = rand(20, 16, seed=5), rand(20, 16, seed=6)
+    pos = np.array([[3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 5]])
+    tq, _ = apply_rotary_pos_emb(
+        paddle.to_tensor(q), paddle.to_tensor(k), paddle.to_tensor(table_cos), paddle.to_tensor(table_sin),
+        position_ids=paddle.to_tensor(pos),
+    )
+    gq, _ = apply_rotary_pos_emb(
+        paddle.to_tensor(q), paddle.to_tensor(k), paddle.to_tensor(table_cos[pos]), paddle.to_tensor(table_sin[pos])
+    )
+    assert_close(tq, gq, max_abs=0, mean_abs=0, what="gathered table")
+
+
+def test_repeat_kv_matches_hf_layout():
+    x = rand(2, 5, 2, 8)
+    ours = repeat_kv(paddle.to_tensor(x), 3).numpy()
+    theirs = hf_qwen2.repeat_kv(torch.tensor(x).transpose(1, 2), 3).transpose(1, 2).numpy()
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(ours, np.repeat(x, 3, axis=2))
+    assert repeat_kv(paddle.to_tensor(x), 1).shape == [2, 5, 2, 8]
+
+
+@pytest.mark.paddle26
+def test_attention_and_decoder_layer_match_hf(hf_checkpoint):
+    """One decoder layer (and its attention) on random input with a padded causal mask."""
+    path = hf_checkpoint("gqa")
+    hf_model, pd_model = load_hf(path), load_paddle(path)
+    x = rand(2, 7, 64, seed=9)
+    mask2d = np.array([[1] * 7, [0, 0, 1, 1, 1, 1, 1]])
+    pos = np.tile(np.arange(7), (2, 1))
+    hf_layer, pd_layer = hf_model.model.layers[1], pd_model.qwen2.layers[1]
+    assert isinstance(pd_layer, Qwen2DecoderLayer) and isinstance(pd_layer.self_attn, Qwen2Attention)
+    hf_pe = hf_model.model.rotary_emb(torch.tensor(x), torch.tensor(pos))
+    pd_pe = pd_model.qwen2.rotary_emb(paddle.to_tensor(x), paddle.to_tensor(pos))
+    pd_mask = Qwen2Model._prepare_decoder_attention_mask(paddle.to_tensor(mask2d), [2, 7], 0, paddle.float32)
+    hf_mask = torch.tensor(pd_mask.numpy())
+    with torch.no_grad():
+        hf_out = hf_layer(torch.tensor(x), attention_mask=hf_mask, position_embeddings=hf_pe)
+        hf_out = hf_out[0] if isinstance(hf_out, tuple) else hf_out
+        hf_attn = hf_layer.self_attn(torch.tensor(x), hf_pe, hf_mask)[0]
+    pd_out = pd_layer(paddle.to_tensor(x), pd_pe, pd_mask)[0]
+    pd_attn = pd_layer.self_attn(paddle.to_tensor(x), pd_pe, pd_mask)[0]
+    rows = mask2d == 1
+    assert_close(pd_out.numpy()[rows], hf_out.numpy()[rows], what="decoder layer")
+    assert_close(pd_attn.numpy()[rows], hf_attn.numpy()[rows], what="attention")
+
+
+# ---------------------------------------------------------------------------------------------- masks
+
+
+def test_make_causal_mask_with_cache_offset_and_window():
+    mask = _make_causal_mask([2, 3], past_key_values_length=4).numpy()
+    assert mask.shape == (2, 1, 3, 7)
+    expected = np.array([[j <= 4 + i for j in range(7)] for i in range(3)])
+    np.testing.assert_array_equal(mask[1, 0], expected)
+    windowed = _make_causal_mask([1, 3], past_key_values_length=4, sliding_window=2).numpy()[0, 0]
+    expected_w = np.array([[(j <= 4 + i) and (j > 4 + i - 2) for j in range(7)] for i in range(3)])
+    np.testing.assert_array_equal(windowed, expected_w)
+
+
+def test_expand_2d_mask_and_masked_fill():
+    pad = paddle.to_tensor([[1, 1, 0], [0, 1, 1]])
+    expanded = _expand_2d_mask(pad, paddle.float32, tgt_length=2).numpy()
+    assert expanded.shape == (2, 1, 2, 3) and expanded.dtype == np.bool_
+    np.testing.assert_array_equal(expanded[0, 0, 1], [True, True, False])
+    np.testing.assert_array_equal(expanded[1, 0, 0], [False, True, True])
+    x = paddle.to_tensor([[1.0, 2.0], [3.0, 4.0]])
+    out = masked_fill(x, paddle.to_tensor([[True, False], [False, True]]), -7.0).numpy()
+    np.testing.assert_array_equal(out, [[-7.0, 2.0], [3.0, -7.0]])
+    half = masked_fill(x.astype("bfloat16"), paddle.to_tensor([True, False]), 5.0)
+    assert half.dtype == paddle.bfloat16
+    np.testing.assert_array_equal(half.astype("float32").numpy(), [[5.0, 2.0], [5.0, 4.0]])
+
+
+def test_triangle_upper_mask_and_is_casual_mask():
+    scores = paddle.zeros([1, 2, 3, 5])
+    upper = get_triangle_upper_mask(scores).numpy()
+    assert upper.shape == (3, 5)
+    np.testing.assert_array_equal(upper == 0, _make_causal_mask([1, 3], 2).numpy()[0, 0])
+    assert upper.min() == np.finfo(np.float32).min
+    given = paddle.ones([1, 1, 3, 5])
+    assert get_triangle_upper_mask(scores, given) is given
+
+    causal = Qwen2Model._prepare_decoder_attention_mask(None, [2, 4], 0, paddle.float32)
+    padded = Qwen2Model._prepare_decoder_attention_mask(paddle.to_tensor([[1, 1, 1, 1], [0, 1, 1, 1]]), [2, 4], 0, paddle.float32)
+    windowed = Qwen2Model._prepare_decoder_attention_mask(None, [2, 4], 0, paddle.float32, sliding_window=2)
+    assert is_casual_mask(causal) and is_casual_mask(_make_causal_mask([1, 4], 0)) and is_casual_mask(None)
+    assert not is_casual_mask(padded) and not is_casual_mask(windowed)
+
+
+def test_prepare_decoder_attention_mask_accepts_4d_masks():
+    allowed = _make_causal_mask([1, 3], 0)
+    additive = Qwen2Model._prepare_decoder_attention_mask(allowed, [1, 3], 0, paddle.float32).numpy()
+    assert additive[0, 0, 0, 1] == np.finfo(np.float32).min and additive[0, 0, 2, 0] == 0
+    custom = paddle.zeros([1, 1, 3, 3])
+    assert np.array_equal(Qwen2Model._prepare_decoder_attention_mask(custom, [1, 3], 0, paddle.float32).numpy(), custom.numpy())
+
+
+# ---------------------------------------------------------------------------------------------- attention kernels
+
+
+def _attention_inputs(q_len=5, kv_len=5, seed=0):
+    q, k, v = rand(2, q_len, 4, 16, seed=seed), rand(2, kv_len, 2, 16, seed=seed + 1), rand(2, kv_len, 2, 16, seed=seed + 2)
+    pad = np.ones((2, kv_len), "int64")
+    pad[1, :2] = 0
+    mask = Qwen2Model._prepare_decoder_attention_mask(paddle.to_tensor(pad), [2, q_len], kv_len - q_len, paddle.float32)
+    return [paddle.to_tensor(a) for a in (q, k, v)] + [mask]
+
+
+def test_sdpa_math_path_matches_hf_eager():
+    q, k, v, mask = _attention_inputs()
+    out, weights = scaled_dot_product_attention(q, k, v, mask, tiny_config(), output_attentions=True)
+    module = type("M", (torch.nn.Module,), {})()
+    module.num_key_value_groups, module.training = 2, False
+    hf_out, hf_weights = hf_qwen2.eager_attention_forward(
+        module, *(torch.tensor(t.numpy()).transpose(1, 2) for t in (q, k, v)), torch.tensor(mask.numpy()), scaling=0.25
+    )
+    assert_close(out, hf_out.reshape(2, 5, 64), what="attention output")
+    assert_close(weights, hf_weights, what="attention weights")
+
+
+@pytest.mark.paddle26
+@pytest.mark.parametrize("q_len, kv_len", [(5, 5), (1, 6)])
+def test_fused_kernel_path_equals_math_path(q_len, kv_len):
+    """use_flash_attention picks Paddle's fused kernel where it exists (CPU SDPA on Paddle 3); on Paddle 2.6's
+    CPU it falls back to the math path. Either way the numbers are the math path's."""
+    q, k, v, mask = _attention_inputs(q_len, kv_len, seed=3)
+    math_out, _ = scaled_dot_product_attention(q, k, v, mask, tiny_config())
+    kernel_out, _ = scaled_dot_product_attention(q, k, v, mask, tiny_config(use_flash_attention=True))
+    assert_close(kernel_out, math_out, max_abs=1e-5, mean_abs=1e-6, what="kernel vs math")
+    rows = np.ones((2, q_len), bool)
+    if q_len == kv_len:
+        rows[1, :2] = False  # fully masked query rows (padding) are undefined in both paths
+    causal_math, _ = scaled_dot_product_attention(q, k, v, None, tiny_config()) if q_len == kv_len else (math_out, None)
+    causal_kernel, _ = scaled_dot_product_attention(q, k, v, None, tiny_config(use_flash_attention=True)) if q_len == kv_len else (kernel_out, None)
+    assert_close(causal_kernel, causal_math, max_abs=1e-5, mean_abs=1e-6, what="causal kernel vs math")
+
+
+@pytest.mark.paddle26
+def test_model_with_fused_attention_matches_hf(hf_checkpoint):
+    path = hf_checkpoint("gqa")
+    hf_model, pd_model = load_hf(path), load_paddle(path, use_flash_attention=True)
+    ids = np.random.RandomState(0).randint(2, 128, size=(2, 9))
+    with torch.no_grad():
+        expected = hf_model(torch.tensor(ids)).logits
+    assert_close(pd_model(paddle.to_tensor(ids), return_dict=True).logits, expected, what="logits with fused attention")
+
+
+# ---------------------------------------------------------------------------------------------- heads & losses
+
+
+def test_parallel_matmul_single_process():
+    x, w = rand(2, 3, 8), rand(8, 5, seed=1)
+    out = parallel_matmul(paddle.to_tensor(x), paddle.to_tensor(w), tensor_parallel_output=False)
+    np.testing.assert_allclose(out.numpy(), x @ w, rtol=1e-5, atol=1e-5)
+    out_t = parallel_matmul(paddle.to_tensor(x), paddle.to_tensor(w.T.copy()), transpose_y=True)
+    np.testing.assert_allclose(out_t.numpy(), x @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_lm_head_tied_and_untied():
+    config = tiny_config()
+    untied = Qwen2LMHead(config)
+    assert untied.weight.shape == [64, 128] and not untied.transpose_y
+    embedding = paddle.nn.Embedding(128, 64)
+    tied = Qwen2LMHead(config, tied_embedding=embedding)
+    assert "weight" not in dict(tied.named_parameters()) and tied.transpose_y
+    x = rand(1, 2, 64)
+    np.testing.assert_allclose(tied(paddle.to_tensor(x)).numpy(), x @ embedding.weight.numpy().T, rtol=1e-5, atol=1e-5)
+    model = Qwen2ForCausalLM(tiny_config(tie_word_embeddings=True))
+    assert "lm_head.weight" not in model.state_dict() and model.lm_head.projection is model.qwen2.embed_tokens.weight
+
+
+def test_pretraining_criterion_means_over_non_ignored_labels():
+    """A confidently right token has loss exactly 0; it still counts in the mean (not a `loss > 0` mean)."""
+    criterion = Qwen2PretrainingCriterion(tiny_config(vocab_size=4))
+    logits = np.zeros((1, 5, 4), "float32")
+    labels = np.array([[9, 2, 1, -100, 3]])  # position 0 is never predicted; -100 ignored
+    logits[0, 0, 2] = 200.0  # predicts label 2 with loss 0
+    logits[0, 1, 1] = 1.0
+    logits[0, 3, 0] = 2.0
+    loss = float(criterion(paddle.to_tensor(logits), paddle.to_tensor(labels)))
+    l_second = -math.log(math.e / (math.e + 3))
+    l_last = -math.log(1 / (math.e**2 + 3))
+    assert loss == pytest.approx((0.0 + l_second + l_last) / 3, rel=1e-5)
+    all_ignored = criterion(paddle.to_tensor(logits), paddle.to_tensor(np.full((1, 5), -100)))
+    assert float(all_ignored) == 0.0
+
+
+def test_return_dict_honoured(hf_checkpoint):
+    model = load_paddle(hf_checkpoint("gqa"))
+    ids = paddle.to_tensor([[3, 4, 5]])
+    as_tuple = model(ids, labels=ids, return_dict=False)
+    as_dict = model(ids, labels=ids, return_dict=True)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 3  # loss, logits, past_key_values
+    np.testing.assert_array_equal(as_tuple[1].numpy(), as_dict.logits.numpy())
+    assert model.config.return_dict is False and isinstance(model(ids), tuple)  # paddlenlp's default
+
+
+def test_sequence_classification_pad_id_rules(hf_checkpoint):
+    model = load_paddle(hf_checkpoint("gqa", "seq_cls"), "seq_cls")
+    model.config.pad_token_id = None
+    single = model(paddle.to_tensor([[3, 4, 5]]), return_dict=True).logits
+    assert single.shape == [1, 3]
+    with pytest.raises(ValueError, match="pad_token_id"):
+        model(paddle.to_tensor([[3, 4, 5], [6, 7, 8]]))
+    model.config.pad_token_id = 0
+    with pytest.raises(ValueError, match="num_labels=3"):
+        model(paddle.to_tensor([[3, 4, 5]]), labels=paddle.to_tensor([7]))
+
+
+def test_sentence_embedding_pooling(hf_checkpoint):
+    """Last-token and mean pooling equal HF's hidden states pooled by hand; padding side does not matter."""
+    path = hf_checkpoint("gqa", "base")
+    hf_model = load_hf(path, "base")
+    model = load_paddle(path, "base")
+    embedder = Qwen2SentenceEmbedding(model.config)
+    embedder.qwen2 = model
+    embedder.eval()
+    sentence = [7, 21, 9, 44, 3]
+    alone = embedder(paddle.to_tensor([sentence]), attention_mask=paddle.ones([1, 5], "int64"), normalize=False)
+    with torch.no_grad():
+        hf_hidden = hf_model(torch.tensor([sentence])).last_hidden_state[0].numpy()
+    assert_close(alone[0], hf_hidden[-1], what="last-token embedding")
+    mean = embedder(paddle.to_tensor([sentence]), attention_mask=paddle.ones([1, 5], "int64"), pooling="mean", normalize=False)
+    assert_close(mean[0], hf_hidden.mean(0), what="mean embedding")
+
+    right = [sentence + [0, 0], [5] * 7]
+    left = [[0, 0] + sentence, [5] * 7]
+    for ids in (right, left):
+        mask = (np.array(ids) != 0).astype("int64")
+        mask[1] = 1
+        for pooling in ("last", "mean"):
+            got = embedder(paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask), pooling=pooling)
+            ref = embedder(paddle.to_tensor([sentence]), attention_mask=paddle.ones([1, 5], "int64"), pooling=pooling)
+            assert_close(got[0], ref[0], what=f"{pooling} pooling with padding")
+            np.testing.assert_allclose(np.linalg.norm(got.numpy(), axis=-1), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        embedder(paddle.to_tensor([sentence]), pooling="max")
+
+
+# ---------------------------------------------------------------------------------------------- weights, flops
+
+
+def test_init_weights():
+    paddle.seed(0)
+    model = Qwen2ForCausalLM(tiny_config(hidden_size=256, intermediate_size=512, vocab_size=512, initializer_range=0.05))
+    layer = model.qwen2.layers[0]
+    assert abs(float(layer.mlp.up_proj.weight.std()) - 0.05) < 0.005
+    assert abs(float(model.lm_head.weight.std()) - 0.05) < 0.005
+    assert float(paddle.abs(layer.self_attn.q_proj.bias).max()) == 0.0
+    assert float(layer.input_layernorm.weight.min()) == 1.0 == float(layer.input_layernorm.weight.max())
+
+
+def test_model_flops_counts_every_matmul():
+    config = tiny_config()
+    model = Qwen2Model(config)
+    seq = 10
+    per_layer = 2 * seq * (64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 112) + 4 * seq * seq * 64
+    expected = 3 * per_layer + 2 * seq * 64 * 128
+    assert model._get_model_flops(batch_size=2, seq_length=seq) == 2 * expected
+    assert model._get_hardware_flops(batch_size=1, seq_length=seq) == 3 * expected
+    recompute = Qwen2Model(tiny_config(recompute=True, recompute_granularity="full", no_recompute_layers=[0]))
+    assert recompute._get_hardware_flops(1, seq) == 3 * expected + 2 * per_layer
+
+
+# ---------------------------------------------------------------------------------------------- recompute
+
+
+@pytest.mark.parametrize("granularity, skip", [("full", None), ("full_attn", None), ("core_attn", None), ("full", [1])])
+def test_recompute_gradients_equal(hf_checkpoint, granularity, skip):
+    path = hf_checkpoint("gqa")
+    ids = np.random.RandomState(0).randint(2, 128, size=(2, 9))
+    grads = []
+    for overrides in ({}, dict(recompute=True, recompute_granularity=granularity, no_recompute_layers=skip)):
+        model = load_paddle(path, **overrides)
+        model.train()
+        loss = model(paddle.to_tensor(ids), labels=paddle.to_tensor(ids), return_dict=True).loss
+        loss.backward()
+        grads.append({n: p.grad.numpy() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        np.testing.assert_allclose(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_recompute_training_full_and_create_custom_forward():
+    config = tiny_config()
+    layer = Qwen2DecoderLayer(config, 0)
+    fn = create_custom_forward(layer)
+    x = paddle.to_tensor(rand(1, 4, 64))
+    pe = Qwen2RotaryEmbedding(config)(x, paddle.arange(4).unsqueeze(0))
+    np.testing.assert_array_equal(fn(x, pe)[0].numpy(), layer(x, pe)[0].numpy())
+    model = Qwen2Model(config)
+    x.stop_gradient = False
+    out = model.recompute_training_full(layer, x, pe, None, None, False, False)[0]
+    out.sum().backward()
+    assert x.grad is not None and np.isfinite(x.grad.numpy()).all()
+    np.testing.assert_allclose(out.numpy(), layer(x, pe)[0].numpy(), rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_clear_errors(hf_checkpoint):
+    model = load_paddle(hf_checkpoint("gqa"))
+    with pytest.raises(ValueError, match=r"token id 128, outside the vocabulary \[0, 128\)"):
+        model(paddle.to_tensor([[1, 2, 128]]))
+    with pytest.raises(ValueError, match="token id -1"):
+        model(paddle.to_tensor([[1, -1, 2]]))
+    with pytest.raises(ValueError, match=r"sequence length 65 .* exceeds max_position_embeddings \(64\)"):
+        model(paddle.to_tensor(np.ones((1, 65), "int64")))
+    with pytest.raises(ValueError, match=r"attention_mask has shape \[2, 5\]; expected .*\[2, 4\]"):
+        model(paddle.to_tensor(np.ones((2, 4), "int64")), attention_mask=paddle.ones([2, 5], "int64"))
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        model()
+    # with rope scaling, longer sequences are allowed (that is what the scaling is for)
+    scaled = load_paddle(hf_checkpoint("rope_dynamic"))
+    assert scaled(paddle.to_tensor(np.ones((1, 30), "int64")), return_dict=True).logits.shape == [1, 30, 128]
+
+
+def test_all_padding_row_gives_defined_finite_result(hf_checkpoint):
+    model = load_paddle(hf_checkpoint("gqa"))
+    ids = paddle.to_tensor([[5, 6, 7, 8], [0, 0, 0, 0]])
+    mask = paddle.to_tensor([[1, 1, 1, 1], [0, 0, 0, 0]])
+    out = model(ids, attention_mask=mask, return_dict=True).logits.numpy()
+    assert np.isfinite(out).all()
+    alone = model(ids[:1], attention_mask=mask[:1], return_dict=True).logits.numpy()
+    np.testing.assert_allclose(out[0], alone[0], rtol=1e-5, atol=1e-5)  # the padded row does not leak
+    embedder = Qwen2SentenceEmbedding(model.config)
+    embedder.qwen2 = model.qwen2
+    mean = embedder(ids, attention_mask=mask, pooling="mean", normalize=False).numpy()
+    assert np.isfinite(mean).all() and np.all(mean[1] == 0.0)
+    normed = embedder(ids, attention_mask=mask, pooling="mean").numpy()
+    assert np.isfinite(normed).all()
