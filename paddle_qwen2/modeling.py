@@ -663,32 +663,40 @@ class Qwen2PretrainedModel(PretrainedModel):
             with paddle.no_grad():
                 layer.weight.set_value(paddle.ones_like(layer.weight))
 
+    def _layer_flops(self, seq_length: int) -> dict:
+        """Forward FLOPs (2 per multiply-add) of one decoder layer on one sequence, by part."""
+        cfg = self.config
+        q_out = cfg.num_attention_heads * cfg.attention_head_dim
+        kv_out = cfg.num_key_value_heads * cfg.attention_head_dim
+        return {
+            "attn_proj": 2 * seq_length * cfg.hidden_size * (2 * q_out + 2 * kv_out),  # q, k, v, o
+            "core_attn": 2 * 2 * seq_length * seq_length * q_out,  # q @ k^T and weights @ v
+            "mlp": 2 * seq_length * 3 * cfg.hidden_size * cfg.intermediate_size,
+        }
+
     def _get_model_flops(self, batch_size: int = 1, seq_length: Optional[int] = None, **_) -> float:
-        """Forward-pass FLOPs (2 per multiply-add) of `batch_size` sequences of `seq_length` tokens:
-        q/k/v/o and MLP matmuls, the attention score and value products, and the LM head."""
+        """Forward-pass FLOPs of `batch_size` sequences of `seq_length` tokens: every decoder-layer matmul
+        (q/k/v/o, attention scores and values, MLP) plus the LM head."""
         cfg = self.config
         seq_length = seq_length or cfg.max_position_embeddings
-        head_dim = cfg.attention_head_dim
-        q_out, kv_out = cfg.num_attention_heads * head_dim, cfg.num_key_value_heads * head_dim
-        proj = cfg.hidden_size * (2 * q_out + 2 * kv_out) + 3 * cfg.hidden_size * cfg.intermediate_size
-        per_layer = 2 * seq_length * proj + 2 * 2 * seq_length * seq_length * q_out
+        layer = sum(self._layer_flops(seq_length).values())
         lm_head = 2 * seq_length * cfg.hidden_size * cfg.vocab_size
-        return float(batch_size * (cfg.num_hidden_layers * per_layer + lm_head))
+        return float(batch_size * (cfg.num_hidden_layers * layer + lm_head))
 
     def _get_hardware_flops(self, batch_size: int = 1, seq_length: Optional[int] = None, **_) -> float:
-        """Training-step FLOPs (forward + 2x backward) including what recompute runs again."""
+        """Training-step FLOPs: forward + backward (2x forward) plus the forward work recompute repeats."""
         cfg = self.config
-        forward = self._get_model_flops(batch_size, seq_length)
+        total = 3 * self._get_model_flops(batch_size, seq_length)
         if not cfg.recompute:
-            return 3 * forward
-        seq_length = seq_length or cfg.max_position_embeddings
+            return total
+        parts = self._layer_flops(seq_length or cfg.max_position_embeddings)
+        repeated = {
+            "full": sum(parts.values()),
+            "full_attn": parts["attn_proj"] + parts["core_attn"],
+            "core_attn": parts["core_attn"],
+        }[cfg.recompute_granularity]
         layers_recomputed = cfg.num_hidden_layers - len(cfg.no_recompute_layers or [])
-        q_out = cfg.num_attention_heads * cfg.attention_head_dim
-        core = 2 * 2 * seq_length * seq_length * q_out * batch_size
-        lm_head = 2 * seq_length * cfg.hidden_size * cfg.vocab_size * batch_size
-        per_layer = (forward - lm_head) / cfg.num_hidden_layers
-        extra = {"full": per_layer, "full_attn": per_layer - 2 * seq_length * 3 * cfg.hidden_size * cfg.intermediate_size * batch_size, "core_attn": core}
-        return 3 * forward + layers_recomputed * extra[cfg.recompute_granularity]
+        return total + batch_size * layers_recomputed * repeated
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -436,6 +436,8 @@ def test_model_flops_counts_every_matmul():
     assert model._get_hardware_flops(batch_size=1, seq_length=seq) == 3 * expected
     recompute = Qwen2Model(tiny_config(recompute=True, recompute_granularity="full", no_recompute_layers=[0]))
     assert recompute._get_hardware_flops(1, seq) == 3 * expected + 2 * per_layer
+    core = Qwen2Model(tiny_config(recompute=True, recompute_granularity="core_attn"))
+    assert core._get_hardware_flops(1, seq) == 3 * expected + 3 * 4 * seq * seq * 64
 
 
 # ---------------------------------------------------------------------------------------------- recompute
