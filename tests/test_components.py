@@ -332,6 +332,18 @@ def test_parallel_matmul_single_process():
     np.testing.assert_allclose(out_t.numpy(), x @ w, rtol=1e-5, atol=1e-5)
 
 
+def test_assign_kv_heads():
+    assert assign_kv_heads(4, 2) == [[0, 1], [2, 3]]
+    assert assign_kv_heads(8, 8) == [[i] for i in range(8)]
+    assert assign_kv_heads(2, 4) == [[0], [0], [1], [1]]  # fewer kv heads than ranks: replicated
+    assert assign_kv_heads(1, 2) == [[0], [0]]
+    assert assign_kv_heads(4, 8) == [[0], [0], [1], [1], [2], [2], [3], [3]]  # Qwen2-7B on TP 8
+    with pytest.raises(ValueError, match="divisible"):
+        assign_kv_heads(6, 4)
+    with pytest.raises(ValueError, match="multiple"):
+        assign_kv_heads(3, 4)
+
+
 def test_lm_head_tied_and_untied():
     config = tiny_config()
     untied = Qwen2LMHead(config)

@@ -160,13 +160,11 @@ def test_incremental_decoding_equals_full_forward(hf_checkpoint, variant, paddin
     assert_close(valid(incremental, mask), valid(full, mask), what="incremental vs full")
 
 
-GENERATE_VARIANTS = ["gqa", "mha", "tied", "sliding", "head_dim", "rope_yarn"]
-
-
 @pytest.mark.paddle26
-@pytest.mark.parametrize("variant", GENERATE_VARIANTS)
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_greedy_generate_matches_hf(hf_checkpoint, variant):
-    """16 greedy tokens, KV cache, equal to HF token for token: one prompt, and a left-padded batch of two."""
+    """16 greedy tokens, KV cache, equal to HF token for token: one prompt, and a left-padded batch of two.
+    (rope_dynamic runs past its max_position_embeddings here: both re-derive frequencies step by step.)"""
     path = hf_checkpoint(variant)
     hf_model, pd_model = load_hf(path), load_paddle(path)
     single = [[5, 17, 99, 3, 42, 8]]
