@@ -151,6 +151,22 @@ class Qwen2Config(PretrainedConfig):
             raise ValueError(
                 f"intermediate_size ({self.intermediate_size}) must be divisible by tensor_parallel_degree ({tp})"
             )
+        kv = self.num_key_value_heads
+        if tp > 1 and (kv % tp if kv >= tp else tp % kv) != 0:
+            raise ValueError(
+                f"num_key_value_heads ({kv}) and tensor_parallel_degree ({tp}) must divide one another: kv heads "
+                "are split across the ranks when there are at least as many, replicated on groups of ranks otherwise"
+            )
+        if tp > 1 and kv < tp and self.fuse_attention_qkv:
+            raise ValueError(
+                f"fuse_attention_qkv needs num_key_value_heads ({kv}) >= tensor_parallel_degree ({tp}); "
+                "replicated kv heads use separate k/v projections"
+            )
+        if self.pipeline_parallel_degree > self.num_hidden_layers:
+            raise ValueError(
+                f"pipeline_parallel_degree ({self.pipeline_parallel_degree}) must not exceed num_hidden_layers "
+                f"({self.num_hidden_layers}): every pipeline stage needs at least one decoder layer"
+            )
 
 
 def _normalise_rope_scaling(rope_scaling: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:

@@ -7,6 +7,7 @@ Linear weights are stored Paddle-style as `[in_features, out_features]` (HF's tr
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from functools import partial
 from typing import List, Optional, Tuple, Union
@@ -17,7 +18,9 @@ import paddle.nn.functional as F
 from paddle import Tensor, nn
 from paddle.distributed import fleet
 from paddle.distributed.fleet.utils import recompute
+from paddlenlp.generation import GenerationConfig
 from paddlenlp.transformers.activations import ACT2FN
+from paddlenlp.transformers.configuration_utils import PretrainedConfig
 from paddlenlp.transformers.conversion_utils import StateDictNameMapping
 from paddlenlp.transformers.model_outputs import (
     BaseModelOutputWithPast,
@@ -30,6 +33,7 @@ from paddlenlp.transformers.model_outputs import (
 from paddlenlp.transformers.model_utils import PretrainedModel, register_base_model
 
 from .configuration import Qwen2Config
+from .conversion import HF_ARCHITECTURES, ModelDims, detect_layout, name_rows, read_paddle_state_dict
 
 __all__ = [
     "get_triangle_upper_mask",
@@ -121,6 +125,58 @@ def parallel_matmul(x: Tensor, y: Tensor, transpose_y: bool = False, tensor_para
     return mp_ops._c_concat(logits, group=group)
 
 
+_KV_REPLICA_GROUPS: dict = {}
+
+
+def _kv_replica_group(config: Qwen2Config):
+    """The communication group of the tensor-parallel ranks that hold the same (replicated) kv head as this rank.
+
+    Groups are created once, for every model-parallel group of the job and in the same order on every process
+    (as `new_group` requires), and cached.
+    """
+    hcg = fleet.get_hybrid_communicate_group()
+    key = (config.num_key_value_heads, config.tensor_parallel_degree)
+    if key not in _KV_REPLICA_GROUPS:
+        heads = assign_kv_heads(*key)
+        groups = {}
+        for mp_ranks in hcg.topology().get_comm_list("model"):
+            for head in sorted({h for rank_heads in heads for h in rank_heads}):
+                members = [mp_ranks[r] for r, rank_heads in enumerate(heads) if head in rank_heads]
+                group = paddle.distributed.new_group(members)
+                for rank in members:
+                    groups[rank] = group
+        _KV_REPLICA_GROUPS[key] = groups
+    return _KV_REPLICA_GROUPS[key][paddle.distributed.get_rank()]
+
+
+def _scatter_sequence(hidden_states: Tensor) -> Tensor:
+    """Sequence parallel entry: `[batch, seq, hidden]` -> this rank's part of the sequence,
+    `[seq / tp * batch, hidden]` (flattened sequence-major: row `i * batch + b` is position `i` of sequence `b`)."""
+    from paddle.distributed.fleet.utils.sequence_parallel_utils import ScatterOp
+
+    batch, seq_len, hidden_size = hidden_states.shape
+    tp = _mp_group_world_size()
+    if seq_len % tp != 0:
+        raise ValueError(
+            f"sequence_parallel splits the sequence across the {tp} tensor-parallel ranks: the sequence length "
+            f"({seq_len}) must be divisible by tensor_parallel_degree ({tp})"
+        )
+    return ScatterOp.apply(hidden_states.transpose([1, 0, 2]).reshape([seq_len * batch, hidden_size]))
+
+
+def _gather_sequence(hidden_states: Tensor, batch: int, seq_len: int) -> Tensor:
+    """Inverse of `_scatter_sequence`: `[seq / tp * batch, hidden]` -> `[batch, seq, hidden]` on every rank."""
+    from paddle.distributed.fleet.utils.sequence_parallel_utils import GatherOp
+
+    full = GatherOp.apply(hidden_states)
+    return full.reshape([seq_len, batch, full.shape[-1]]).transpose([1, 0, 2])
+
+
+def _sequence_to_batch_major(x: Tensor, batch: int, seq_len: int, num_heads: int, head_dim: int) -> Tensor:
+    """Output of a sequence-parallel column linear `[seq * batch, heads * head_dim]` -> `[batch, seq, heads, head_dim]`."""
+    return x.reshape([seq_len, batch, num_heads, head_dim]).transpose([1, 0, 2, 3])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Masks. Boolean masks are True where attention is allowed; additive masks hold 0 there and the dtype's
 # lowest finite value elsewhere (as HF's eager attention does).
@@ -210,19 +266,28 @@ def is_casual_mask(attention_mask: Optional[Tensor]) -> bool:
 
 class Qwen2RMSNorm(nn.Layer):
     """RMSNorm: `weight * x / sqrt(mean(x^2) + eps)`, the variance taken in float32 and the result cast
-    back to the input dtype before the weight is applied (as HF does). Input/output `[..., hidden]`."""
+    back to the input dtype before the weight is applied (as HF does). Input/output `[..., hidden]`.
+
+    Under sequence parallelism each rank normalises only its part of the sequence, so the weight is marked for
+    the gradient all-reduce over the tensor-parallel group (`register_sequence_parallel_allreduce_hooks`)."""
 
     def __init__(self, config_or_hidden_size: Union[Qwen2Config, int], eps: Optional[float] = None):
         super().__init__()
+        sequence_parallel = False
         if isinstance(config_or_hidden_size, int):
             hidden_size, self.variance_epsilon = config_or_hidden_size, 1e-6 if eps is None else eps
         else:
             hidden_size = config_or_hidden_size.hidden_size
             self.variance_epsilon = config_or_hidden_size.rms_norm_eps if eps is None else eps
+            sequence_parallel = config_or_hidden_size.sequence_parallel
         self.hidden_size = hidden_size
         self.weight = self.create_parameter(
             shape=[hidden_size], dtype=paddle.get_default_dtype(), default_initializer=nn.initializer.Constant(1.0)
         )
+        if sequence_parallel:
+            from paddle.distributed.fleet.utils.sequence_parallel_utils import mark_as_sequence_parallel_parameter
+
+            mark_as_sequence_parallel_parameter(self.weight)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         input_dtype = hidden_states.dtype
@@ -383,7 +448,7 @@ def scaled_dot_product_attention(
     training: bool = False,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """Attention core. q: `[batch, q_len, heads, head_dim]`; k, v: `[batch, kv_len, kv_heads, head_dim]`;
-    `attention_mask`: additive `[batch, 1, q_len, kv_len]` or None (plain causal).
+    `attention_mask`: additive `[batch or 1, 1, q_len, kv_len]`, or None for plain (bottom-right aligned) causal.
 
     Returns `([batch, q_len, heads * head_dim], attn_weights or None)`. The math path matches HF eager
     (softmax in float32). With `config.use_flash_attention` Paddle's fused kernel is used where the device and
@@ -391,9 +456,9 @@ def scaled_dot_product_attention(
     """
     global _warned_no_kernel
     batch, q_len, num_heads, head_dim = query_states.shape
-    n_rep = num_heads // key_states.shape[2]
-    key_states, value_states = repeat_kv(key_states, n_rep), repeat_kv(value_states, n_rep)
-    scaling = head_dim**-0.5
+    kv_len = key_states.shape[1]
+    if attention_mask is None and q_len > 1:
+        attention_mask = get_triangle_upper_mask(paddle.empty([1, 1, q_len, kv_len], query_states.dtype)).unsqueeze([0, 1])
 
     use_kernel = config.use_flash_attention and not output_attentions
     if use_kernel and not _sdpa_kernel_available():
@@ -402,23 +467,40 @@ def scaled_dot_product_attention(
             _warned_no_kernel = True
         use_kernel = False
     if use_kernel:
-        if attention_mask is None:
-            attention_mask = get_triangle_upper_mask(paddle.empty([1, 1, q_len, key_states.shape[1]], query_states.dtype))
+        n_rep = num_heads // key_states.shape[2]
+        key_states, value_states = repeat_kv(key_states, n_rep), repeat_kv(value_states, n_rep)
         out = F.scaled_dot_product_attention(
             query_states, key_states, value_states, attn_mask=attention_mask, dropout_p=dropout, training=training
         )
         return out.reshape([batch, q_len, num_heads * head_dim]), None
+    return _math_attention(query_states, key_states, value_states, attention_mask, output_attentions, dropout, training)
 
-    q = query_states.transpose([0, 2, 1, 3])
-    k = key_states.transpose([0, 2, 1, 3])
-    v = value_states.transpose([0, 2, 1, 3])
-    scores = paddle.matmul(q, k, transpose_y=True) * scaling
-    scores = scores + get_triangle_upper_mask(scores, attention_mask)
-    weights = F.softmax(scores, axis=-1, dtype="float32").astype(q.dtype)
+
+def _math_attention(q, k, v, attention_mask, output_attentions, dropout, training):
+    """softmax(q k^T / sqrt(d) + mask) v with HF eager's numerics (softmax in float32), arranged for speed:
+    the query heads sharing a kv head are stacked so k and v are never repeated, the scale is applied to q,
+    and a mask shared by the whole batch is added as a 2D `[q_len, kv_len]` broadcast."""
+    batch, q_len, num_heads, head_dim = q.shape
+    kv_heads, kv_len = k.shape[2], k.shape[1]
+    n_rep = num_heads // kv_heads
+    # [batch, kv_heads, n_rep * q_len, head_dim]: rows of query head h = g * n_rep + r sit in group g
+    q = (q * head_dim**-0.5).transpose([0, 2, 1, 3]).reshape([batch, kv_heads, n_rep * q_len, head_dim])
+    k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
+    scores = paddle.matmul(q, k, transpose_y=True).reshape([batch, num_heads, q_len, kv_len])
+    if attention_mask is not None:
+        if attention_mask.shape[0] == 1:
+            scores = scores + attention_mask.reshape([q_len, kv_len])
+        else:
+            scores = scores + attention_mask.expand([batch, num_heads, q_len, kv_len])
+    if scores.dtype == paddle.float32:
+        weights = F.softmax(scores, axis=-1)
+    else:
+        weights = F.softmax(scores, axis=-1, dtype="float32").astype(scores.dtype)
     if dropout > 0.0 and training:
         weights = F.dropout(weights, p=dropout, training=True)
-    out = paddle.matmul(weights, v).transpose([0, 2, 1, 3]).reshape([batch, q_len, num_heads * head_dim])
-    return out, (weights if output_attentions else None)
+    out = paddle.matmul(weights.reshape([batch, kv_heads, n_rep * q_len, kv_len]), v)
+    out = out.reshape([batch, num_heads, q_len, head_dim]).transpose([0, 2, 1, 3])
+    return out.reshape([batch, q_len, num_heads * head_dim]), (weights if output_attentions else None)
 
 
 def _parallel_linear(config: Qwen2Config, in_features: int, out_features: int, bias: bool, kind: str) -> nn.Layer:
@@ -473,8 +555,10 @@ class Qwen2Attention(nn.Layer):
     sliding window. `[batch, seq, hidden] -> [batch, seq, hidden]`.
 
     Under tensor parallelism each rank holds `num_heads / tp` query heads and the kv heads given by
-    `assign_kv_heads` (replicated when there are fewer kv heads than ranks). With `fuse_attention_qkv`
-    q, k and v are one projection `qkv_proj` laid out `[q | k | v]` per rank.
+    `assign_kv_heads`. With fewer kv heads than ranks each rank keeps its one kv head in a local `k_proj` /
+    `v_proj` whose gradients are summed over the ranks sharing that head. With `fuse_attention_qkv` q, k and v
+    are one projection `qkv_proj` laid out `[q | k | v]` per rank. Under sequence parallelism the input and
+    output are this rank's part of the sequence, `[seq / tp * batch, hidden]` (see `_scatter_sequence`).
     """
 
     def __init__(self, config: Qwen2Config, layer_idx: int = 0):
@@ -499,26 +583,62 @@ class Qwen2Attention(nn.Layer):
         kv_kind = "local" if self.kv_heads_replicated else "column"
         if self.kv_heads_replicated:
             kv_size = self.head_dim
-        if self.fuse_attention_qkv:
-            if self.kv_heads_replicated:
-                raise ValueError("fuse_attention_qkv needs num_key_value_heads >= tensor_parallel_degree")
+        if self.fuse_attention_qkv:  # never with replicated kv heads (Qwen2Config.validate)
             self.qkv_proj = _parallel_linear(config, self.hidden_size, q_size + 2 * kv_size, True, "column")
         else:
             self.q_proj = _parallel_linear(config, self.hidden_size, q_size, True, "column")
             self.k_proj = _parallel_linear(config, self.hidden_size, kv_size, True, kv_kind)
             self.v_proj = _parallel_linear(config, self.hidden_size, kv_size, True, kv_kind)
         self.o_proj = _parallel_linear(config, q_size, self.hidden_size, False, "row")
+        self.kv_replica_group = None
+        if self.kv_heads_replicated:
+            self.kv_replica_group = _kv_replica_group(config)
+            # Ranks hold different heads: fleet must not broadcast these from rank 0 like replicated parameters
+            # (and counts them on every rank in the global gradient norm).
+            for param in (*self.k_proj.parameters(), *self.v_proj.parameters()):
+                param.is_distributed = True
+        self.sequence_parallel = config.sequence_parallel
         self.recompute_core_attn = config.recompute and config.recompute_granularity == "core_attn"
 
-    def _project_qkv(self, hidden_states: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        batch, seq_len = hidden_states.shape[0], hidden_states.shape[1]
+    def _replicated_kv(self, hidden_states: Tensor) -> Tuple[Tensor, Tensor]:
+        """k and v `[tokens, head_dim]` of this rank's replicated kv head. The input takes part in the
+        tensor-parallel gradient all-reduce like a column-parallel input (gathered along the sequence under
+        sequence parallelism); the weight gradients are summed over the ranks sharing the head."""
+        from paddle.distributed.fleet.layers.mpu import mp_ops
+
+        if self.sequence_parallel:
+            from paddle.distributed.fleet.utils.sequence_parallel_utils import AllGatherOp
+
+            hidden_states = AllGatherOp.apply(hidden_states)
+        else:
+            mp_group = fleet.get_hybrid_communicate_group().get_model_parallel_group()
+            hidden_states = mp_ops._c_identity(hidden_states, group=mp_group)
+        group = self.kv_replica_group
+        key, value = (
+            F.linear(hidden_states, mp_ops._c_identity(proj.weight, group=group), mp_ops._c_identity(proj.bias, group=group))
+            for proj in (self.k_proj, self.v_proj)
+        )
+        return key, value
+
+    def _project_qkv(self, hidden_states: Tensor, batch: int, seq_len: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """q `[batch, seq, heads, head_dim]`, k and v `[batch, seq, kv_heads, head_dim]` (this rank's heads)."""
         if self.fuse_attention_qkv:
             mixed = self.qkv_proj(hidden_states)
             q_width = self.num_heads * self.head_dim
             kv_width = self.num_key_value_heads * self.head_dim
             query, key, value = paddle.split(mixed, [q_width, kv_width, kv_width], axis=-1)
         else:
-            query, key, value = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+            query = self.q_proj(hidden_states)
+            if self.kv_heads_replicated:
+                key, value = self._replicated_kv(hidden_states)
+            else:
+                key, value = self.k_proj(hidden_states), self.v_proj(hidden_states)
+        if self.sequence_parallel:
+            return (
+                _sequence_to_batch_major(query, batch, seq_len, self.num_heads, self.head_dim),
+                _sequence_to_batch_major(key, batch, seq_len, self.num_key_value_heads, self.head_dim),
+                _sequence_to_batch_major(value, batch, seq_len, self.num_key_value_heads, self.head_dim),
+            )
         query = query.reshape([batch, seq_len, self.num_heads, self.head_dim])
         key = key.reshape([batch, seq_len, self.num_key_value_heads, self.head_dim])
         value = value.reshape([batch, seq_len, self.num_key_value_heads, self.head_dim])
@@ -533,11 +653,17 @@ class Qwen2Attention(nn.Layer):
         use_cache: bool = False,
         output_attentions: bool = False,
     ) -> Tuple[Tensor, Optional[Tensor], Optional[KVCache]]:
-        """hidden_states `[batch, seq, hidden]`; position_embeddings `(cos, sin)` `[batch, seq, head_dim]`;
-        attention_mask additive `[batch, 1, seq, past + seq]`; past_key_value `(k, v)` `[batch, past, kv_heads, head_dim]`.
-        Returns `(output [batch, seq, hidden], attn_weights or None, (k, v) or None)`."""
-        query, key, value = self._project_qkv(hidden_states)
+        """hidden_states `[batch, seq, hidden]` (`[seq / tp * batch, hidden]` under sequence parallelism);
+        position_embeddings `(cos, sin)` `[batch, seq, head_dim]`; attention_mask additive
+        `[batch, 1, seq, past + seq]`; past_key_value `(k, v)` `[batch, past, kv_heads, head_dim]`.
+        Returns `(output shaped like hidden_states, attn_weights or None, (k, v) or None)`."""
         cos, sin = position_embeddings
+        if self.sequence_parallel:
+            seq_len = cos.shape[1]
+            batch = hidden_states.shape[0] * self.config.tensor_parallel_degree // seq_len
+        else:
+            batch, seq_len = hidden_states.shape[0], hidden_states.shape[1]
+        query, key, value = self._project_qkv(hidden_states, batch, seq_len)
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         if past_key_value is not None:
             key = paddle.concat([past_key_value[0], key], axis=1)
@@ -554,6 +680,8 @@ class Qwen2Attention(nn.Layer):
             attn_output, attn_weights = scaled_dot_product_attention(
                 query, key, value, attention_mask, self.config, output_attentions, dropout, self.training
             )
+        if self.sequence_parallel:  # [batch, seq, heads * head_dim] -> [seq * batch, heads * head_dim]
+            attn_output = attn_output.transpose([1, 0, 2]).reshape([seq_len * batch, attn_output.shape[-1]])
         return self.o_proj(attn_output), attn_weights, present
 
 
@@ -601,6 +729,138 @@ class Qwen2DecoderLayer(nn.Layer):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Checkpoint layouts under tensor parallelism. A rank's shard of a full weight is a list of (start, stop)
+# column ranges along the split axis; fused weights and replicated kv heads are just longer lists.
+# ----------------------------------------------------------------------------------------------------------------
+
+Intervals = List[Tuple[int, int]]
+
+
+def _even_intervals(size: int, degree: int) -> List[Intervals]:
+    """`size` cut into `degree` equal contiguous blocks: one interval list per rank."""
+    block = size // degree
+    return [[(rank * block, (rank + 1) * block)] for rank in range(degree)]
+
+
+def _kv_intervals(config: Qwen2Config) -> List[Intervals]:
+    """Per rank, the columns of the full k/v projection that hold its kv heads (`assign_kv_heads`)."""
+    d = config.attention_head_dim
+    heads = assign_kv_heads(config.num_key_value_heads, config.tensor_parallel_degree)
+    return [[(h * d, (h + 1) * d) for h in rank_heads] for rank_heads in heads]
+
+
+def _concat_intervals(*parts: Tuple[int, List[Intervals]]) -> List[Intervals]:
+    """Per-rank intervals of a fused tensor `[part_0 | part_1 | ...]` from `(part size, per-rank intervals)`."""
+    fused, offset = [[] for _ in parts[0][1]], 0
+    for size, per_rank in parts:
+        for rank, intervals in enumerate(per_rank):
+            fused[rank] += [(offset + start, offset + stop) for start, stop in intervals]
+        offset += size
+    return fused
+
+
+def _tensor_parallel_layouts(config: Qwen2Config) -> dict:
+    """`{name: (axis, per-rank intervals)}` for every tensor-parallel weight, names relative to the base model
+    (`layers.0.self_attn.q_proj.weight`) or the head (`lm_head.weight`). Axis -1 splits output features
+    (column-parallel layers, the `[hidden, vocab]` LM head), axis 0 input features (row-parallel layers) and
+    the vocabulary of the embedding. Weights not listed (norms, an embedding whose vocabulary does not divide)
+    are replicated."""
+    tp, d = config.tensor_parallel_degree, config.attention_head_dim
+    q_size, kv_size, inter = config.num_attention_heads * d, config.num_key_value_heads * d, config.intermediate_size
+    q, kv, mlp = _even_intervals(q_size, tp), _kv_intervals(config), _even_intervals(inter, tp)
+    layouts = {}
+    if config.vocab_size % tp == 0:
+        layouts["embed_tokens.weight"] = (0, _even_intervals(config.vocab_size, tp))
+        if not config.tie_word_embeddings:
+            layouts["lm_head.weight"] = (-1, _even_intervals(config.vocab_size, tp))
+    for i in range(config.num_hidden_layers):
+        attn, ffn = f"layers.{i}.self_attn.", f"layers.{i}.mlp."
+        if config.fuse_attention_qkv:
+            column = {"qkv_proj": _concat_intervals((q_size, q), (kv_size, kv), (kv_size, kv))}
+        else:
+            column = {"q_proj": q, "k_proj": kv, "v_proj": kv}
+        for proj, intervals in column.items():
+            layouts[f"{attn}{proj}.weight"] = layouts[f"{attn}{proj}.bias"] = (-1, intervals)
+        layouts[f"{attn}o_proj.weight"] = (0, q)
+        if config.fuse_attention_ffn:
+            layouts[f"{ffn}gate_up_fused_proj.weight"] = (-1, _concat_intervals((inter, mlp), (inter, mlp)))
+        else:
+            layouts[f"{ffn}gate_proj.weight"] = layouts[f"{ffn}up_proj.weight"] = (-1, mlp)
+        layouts[f"{ffn}down_proj.weight"] = (0, mlp)
+    return layouts
+
+
+def _to_numpy(x) -> np.ndarray:
+    return x.numpy() if isinstance(x, paddle.Tensor) else x
+
+
+def _tp_split(weight, axis: int, intervals: Intervals) -> np.ndarray:
+    """One rank's shard of a full `weight` (numpy array, paddle Tensor or a lazy safetensors slice)."""
+    weight = _to_numpy(weight)
+    ndim = len(weight.get_shape()) if hasattr(weight, "get_shape") else weight.ndim
+    rows = axis % ndim == 0
+    pieces = [weight[start:stop] if rows else weight[:, start:stop] for start, stop in intervals]
+    # contiguous: paddlenlp wraps the result with `paddle.Tensor(..., zero_copy=True)`, which ignores strides
+    return np.ascontiguousarray(pieces[0]) if len(pieces) == 1 else np.concatenate(pieces, axis=0 if rows else 1)
+
+
+def _tp_merge(shards: List, axis: int, intervals: List[Intervals]) -> np.ndarray:
+    """The full weight from every rank's shard (a replicated kv head is taken from the first rank holding it)."""
+    shards = [_to_numpy(shard) for shard in shards]
+    if len(shards) != len(intervals):
+        raise ValueError(f"expected {len(intervals)} tensor-parallel shards, got {len(shards)}")
+    axis = axis % shards[0].ndim
+    shape = list(shards[0].shape)
+    shape[axis] = max(stop for rank_intervals in intervals for _, stop in rank_intervals)
+    full, filled = np.empty(shape, dtype=shards[0].dtype), np.zeros(shape[axis], dtype=bool)
+    for shard, rank_intervals in zip(shards, intervals):
+        offset = 0
+        for start, stop in rank_intervals:
+            if not filled[start:stop].all():
+                target = [slice(None)] * full.ndim
+                source = list(target)
+                target[axis], source[axis] = slice(start, stop), slice(offset, offset + stop - start)
+                full[tuple(target)] = shard[tuple(source)]
+                filled[start:stop] = True
+            offset += stop - start
+    return full
+
+
+def _fuse(tensors: List) -> Union[np.ndarray, Tensor]:
+    """`[a | b | ...]` along the output (last) axis: q/k/v -> qkv_proj, gate/up -> gate_up_fused_proj."""
+    if isinstance(tensors[0], paddle.Tensor):
+        return paddle.concat(tensors, axis=-1)
+    return np.concatenate(tensors, axis=-1)
+
+
+def _unfuse(fused, ratios: Tuple[int, ...]) -> List:
+    """Inverse of `_fuse` for parts whose widths are in proportion `ratios` (holds for a full weight and for a
+    tensor-parallel shard alike, since each part is split evenly across ranks)."""
+    width = fused.shape[-1]
+    sizes = [width * r // sum(ratios) for r in ratios]
+    if isinstance(fused, paddle.Tensor):  # split copies; a slice would be a strided view
+        return paddle.split(fused, sizes, axis=-1)
+    return [np.ascontiguousarray(part) for part in np.split(fused, np.cumsum(sizes)[:-1], axis=-1)]
+
+
+def _fused_groups(config: Qwen2Config, qkv: bool, ffn: bool) -> List[Tuple[Tuple[str, ...], Tuple[int, ...]]]:
+    """`((part names..., fused name), width ratios)` of the fused q/k/v (if `qkv`) and gate/up (if `ffn`)
+    projections of every layer, names relative to the base model."""
+    groups = []
+    for i in range(config.num_hidden_layers):
+        attn, mlp = f"layers.{i}.self_attn.", f"layers.{i}.mlp."
+        if qkv:
+            heads = (config.num_attention_heads, config.num_key_value_heads, config.num_key_value_heads)
+            for suffix in ("weight", "bias"):
+                names = tuple(f"{attn}{proj}.{suffix}" for proj in ("q_proj", "k_proj", "v_proj", "qkv_proj"))
+                groups.append((names, heads))
+        if ffn:
+            names = tuple(f"{mlp}{proj}.weight" for proj in ("gate_proj", "up_proj", "gate_up_fused_proj"))
+            groups.append((names, (1, 1)))
+    return groups
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Pretrained model base
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -620,32 +880,102 @@ class Qwen2PretrainedModel(PretrainedModel):
     config_class = Qwen2Config
     base_model_prefix = "qwen2"
     _keys_to_ignore_on_load_unexpected = [r"self_attn\.rotary_emb\.inv_freq"]
-    # HF's attribute holding the base model, per head (Qwen2ForQuestionAnswering keeps "transformer" for BC).
+    # HF's attribute holding the base model and the head's extra (hf_name, paddle_name, action) rows; the
+    # heads take both from conversion.HF_ARCHITECTURES (Qwen2ForQuestionAnswering keeps "transformer").
     hf_base_model_prefix = "model"
-    # Extra HF -> Paddle entries of the head: (hf_name, paddle_name, action).
-    _hf_head_mappings: List[Tuple[str, str, Optional[str]]] = []
+    _hf_head_mappings: Tuple[Tuple[str, str, Optional[str]], ...] = ()
+
+    def __init__(self, config: Qwen2Config, *args, **kwargs):
+        config.validate()  # parallel settings are often set on the config after it was built
+        super().__init__(config, *args, **kwargs)
 
     @classmethod
     def _get_name_mappings(cls, config: Qwen2Config) -> List[StateDictNameMapping]:
         """HF state-dict names -> this model's names. Every nn.Linear weight is transposed (HF stores
-        `[out, in]`, Paddle `[in, out]`); embeddings and norms are copied as they are."""
-        base = [["embed_tokens.weight", None], ["norm.weight", None]]
-        for i in range(config.num_hidden_layers):
-            prefix = f"layers.{i}."
-            for proj in ("q_proj", "k_proj", "v_proj"):
-                base.append([f"{prefix}self_attn.{proj}.weight", "transpose"])
-                base.append([f"{prefix}self_attn.{proj}.bias", None])
-            base.append([f"{prefix}self_attn.o_proj.weight", "transpose"])
-            for proj in ("gate_proj", "up_proj", "down_proj"):
-                base.append([f"{prefix}mlp.{proj}.weight", "transpose"])
-            base.append([f"{prefix}input_layernorm.weight", None])
-            base.append([f"{prefix}post_attention_layernorm.weight", None])
-        if cls.base_model_class is cls:
-            rows = [(name, name, action) for name, action in base]
-        else:
-            rows = [(f"{cls.hf_base_model_prefix}.{name}", f"qwen2.{name}", action) for name, action in base]
-            rows += [tuple(row) for row in cls._hf_head_mappings if row[0] != "lm_head.weight" or not config.tie_word_embeddings]
+        `[out, in]`, Paddle `[in, out]`); embeddings and norms are copied as they are. The table itself is
+        `conversion.name_rows`, shared with the checkpoint converter."""
+        hf_prefix = None if cls.base_model_class is cls else cls.hf_base_model_prefix
+        rows = name_rows(config.num_hidden_layers, config.tie_word_embeddings, hf_prefix, cls._hf_head_mappings)
         return [StateDictNameMapping(hf, pd, action, index=i) for i, (hf, pd, action) in enumerate(rows)]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """paddlenlp's `from_pretrained`; an HF checkpoint folder (safetensors or pytorch_model.bin, single or
+        sharded) also loads: it is detected by its tensor names and converted in memory, tensor by tensor,
+        without torch. With `tensor_parallel_degree > 1` each tensor is cut to this rank's slice as it is read
+        (paddlenlp's `get_tensor_parallel_convert_actions`, i.e. `_get_tensor_parallel_mappings`)."""
+        path = pretrained_model_name_or_path
+        if not (isinstance(path, (str, os.PathLike)) and os.path.isdir(path) and detect_layout(path) == "hf"):
+            return super().from_pretrained(path, *args, **kwargs)
+        kwargs.pop("low_cpu_mem_usage", None)  # already read tensor by tensor
+        config = kwargs.pop("config", None)
+        if not isinstance(config, PretrainedConfig):
+            config, kwargs = cls.config_class.from_pretrained(config or path, return_unused_kwargs=True, **kwargs)
+        split = None  # else: names -> {name: action} giving this rank's slice, as paddlenlp cuts a full checkpoint
+        if config.tensor_parallel_degree > 1:
+            split = partial(cls.get_tensor_parallel_convert_actions, config, is_split=True, ignore_error=True)
+        check_shapes = not kwargs.get("ignore_mismatched_sizes", False)
+        state_dict = read_paddle_state_dict(path, ModelDims.from_config(config), split, check_shapes)
+        model = super().from_pretrained(None, *args, config=config, state_dict=state_dict, **kwargs)
+        if model.can_generate() and os.path.isfile(os.path.join(path, "generation_config.json")):
+            model.generation_config = GenerationConfig.from_pretrained(path)
+        return model
+
+    @classmethod
+    def _get_tensor_parallel_mappings(cls, config: Qwen2Config, is_split: bool = True) -> dict:
+        """`{parameter name: action}` for paddlenlp's tensor-parallel loading and saving; names are suffixes of
+        the state-dict keys. With `is_split` an action takes a full weight and returns the shard of rank
+        `config.tensor_parallel_rank` (`from_pretrained` of a full checkpoint); otherwise it takes the list of
+        every rank's shard and returns the full weight (`save_pretrained(merge_tensor_parallel=True)`)."""
+        rank, actions = config.tensor_parallel_rank, {}
+        for name, (axis, intervals) in _tensor_parallel_layouts(config).items():
+            if is_split:
+                actions[name] = partial(_tp_split, axis=axis, intervals=intervals[rank])
+            else:
+                actions[name] = partial(_tp_merge, axis=axis, intervals=intervals)
+        return actions
+
+    @classmethod
+    def _get_fuse_or_split_param_mappings(cls, config: Qwen2Config, is_fuse: bool = True) -> dict:
+        """paddlenlp's fuse/split actions, `{(part names..., fused name): action}`. With `is_fuse` (for a model
+        with `fuse_attention_qkv` / `fuse_attention_ffn`) the separate q/k/v or gate/up weights of a checkpoint
+        are concatenated; otherwise (for a model without them) a fused checkpoint weight is cut into its parts."""
+        qkv, ffn = config.fuse_attention_qkv, config.fuse_attention_ffn
+        if is_fuse:
+            return {names: _fuse for names, _ in _fused_groups(config, qkv, ffn)}
+        return {names: partial(_unfuse, ratios=ratios) for names, ratios in _fused_groups(config, not qkv, not ffn)}
+
+    @classmethod
+    def _unfused_state_dict(cls, state_dict: dict, config: Qwen2Config) -> dict:
+        """`state_dict` with every fused projection replaced by its separate parts (q/k/v, gate/up), order kept."""
+        groups = {names[-1]: (names[:-1], ratios) for names, ratios in _fused_groups(
+            config, config.fuse_attention_qkv, config.fuse_attention_ffn)}
+        unfused = {}
+        for key, value in state_dict.items():
+            name = key
+            while name not in groups and "." in name:
+                name = name.split(".", 1)[1]
+            if name not in groups or value is None:
+                unfused[key] = value
+                continue
+            parts, ratios = groups[name]
+            for part, tensor in zip(parts, _unfuse(value, ratios)):
+                unfused[key[: len(key) - len(name)] + part] = tensor
+        return unfused
+
+    @classmethod
+    def merge_tensor_parallel(cls, state_dict: dict, config: Qwen2Config) -> dict:
+        """paddlenlp's merge of the tensor-parallel shards into full weights, fused projections written unfused."""
+        return cls._unfused_state_dict(super().merge_tensor_parallel(state_dict, config), config)
+
+    def save_pretrained(self, save_dir: str, is_main_process: bool = True, state_dict: Optional[dict] = None, *args, **kwargs):
+        """paddlenlp's `save_pretrained`. A full checkpoint (one process, or `merge_tensor_parallel=True`) always
+        has the separate q/k/v and gate/up weights, whatever the fuse flags: they are fused again on load.
+        Tensor-parallel shards saved without merging keep the model's own layout."""
+        fused = self.config.fuse_attention_qkv or self.config.fuse_attention_ffn
+        if state_dict is None and fused and self.config.tensor_parallel_degree <= 1:
+            state_dict = self._unfused_state_dict(self.state_dict(), self.config)
+        return super().save_pretrained(save_dir, is_main_process, state_dict, *args, **kwargs)
 
     def _init_weights(self, layer: nn.Layer) -> None:
         """Normal(0, initializer_range) for Linear and Embedding weights, zero biases, ones for RMSNorm."""
@@ -727,16 +1057,20 @@ class Qwen2Model(Qwen2PretrainedModel):
         self.padding_idx = config.pad_token_id
         self.vocab_size = config.vocab_size
         self.hidden_size = config.hidden_size
-        tp = config.tensor_parallel_degree
-        if tp > 1 and config.vocab_size % tp == 0:
-            self.embed_tokens = fleet.meta_parallel.VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        else:
-            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = self._embedding(config)
         self.layers = nn.LayerList([Qwen2DecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = Qwen2RMSNorm(config)
         self.rotary_emb = Qwen2RotaryEmbedding(config)
         self.no_recompute_layers = config.no_recompute_layers or []
         self.has_sliding_layers = "sliding_attention" in config.layer_types
+
+    @staticmethod
+    def _embedding(config: Qwen2Config) -> nn.Layer:
+        """Token embedding: vocabulary-split (`VocabParallelEmbedding`) under TP when the vocabulary divides."""
+        tp = config.tensor_parallel_degree
+        if tp > 1 and config.vocab_size % tp == 0:
+            return fleet.meta_parallel.VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        return nn.Embedding(config.vocab_size, config.hidden_size)
 
     def get_input_embeddings(self) -> nn.Layer:
         return self.embed_tokens
@@ -755,16 +1089,23 @@ class Qwen2Model(Qwen2PretrainedModel):
         """Additive mask `[batch, 1, seq, past + seq]` combining causality (offset by the cache), padding
         (2D `attention_mask` `[batch, past + seq]`, 1 = token) and an optional sliding window.
 
-        A 4D `attention_mask` is taken as given (boolean: True = attend; float: additive). Returns None when
-        nothing is masked beyond plain causality and no window applies (the kernel's causal path).
+        A 4D `attention_mask` is taken as given (boolean: True = attend; float: additive). Without padding the
+        mask has batch size 1 (shared by every row), and a single new token with no window to apply gets None.
         """
         if attention_mask is not None and attention_mask.ndim == 4:
             if attention_mask.dtype == paddle.bool:
                 return _additive_mask(attention_mask, dtype)
             return attention_mask.astype(dtype)
+        batch, q_len = input_shape[0], input_shape[1]
+        if attention_mask is not None and bool(attention_mask.astype("bool").all()):
+            attention_mask = None  # no padding: one mask serves the whole batch
+        if attention_mask is None:
+            kv_len = past_key_values_length + q_len
+            if q_len == 1 and (sliding_window is None or kv_len <= sliding_window):
+                return None  # a single new token sees every cached position
+            return _additive_mask(_make_causal_mask([1, q_len], past_key_values_length, sliding_window), dtype)
         allowed = _make_causal_mask(input_shape, past_key_values_length, sliding_window)
-        if attention_mask is not None:
-            allowed = paddle.logical_and(allowed, _expand_2d_mask(attention_mask, dtype, input_shape[1]))
+        allowed = paddle.logical_and(allowed, _expand_2d_mask(attention_mask, dtype, q_len))
         return _additive_mask(allowed, dtype)
 
     def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, past_length):
@@ -785,6 +1126,10 @@ class Qwen2Model(Qwen2PretrainedModel):
         if attention_mask is not None:
             _check_attention_mask(attention_mask, batch, seq_len, total)
         return batch, seq_len
+
+    def _full_sequence(self, hidden_states: Tensor, batch: int, seq_len: int) -> Tensor:
+        """Decoder activations as `[batch, seq, hidden]` (gathered from the ranks under sequence parallelism)."""
+        return _gather_sequence(hidden_states, batch, seq_len) if self.config.sequence_parallel else hidden_states
 
     def recompute_training_full(self, layer_module: nn.Layer, hidden_states: Tensor, *args) -> Tuple:
         """Run one decoder layer under activation recompute (granularity "full")."""
@@ -831,12 +1176,14 @@ class Qwen2Model(Qwen2PretrainedModel):
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        if cfg.sequence_parallel:  # the decoder layers see [seq / tp * batch, hidden]
+            hidden_states = _scatter_sequence(hidden_states)
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
         next_cache = () if use_cache else None
         for idx, layer in enumerate(self.layers):
             if output_hidden_states:
-                all_hidden_states += (hidden_states,)
+                all_hidden_states += (self._full_sequence(hidden_states, batch, seq_len),)
             past = past_key_values[idx] if past_key_values is not None else None
             args = (position_embeddings, masks[layer.attention_type], past, use_cache, output_attentions)
             if (
@@ -853,7 +1200,7 @@ class Qwen2Model(Qwen2PretrainedModel):
                 all_attentions += (attn_weights,)
             if use_cache:
                 next_cache += (present,)
-        hidden_states = self.norm(hidden_states)
+        hidden_states = self._full_sequence(self.norm(hidden_states), batch, seq_len)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
 
@@ -918,7 +1265,9 @@ class Qwen2PretrainingCriterion(nn.Layer):
         super().__init__()
         self.config = config
         self.ignore_index = ignore_index
-        self.enable_parallel_cross_entropy = config.tensor_parallel_degree > 1 and config.tensor_parallel_output
+        tp = config.tensor_parallel_degree
+        # Logits are vocabulary-split only when the vocabulary divides (see Qwen2LMHead).
+        self.enable_parallel_cross_entropy = tp > 1 and config.tensor_parallel_output and config.vocab_size % tp == 0
         if self.enable_parallel_cross_entropy:
             self.loss_func = fleet.meta_parallel.ParallelCrossEntropy(ignore_index=ignore_index)
         else:
@@ -938,7 +1287,7 @@ class Qwen2ForCausalLM(Qwen2PretrainedModel):
     inside, -100 ignored), KV cache for paddlenlp's `generate` (greedy, sampling, beam search)."""
 
     _tied_weights_keys = ["lm_head.weight"]
-    _hf_head_mappings = [("lm_head.weight", "lm_head.weight", "transpose")]
+    _hf_head_mappings = HF_ARCHITECTURES["Qwen2ForCausalLM"].head_mappings
 
     def __init__(self, config: Qwen2Config):
         super().__init__(config)
@@ -1111,7 +1460,7 @@ class Qwen2ForSequenceClassification(Qwen2PretrainedModel):
     """Sequence classification / regression from the hidden state of the rightmost token that is not
     `pad_token_id` (so left and right padding both work, as HF 4.57). logits `[batch, num_labels]`."""
 
-    _hf_head_mappings = [("score.weight", "score.weight", "transpose")]
+    _hf_head_mappings = HF_ARCHITECTURES["Qwen2ForSequenceClassification"].head_mappings
 
     def __init__(self, config: Qwen2Config):
         super().__init__(config)
@@ -1183,7 +1532,7 @@ class Qwen2ForTokenClassification(Qwen2PretrainedModel):
     """Per-token classification: dropout (classifier_dropout, default 0.1) then a biased Linear.
     logits `[batch, seq, num_labels]`; loss is cross entropy over labels != -100."""
 
-    _hf_head_mappings = [("score.weight", "score.weight", "transpose"), ("score.bias", "score.bias", None)]
+    _hf_head_mappings = HF_ARCHITECTURES["Qwen2ForTokenClassification"].head_mappings
 
     def __init__(self, config: Qwen2Config):
         super().__init__(config)
@@ -1239,8 +1588,8 @@ class Qwen2ForQuestionAnswering(Qwen2PretrainedModel):
     """Extractive QA: a Linear `hidden -> 2` gives start and end logits, each `[batch, seq]`. The loss is
     the mean of start and end cross entropies; positions outside the sequence are ignored (as HF)."""
 
-    hf_base_model_prefix = "transformer"
-    _hf_head_mappings = [("qa_outputs.weight", "qa_outputs.weight", "transpose"), ("qa_outputs.bias", "qa_outputs.bias", None)]
+    hf_base_model_prefix = HF_ARCHITECTURES["Qwen2ForQuestionAnswering"].hf_prefix
+    _hf_head_mappings = HF_ARCHITECTURES["Qwen2ForQuestionAnswering"].head_mappings
 
     def __init__(self, config: Qwen2Config):
         super().__init__(config)

@@ -85,9 +85,10 @@ def redraw_weights(model, seed: int = 0) -> None:
                 param.copy_(0.08 * noise)
 
 
-def write_hf_checkpoint(path: Path, variant: str, head: str = "causal_lm", seed: int = 0) -> Path:
-    """Build a tiny HF model of `variant` / `head`, re-draw its weights and `save_pretrained` it to `path`."""
-    cfg = dict(BASE, **VARIANTS[variant], **HEAD_CONFIG.get(head, {}))
+def write_hf_checkpoint(path: Path, variant: str, head: str = "causal_lm", seed: int = 0, **overrides) -> Path:
+    """Build a tiny HF model of `variant` / `head` (config `overrides` last), re-draw its weights and
+    `save_pretrained` it to `path`."""
+    cfg = {**BASE, **VARIANTS[variant], **HEAD_CONFIG.get(head, {}), **overrides}
     config = transformers.Qwen2Config(**cfg)
     torch.manual_seed(seed)
     model = getattr(transformers, HF_HEADS[head])(config)

@@ -1,0 +1,70 @@
+"""`make bench`: every benchmark, then a markdown summary of the results (benchmarks/results/summary.md).
+
+    python benchmarks/run_all.py                 # small config on CPU (what README shows)
+    python benchmarks/run_all.py --config tiny   # quick look
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+UNITS = {"decode_16+64": ("tokens/s", True), "embed_32x64": ("sentences/s", True)}
+
+
+def run(script: str, *args: str) -> None:
+    print(f"\n=== {script} {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script), *args], check=True)
+
+
+def model_table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    impls = list(next(iter(data["workloads"].values()))["seconds_per_unit"])
+    lines = [
+        f"Model benchmark, config `{data['config']}`, {data['device']} {data['dtype']}, {data['threads']} threads, "
+        f"{data['date']}, {data['machine']['cpu']} ({data['machine']['cores']} cores), paddle {data['machine']['paddle']}.",
+        "",
+        "| workload | " + " | ".join(impls) + " | ours vs paddlenlp | ours vs HF eager | ours vs HF sdpa | % of matmul ceiling | peak RSS MB (ours / paddlenlp) |",
+        "|" + " --- |" * (len(impls) + 6),
+    ]
+    for name, row in data["workloads"].items():
+        unit, is_rate = UNITS.get(name, ("ms", False))
+        cells = [f"{1 / s:.1f} {unit}" if is_rate else f"{s * 1000:.0f} ms" for s in row["seconds_per_unit"].values()]
+        ratios = []
+        for other in ("paddlenlp", "hf_eager", "hf_sdpa"):
+            r = row["ratio_ours_vs"].get(other)
+            ratios.append("-" if r is None else (f"{1 / r:.2f}x speed" if is_rate else f"{r:.2f}x time"))
+        ceiling = row.get("fraction_of_ceiling_ours")
+        rss = row.get("peak_rss_mb", {})
+        rss_cell = f"{rss.get('ours', float('nan')):.0f} / {rss.get('paddlenlp', float('nan')):.0f}" if rss else "-"
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + " | " + " | ".join(ratios)
+            + f" | {'-' if ceiling is None else f'{ceiling * 100:.0f}%'} | {rss_cell} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="small")
+    parser.add_argument("--repeats", default="5")
+    parser.add_argument("--skip-convert", action="store_true")
+    args = parser.parse_args(argv)
+    run("bench_model.py", "--config", args.config, "--repeats", args.repeats)
+    if not args.skip_convert and (HERE / "bench_convert.py").exists():
+        run("bench_convert.py")
+    summary = model_table(RESULTS / f"model_{Path(args.config).stem}_cpu_float32.json")
+    convert = RESULTS / "convert.json"
+    if convert.exists():
+        summary += "\n\nConversion benchmark (`benchmarks/bench_convert.py`):\n\n```\n" + convert.read_text() + "\n```"
+    (RESULTS / "summary.md").write_text(summary + "\n")
+    print("\n" + summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Run a worker script under `python -m paddle.distributed.launch` on CPU (gloo) and collect its results."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+def launch(script: str, spec: dict, workdir: Path, nproc: int = 2, timeout: int = 240) -> List[dict]:
+    """Launch `script spec.json` on `nproc` CPU ranks; return each rank's `<prefix>.rank<r>.json` results.
+
+    The worker writes its results to `spec["out"]` (set here to `workdir`) as `<name>.rank<r>.json`, where
+    `<name>` is the script name without `worker_` and `.py`. On failure the tail of every rank's log is raised.
+    """
+    workdir = Path(workdir)
+    spec = dict(spec, out=str(workdir))
+    spec_file = workdir / f"{Path(script).stem}.spec.json"
+    spec_file.write_text(json.dumps(spec))
+    log_dir = workdir / f"{Path(script).stem}.logs"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), str(HERE), env.get("PYTHONPATH")) if p)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["OMP_NUM_THREADS"] = "1"  # two ranks share the cores
+    env.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    cmd = [
+        sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), "--max_restart", "0",
+        "--log_dir", str(log_dir), str(HERE / script), str(spec_file),
+    ]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    name = Path(script).stem.replace("worker_", "")
+    files = [workdir / f"{name}.rank{r}.json" for r in range(nproc)]
+    if proc.returncode != 0 or not all(f.exists() for f in files):
+        logs = "\n".join(
+            f"--- {log.name} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+            for log in sorted(log_dir.glob("workerlog.*"))
+        )
+        raise AssertionError(f"{script} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}\n{logs}")
+    return [json.loads(f.read_text()) for f in files]
