@@ -291,10 +291,14 @@ class Qwen2RMSNorm(nn.Layer):
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.astype("float32")
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = paddle.rsqrt(variance + self.variance_epsilon) * hidden_states
-        return self.weight * hidden_states.astype(input_dtype)
+        if input_dtype != paddle.float32:
+            hidden_states = hidden_states.astype("float32")
+        # square / operand order chosen for Paddle's CPU kernels (pow and a broadcast left operand are slow paths)
+        variance = paddle.square(hidden_states).mean(-1, keepdim=True)
+        hidden_states = hidden_states * paddle.rsqrt(variance + self.variance_epsilon)
+        if input_dtype != paddle.float32:
+            hidden_states = hidden_states.astype(input_dtype)
+        return hidden_states * self.weight
 
     def extra_repr(self) -> str:
         return f"{self.hidden_size}, eps={self.variance_epsilon}"
@@ -410,9 +414,20 @@ def apply_rotary_pos_emb(
         cos = cos.reshape(list(position_ids.shape) + [cos.shape[-1]])
         sin = sin.reshape(list(position_ids.shape) + [sin.shape[-1]])
     cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
-    q_embed = q * cos + rotate_half(q) * sin
-    k_embed = k * cos + rotate_half(k) * sin
+    q_embed = q * _repeat_heads(cos, q.shape, unsqueeze_dim) + rotate_half(q) * _repeat_heads(sin, q.shape, unsqueeze_dim)
+    k_embed = k * _repeat_heads(cos, k.shape, unsqueeze_dim) + rotate_half(k) * _repeat_heads(sin, k.shape, unsqueeze_dim)
     return q_embed, k_embed
+
+
+def _repeat_heads(table: Tensor, shape, head_axis: int) -> Tensor:
+    """`table` with its size-1 head axis tiled to `shape[head_axis]`: Paddle's CPU multiply is ~30x slower
+    broadcasting a middle axis than on equal shapes, and the tiled table is small."""
+    heads = shape[head_axis]
+    if heads == 1 or table.shape[head_axis] != 1:
+        return table
+    repeats = [1] * len(shape)
+    repeats[head_axis] = heads
+    return paddle.tile(table, repeats)
 
 
 def repeat_kv(hidden_states: Tensor, n_rep: int) -> Tensor:
@@ -905,6 +920,10 @@ class Qwen2PretrainedModel(PretrainedModel):
         without torch. With `tensor_parallel_degree > 1` each tensor is cut to this rank's slice as it is read
         (paddlenlp's `get_tensor_parallel_convert_actions`, i.e. `_get_tensor_parallel_mappings`)."""
         path = pretrained_model_name_or_path
+        if "dtype" not in kwargs and paddle.get_device() == "cpu":
+            # Released Qwen2 checkpoints are bf16, and Paddle has no bf16 matmul on CPU: compute in float32
+            # there unless the caller asks for a dtype.
+            kwargs["dtype"] = "float32"
         if not (isinstance(path, (str, os.PathLike)) and os.path.isdir(path) and detect_layout(path) == "hf"):
             return super().from_pretrained(path, *args, **kwargs)
         kwargs.pop("low_cpu_mem_usage", None)  # already read tensor by tensor
@@ -1274,8 +1293,10 @@ class Qwen2PretrainingCriterion(nn.Layer):
             self.loss_func = nn.CrossEntropyLoss(reduction="none", ignore_index=ignore_index)
 
     def forward(self, prediction_scores: Tensor, masked_lm_labels: Tensor) -> Tensor:
-        logits = prediction_scores[:, :-1, :].astype("float32")
-        labels = masked_lm_labels[:, 1:]
+        # Shift the labels, not the logits: slicing the logits costs a full-size copy in the backward pass.
+        labels = masked_lm_labels.astype("int64")
+        labels = paddle.concat([labels[:, 1:], paddle.full([labels.shape[0], 1], self.ignore_index, "int64")], axis=1)
+        logits = prediction_scores if prediction_scores.dtype == paddle.float32 else prediction_scores.astype("float32")
         token_loss = self.loss_func(logits, labels.unsqueeze(-1)).squeeze(-1)
         valid = (labels != self.ignore_index).astype("float32")
         count = valid.sum()

@@ -122,11 +122,7 @@ class _Qwen2ChatMixin:
         self.chat_template_str = chat_template if isinstance(chat_template, str) else None
         if self.pad_token is None:
             self.pad_token = ENDOFTEXT
-        pad_id = self.convert_tokens_to_ids(str(self.pad_token))
-        vocab = self.get_vocab()
-        if str(self.pad_token) not in vocab:
-            raise ValueError(f"pad token {str(self.pad_token)!r} is not in the vocabulary; Qwen2 pads with {ENDOFTEXT!r}")
-        if pad_id == 0:
+        if self.convert_tokens_to_ids(str(self.pad_token)) == 0:
             raise ValueError(
                 f"pad token {str(self.pad_token)!r} has id 0, an ordinary byte token in Qwen2's vocabulary; "
                 f"use {ENDOFTEXT!r} (an added token after the BPE vocabulary)"
@@ -346,8 +342,7 @@ class Qwen2TokenizerFast(_Qwen2ChatMixin, PretrainedTokenizerFast):
 
     def save_vocabulary(self, save_directory: str, filename_prefix: Optional[str] = None):
         """Write `vocab.json` and `merges.txt` from the BPE model (HF's format)."""
-        prefix = (filename_prefix + "-") if filename_prefix else ""
-        return tuple(self._tokenizer.model.save(save_directory, prefix.rstrip("-") or None))
+        return tuple(self._tokenizer.model.save(save_directory, filename_prefix))
 
 
 def train_qwen2_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2, show_progress: bool = False):

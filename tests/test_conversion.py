@@ -182,7 +182,7 @@ def test_hf_paddle_hf_is_byte_identical_and_loads_in_transformers(tmp_path, dtyp
     reloaded, first = (transformers.Qwen2ForCausalLM.from_pretrained(p, dtype="auto").eval() for p in (back, src))
     assert next(reloaded.parameters()).dtype == TORCH_DTYPES[dtype]
     np.testing.assert_array_equal(hf_logits(reloaded, ids, "causal_lm"), hf_logits(first, ids, "causal_lm"))
-    model = Qwen2ForCausalLM.from_pretrained(pd)
+    model = Qwen2ForCausalLM.from_pretrained(pd, dtype=dtype)  # kept in the checkpoint's dtype when asked
     assert str(model.qwen2.embed_tokens.weight.dtype).endswith(dtype)
     embed = model.qwen2.embed_tokens.weight
     embed_bits = embed.astype("float32").numpy() if dtype == "bfloat16" else embed.numpy()
@@ -541,3 +541,21 @@ def test_from_pretrained_split_hook_uses_tensor_parallel_mappings(hf_checkpoint)
     o = "qwen2.layers.0.self_attn.o_proj.weight"  # row parallel: second half of the inputs
     assert np.array_equal(split[o], full[o][full[o].shape[0] // 2:])
     assert np.array_equal(split["qwen2.norm.weight"], full["qwen2.norm.weight"])
+
+
+def test_bf16_hf_checkpoint_loads_in_float32_on_cpu(hf_checkpoint, tmp_path):
+    """Released checkpoints are bf16 and Paddle has no bf16 matmul on CPU: from_pretrained computes in float32
+    there (unless `dtype` is given) and matches HF run on the same bf16 weights upcast to float32."""
+    hf_bf16 = transformers.Qwen2ForCausalLM.from_pretrained(hf_checkpoint("gqa"), dtype=torch.bfloat16)
+    hf_bf16.save_pretrained(tmp_path / "bf16")
+    model = Qwen2ForCausalLM.from_pretrained(str(tmp_path / "bf16"))
+    assert model.qwen2.embed_tokens.weight.dtype == paddle.float32
+    hf_fp32 = load_hf(tmp_path / "bf16")
+    hf_fp32.float()
+    ids = [[5, 17, 99, 3, 42, 8]]
+    with torch.no_grad():
+        expected = hf_fp32(torch.tensor(ids)).logits
+    model.eval()
+    assert_close(model(paddle.to_tensor(ids), return_dict=True).logits, expected, what="bf16 weights, fp32 compute")
+    kept = Qwen2ForCausalLM.from_pretrained(str(tmp_path / "bf16"), dtype="bfloat16")
+    assert kept.qwen2.embed_tokens.weight.dtype == paddle.bfloat16

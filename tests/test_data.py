@@ -1,10 +1,11 @@
 """SFT / classification data: ChatML rendering, label masking, packing, collators and bad-input errors."""
 import json
-import warnings
 
 import numpy as np
 import paddle
 import pytest
+
+pytestmark = pytest.mark.paddle26
 
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM
 from paddle_qwen2.data import (
