@@ -174,6 +174,12 @@ def _as_added_token(token: Any) -> Any:
     return token
 
 
+def _special_tokens_as_added(kwargs: dict) -> None:
+    """Turn the string entries of `kwargs["additional_special_tokens"]` into whole-match `AddedToken`s."""
+    if kwargs.get("additional_special_tokens") is not None:
+        kwargs["additional_special_tokens"] = [_as_added_token(t) for t in kwargs["additional_special_tokens"]]
+
+
 class Qwen2Tokenizer(_Qwen2ChatMixin, _PaddleNLPQwen2Tokenizer):
     """Qwen2 byte-level BPE tokenizer from `vocab.json` + `merges.txt` (paddlenlp's Python implementation).
 
@@ -193,8 +199,7 @@ class Qwen2Tokenizer(_Qwen2ChatMixin, _PaddleNLPQwen2Tokenizer):
         chat_template: Optional[str] = None,
         **kwargs,
     ):
-        if "additional_special_tokens" in kwargs and kwargs["additional_special_tokens"] is not None:
-            kwargs["additional_special_tokens"] = [_as_added_token(t) for t in kwargs["additional_special_tokens"]]
+        _special_tokens_as_added(kwargs)
         # Qwen2's files leave unk_token null; every byte is in the vocabulary, so it is never produced.
         super().__init__(
             vocab_file,
@@ -315,8 +320,7 @@ class Qwen2TokenizerFast(_Qwen2ChatMixin, PretrainedTokenizerFast):
         chat_template: Optional[str] = None,
         **kwargs,
     ):
-        if "additional_special_tokens" in kwargs and kwargs["additional_special_tokens"] is not None:
-            kwargs["additional_special_tokens"] = [_as_added_token(t) for t in kwargs["additional_special_tokens"]]
+        _special_tokens_as_added(kwargs)
         eos_token, pad_token = _as_added_token(eos_token), _as_added_token(pad_token)
         if tokenizer_file is None or not os.path.isfile(tokenizer_file):
             if not (vocab_file and merges_file and os.path.isfile(vocab_file) and os.path.isfile(merges_file)):
