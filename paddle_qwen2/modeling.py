@@ -1183,6 +1183,8 @@ class Qwen2Model(Qwen2PretrainedModel):
         if position_ids is None:
             position_ids = paddle.arange(past_length, past_length + seq_len, dtype="int64").unsqueeze(0).expand([batch, seq_len])
 
+        if attention_mask is not None and attention_mask.ndim == 2 and bool(attention_mask.astype("bool").all()):
+            attention_mask = None  # no padding: checked once here, not once per mask kind
         masks = {
             "full_attention": self._prepare_decoder_attention_mask(
                 attention_mask, [batch, seq_len], past_length, inputs_embeds.dtype
