@@ -17,7 +17,7 @@ venv26: $(VENV26)/.installed
 
 # Main venv (paddlepaddle 3.3.1). requirements-test.txt is installed second on
 # purpose: it overrides huggingface_hub for transformers (see the file's header).
-$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml setup.py paddle_qwen2/_transpose.c
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -r requirements.txt
 	$(VENV)/bin/python -m pip install -r requirements-test.txt
@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	touch $@
 
 # Parity venv (paddlepaddle 2.6.2, otherwise the same pins).
-$(VENV26)/.installed: requirements-paddle26.txt requirements-test.txt pyproject.toml
+$(VENV26)/.installed: requirements-paddle26.txt requirements-test.txt pyproject.toml setup.py paddle_qwen2/_transpose.c
 	test -x $(VENV26)/bin/python || $(PY) -m venv $(VENV26)
 	$(VENV26)/bin/python -m pip install -r requirements-paddle26.txt
 	$(VENV26)/bin/python -m pip install -r requirements-test.txt

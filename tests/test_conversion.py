@@ -275,6 +275,71 @@ def test_transpose_fast_path_is_exact():
             assert np.array_equal(conversion._transpose(array), array.T), (shape, dtype)
 
 
+def test_transpose_kernel_is_built():
+    """`make` installs the package with `pip install -e .`, which compiles the SIMD kernel (it is optional for
+    installs without a compiler; the numpy path is tested below)."""
+    assert conversion._simd_transpose is not None
+    assert conversion._simd_transpose.SIMD == int(os.uname().machine in ("x86_64", "AMD64"))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+def test_transpose_kernel_matches_numpy(dtype):
+    kernel = conversion._simd_transpose
+    rng = np.random.RandomState(0)
+    # register-tile multiples, ragged rims on both sides, single rows / columns, more than one cache band
+    for rows, cols in [(64, 64), (13, 7), (100, 37), (9, 130), (1, 5), (5, 1), (0, 3), (40, 600), (600, 40)]:
+        array = (rng.rand(rows, cols) * 200).astype(dtype)
+        for start, stop in [(0, cols), (cols // 3, cols), (cols // 3, cols // 3 + 1), (cols, cols)]:
+            out = np.full((stop - start, rows), 7, dtype)
+            kernel.transpose_columns(out, array, rows, cols, start, stop, array.itemsize)
+            assert np.array_equal(out, array[:, start:stop].T), (dtype, rows, cols, start, stop)
+
+
+def test_transpose_kernel_refuses_bad_arguments():
+    kernel, array = conversion._simd_transpose, np.zeros((4, 6), np.uint16)
+    out = np.zeros((6, 4), np.uint16)
+    for args, message in [
+        ((out, array, 4, 6, 0, 7, 2), "start <= stop <= cols"),
+        ((out, array, 4, 6, 3, 2, 2), "start <= stop <= cols"),
+        ((out, array, 4, 6, 0, 6, 3), "itemsize must be 1, 2, 4 or 8"),
+        ((out, array, 5, 6, 0, 6, 2), "src is smaller"),
+        ((out[:5], array, 4, 6, 0, 6, 2), "out is smaller"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            kernel.transpose_columns(*args)
+    with pytest.raises(TypeError):  # a read-only output
+        kernel.transpose_columns(bytes(48), array, 4, 6, 0, 6, 2)
+
+
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_chunks_threads_and_numpy_fallback_write_the_same_bytes(hf_checkpoint, tmp_path, monkeypatch, dtype):
+    """The output does not depend on how tensors are cut into pieces, on the C kernel or numpy doing the
+    transposes, or on the number of worker threads (pieces of 1000 bytes: every tensor in many pieces)."""
+    src = hf_checkpoint("gqa")
+    convert_checkpoint(src, tmp_path / "reference", dtype=dtype, progress=False)
+    reference = (tmp_path / "reference" / "model.safetensors").read_bytes()
+    monkeypatch.setattr(conversion, "_CHUNK_BYTES", 1000)
+    for kernel, workers in [(conversion._simd_transpose, 3), (None, 2), (None, 1)]:
+        monkeypatch.setattr(conversion, "_simd_transpose", kernel)
+        monkeypatch.setattr(conversion, "_workers", lambda: workers)
+        out = tmp_path / f"out-{kernel is not None}-{workers}"
+        convert_checkpoint(src, out, dtype=dtype, progress=False)
+        assert (out / "model.safetensors").read_bytes() == reference, (kernel, workers)
+
+
+def test_safetensors_conversion_does_not_import_numpy(hf_checkpoint, tmp_path):
+    """numpy's import is a sixth of the time of a 1 GB conversion: plain safetensors conversions (kernel
+    copies + the C transpose) run without it."""
+    script = (
+        "import sys; from paddle_qwen2.cli import main; code = main(sys.argv[1:]); "
+        "assert 'numpy' not in sys.modules, 'numpy was imported'; sys.exit(code)"
+    )
+    args = ["convert", "--from-hf", str(hf_checkpoint("gqa")), "--out", str(tmp_path / "pd"), "--quiet"]
+    result = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "pd" / "model.safetensors").exists()
+
+
 # ---------------------------------------------------------------------------------------------------- .bin
 
 
@@ -479,12 +544,13 @@ _KILL_SCRIPT = """
 import sys, time
 from paddle_qwen2 import conversion
 from paddle_qwen2.cli import main
-write = conversion._Writer._write
-def slow_write(self, view):
-    write(self, view)
-    print("WRITING", flush=True)
-    time.sleep(60)
-conversion._Writer._write = slow_write
+write = conversion._pwrite_all
+def slow_write(fd, data, offset):
+    write(fd, data, offset)
+    if offset > 0:  # past the header: tensor data is being written
+        print("WRITING", flush=True)
+        time.sleep(60)
+conversion._pwrite_all = slow_write
 sys.exit(main(["convert", "--from-hf", sys.argv[1], "--out", sys.argv[2], "--quiet"]))
 """
 
@@ -509,11 +575,26 @@ def test_interrupted_conversion_leaves_no_dst(hf_checkpoint, tmp_path, sig):
 
 
 def test_failure_while_writing_removes_temp_folder(hf_checkpoint, tmp_path, monkeypatch):
-    def fail(self, view):
-        raise OSError(28, "No space left on device")
+    write, calls = conversion._pwrite_all, []
 
-    monkeypatch.setattr(conversion._Writer, "_write", fail)
+    def fail_after_the_header(fd, data, offset):
+        calls.append(offset)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        write(fd, data, offset)
+
+    monkeypatch.setattr(conversion, "_pwrite_all", fail_after_the_header)
     with pytest.raises(OSError, match="No space left"):
+        convert_checkpoint(hf_checkpoint("gqa"), tmp_path / "pd", progress=False)
+    assert len(calls) == 2 and no_output(tmp_path / "pd")
+
+
+def test_failure_in_a_worker_thread_removes_temp_folder(hf_checkpoint, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise MemoryError("no memory for the transpose")
+
+    monkeypatch.setattr(conversion, "_fill_transposed_bytes", fail)
+    with pytest.raises(MemoryError, match="no memory for the transpose"):
         convert_checkpoint(hf_checkpoint("gqa"), tmp_path / "pd", progress=False)
     assert no_output(tmp_path / "pd")
 
