@@ -964,12 +964,11 @@ def _item_pieces(item: _Item, offset: int) -> Iterator[_Piece]:
         yield _Piece(offset + start * itemsize, part.size * itemsize, fill=functools.partial(_fill_cast, flat=part, src=src, dst=dst))
 
 
-def _write_pieces(fd: int, pieces: Iterable[_Piece], pool: ThreadPoolExecutor, on_bytes: Callable[[int], object]) -> None:
-    """Write `pieces` into `fd`: worker threads fill buffers (a few pieces ahead) while this thread writes the
+def _write_pieces(fd: int, pieces: Iterable[_Piece], pool: ThreadPoolExecutor, ahead: int, on_bytes: Callable[[int], object]) -> None:
+    """Write `pieces` into `fd`: worker threads fill buffers (`ahead` pieces at most) while this thread writes the
     filled ones in order. Page-cache writes stay on this one thread: the file system takes one writer per
     file, and concurrent writers here only contend in the kernel. The first error stops the work and is
     raised once no worker is touching a buffer."""
-    ahead = _AHEAD * pool._max_workers
     free: List[bytearray] = []
     pending: "collections.deque[Tuple[_Piece, Optional[Future], Optional[bytearray]]]" = collections.deque()
 
@@ -1061,7 +1060,8 @@ def _write_weights(folder: Path, items: Sequence[_Item], layout: str, max_shard_
     )
     bar = _progress_bar(total) if progress else contextlib.nullcontext()
     on_bytes = bar.update if progress else (lambda n: None)
-    with bar, ThreadPoolExecutor(_workers(), thread_name_prefix="paddle_qwen2-convert") as pool:
+    workers = _workers()
+    with bar, ThreadPoolExecutor(workers, thread_name_prefix="paddle_qwen2-convert") as pool:
         for name, shard in zip(names, shards):
             header = _safetensors_header(shard, layout)
             offsets = itertools.accumulate([item.nbytes for item in shard], initial=len(header))
@@ -1069,7 +1069,7 @@ def _write_weights(folder: Path, items: Sequence[_Item], layout: str, max_shard_
             try:
                 _pwrite_all(fd, header, 0)
                 pieces = (piece for item, offset in zip(shard, offsets) for piece in _item_pieces(item, offset))
-                _write_pieces(fd, pieces, pool, on_bytes)
+                _write_pieces(fd, pieces, pool, _AHEAD * workers, on_bytes)
             finally:
                 os.close(fd)
     if len(shards) > 1:
