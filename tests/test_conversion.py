@@ -1,5 +1,9 @@
-"""HF <-> Paddle checkpoint conversion (paddle_qwen2.conversion, the `paddle-qwen2 convert` CLI, and
-`from_pretrained` on HF folders), checked against HF transformers run live on checkpoints it wrote itself."""
+"""HF <-> Paddle checkpoint conversion end to end (paddle_qwen2.conversion, the `paddle-qwen2 convert` CLI, and
+`from_pretrained` on HF folders), checked against HF transformers run live on checkpoints it wrote itself: every
+input kind and head gives HF's logits, round trips are byte-identical, bad inputs fail clearly and write nothing,
+interrupted runs leave no output. The readers and the writer have their own files (test_conversion_readers.py,
+test_conversion_writer.py)."""
+
 import json
 import os
 import shutil
@@ -18,17 +22,27 @@ import transformers
 from safetensors.numpy import load_file, save_file
 from safetensors.torch import load_file as load_torch_file
 
-from conftest import HF_HEADS, HEAD_CONFIG, PADDLE_HEADS, VARIANTS, BASE, assert_close, load_hf, redraw_weights
+from conftest import BASE, HEAD_CONFIG, HF_HEADS, PADDLE_HEADS, VARIANTS, assert_close, load_hf, redraw_weights
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM
-from paddle_qwen2 import conversion
 from paddle_qwen2.cli import main
-from paddle_qwen2.conversion import ConversionError, ModelDims, cast_array, convert_checkpoint, open_checkpoint
+from paddle_qwen2.conversion import (
+    ConversionError,
+    ModelDims,
+    convert_checkpoint,
+    expected_hf_shape,
+    open_checkpoint,
+    read_paddle_state_dict,
+    writer,
+)
+from paddle_qwen2.conversion.names import conversion_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def write_hf(path: Path, head: str = "causal_lm", variant: str = "gqa", dtype: str = "float32", seed: int = 0, **save_kwargs) -> Path:
+def write_hf(
+    path: Path, head: str = "causal_lm", variant: str = "gqa", dtype: str = "float32", seed: int = 0, **save_kwargs
+) -> Path:
     """An HF checkpoint written by transformers' save_pretrained (re-drawn weights, cast to `dtype`)."""
     config = transformers.Qwen2Config(**{**BASE, **VARIANTS[variant], **HEAD_CONFIG.get(head, {})})
     torch.manual_seed(seed)
@@ -77,7 +91,9 @@ def cli(*args) -> int:
 def tensors_by_name(folder: Path) -> dict:
     """Every tensor of a safetensors checkpoint as torch tensors (bf16 included), following the index."""
     index = folder / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    )
     out = {}
     for name in files:
         out.update(load_torch_file(str(folder / name)))
@@ -100,11 +116,11 @@ def test_name_table_is_the_models_mapping_and_shapes_match(tied):
     dims = ModelDims.from_config(config)
     for head, cls in PADDLE_HEADS.items():
         rows = [(m.source_name, m.target_name, m.action) for m in cls._get_name_mappings(config)]
-        assert rows == conversion.conversion_rows(cls.__name__, dims), head
+        assert rows == conversion_rows(cls.__name__, dims), head
         params = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
         assert set(params) == {pd for _, pd, _ in rows}, head
         for hf, pd, action in rows:
-            shape = conversion.expected_hf_shape(hf, dims)
+            shape = expected_hf_shape(hf, dims)
             assert params[pd] == (shape[::-1] if action == "transpose" else shape), (head, hf)
 
 
@@ -209,7 +225,8 @@ def test_paddle_save_pretrained_converts_to_hf(hf_checkpoint, tmp_path):
     assert cli("--from-hf", hf_checkpoint("gqa"), "--out", converted) == 0
     model = Qwen2ForCausalLM.from_pretrained(converted)
     model.save_pretrained(tmp_path / "resaved", safe_serialization=True)  # paddlenlp writes what we wrote
-    ours, paddlenlps = load_file(str(converted / "model.safetensors")), load_file(str(tmp_path / "resaved" / "model.safetensors"))
+    ours = load_file(str(converted / "model.safetensors"))
+    paddlenlps = load_file(str(tmp_path / "resaved" / "model.safetensors"))
     assert ours.keys() == paddlenlps.keys() and all(np.array_equal(ours[k], paddlenlps[k]) for k in ours)
     with paddle.no_grad():
         model.qwen2.layers[0].mlp.up_proj.weight.set_value(model.qwen2.layers[0].mlp.up_proj.weight * 1.5)
@@ -248,117 +265,7 @@ def test_dtype_conversion_only_when_asked(hf_checkpoint, tmp_path):
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
 
 
-@pytest.mark.parametrize("src,dst", [("F32", "BF16"), ("F32", "F16"), ("BF16", "F32"), ("BF16", "F16"), ("F16", "BF16")])
-def test_cast_matches_torch_bit_for_bit(src, dst):
-    codes = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
-    rng = np.random.RandomState(0)
-    values = np.concatenate([
-        rng.standard_normal(4000) * np.exp(rng.uniform(-30, 30, 4000)),
-        [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, 3.4e38, 65504.0, 65520.0, 1.00390625, 1.01171875, 6e-8],
-    ]).astype(np.float32)
-    source = torch.from_numpy(values).to(codes[src])
-    as_numpy = source.view(torch.int16).numpy().view(np.uint16) if src == "BF16" else source.numpy()
-    ours = cast_array(as_numpy, src, dst)
-    theirs = source.to(codes[dst])
-    theirs = theirs.view(torch.int16).numpy().view(np.uint16) if dst == "BF16" else theirs.numpy()
-    assert ours.dtype == theirs.dtype
-    finite = ~np.isnan(values)  # NaN stays NaN; torch's NaN bit pattern depends on its CPU kernel
-    assert np.array_equal(ours[finite], theirs[finite])
-    as_float = (lambda x: cast_array(x, "BF16", "F32")) if dst == "BF16" else (lambda x: x)
-    assert np.isnan(as_float(ours[~finite])).all() and np.isnan(as_float(theirs[~finite])).all()
-
-
-def test_transpose_fast_path_is_exact():
-    for shape in [(256, 128), (192, 640), (64, 64), (100, 37), (128, 96)]:
-        for dtype in (np.uint16, np.float32):
-            array = np.random.RandomState(1).randint(0, 60000, size=shape).astype(dtype)
-            assert np.array_equal(conversion._transpose(array), array.T), (shape, dtype)
-
-
-def test_transpose_kernel_is_built():
-    """`make` installs the package with `pip install -e .`, which compiles the SIMD kernel (it is optional for
-    installs without a compiler; the numpy path is tested below)."""
-    assert conversion._simd_transpose is not None
-    assert conversion._simd_transpose.SIMD == int(os.uname().machine in ("x86_64", "AMD64"))
-
-
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
-def test_transpose_kernel_matches_numpy(dtype):
-    kernel = conversion._simd_transpose
-    rng = np.random.RandomState(0)
-    # register-tile multiples, ragged rims on both sides, single rows / columns, more than one cache band
-    for rows, cols in [(64, 64), (13, 7), (100, 37), (9, 130), (1, 5), (5, 1), (0, 3), (40, 600), (600, 40)]:
-        array = (rng.rand(rows, cols) * 200).astype(dtype)
-        for start, stop in [(0, cols), (cols // 3, cols), (cols // 3, cols // 3 + 1), (cols, cols)]:
-            out = np.full((stop - start, rows), 7, dtype)
-            kernel.transpose_columns(out, array, rows, cols, start, stop, array.itemsize)
-            assert np.array_equal(out, array[:, start:stop].T), (dtype, rows, cols, start, stop)
-
-
-def test_transpose_kernel_refuses_bad_arguments():
-    kernel, array = conversion._simd_transpose, np.zeros((4, 6), np.uint16)
-    out = np.zeros((6, 4), np.uint16)
-    for args, message in [
-        ((out, array, 4, 6, 0, 7, 2), "start <= stop <= cols"),
-        ((out, array, 4, 6, 3, 2, 2), "start <= stop <= cols"),
-        ((out, array, 4, 6, 0, 6, 3), "itemsize must be 1, 2, 4 or 8"),
-        ((out, array, 5, 6, 0, 6, 2), "src is smaller"),
-        ((out[:5], array, 4, 6, 0, 6, 2), "out is smaller"),
-    ]:
-        with pytest.raises(ValueError, match=message):
-            kernel.transpose_columns(*args)
-    with pytest.raises(TypeError):  # a read-only output
-        kernel.transpose_columns(bytes(48), array, 4, 6, 0, 6, 2)
-
-
-@pytest.mark.parametrize("dtype", [None, "bfloat16"])
-def test_chunks_threads_and_numpy_fallback_write_the_same_bytes(hf_checkpoint, tmp_path, monkeypatch, dtype):
-    """The output does not depend on how tensors are cut into pieces, on the C kernel or numpy doing the
-    transposes, or on the number of worker threads (pieces of 1000 bytes: every tensor in many pieces)."""
-    src = hf_checkpoint("gqa")
-    convert_checkpoint(src, tmp_path / "reference", dtype=dtype, progress=False)
-    reference = (tmp_path / "reference" / "model.safetensors").read_bytes()
-    monkeypatch.setattr(conversion, "_CHUNK_BYTES", 1000)
-    for kernel, workers in [(conversion._simd_transpose, 3), (None, 2), (None, 1)]:
-        monkeypatch.setattr(conversion, "_simd_transpose", kernel)
-        monkeypatch.setattr(conversion, "_workers", lambda: workers)
-        out = tmp_path / f"out-{kernel is not None}-{workers}"
-        convert_checkpoint(src, out, dtype=dtype, progress=False)
-        assert (out / "model.safetensors").read_bytes() == reference, (kernel, workers)
-
-
-def test_safetensors_conversion_does_not_import_numpy(hf_checkpoint, tmp_path):
-    """numpy's import is a sixth of the time of a 1 GB conversion: plain safetensors conversions (kernel
-    copies + the C transpose) run without it."""
-    script = (
-        "import sys; from paddle_qwen2.cli import main; code = main(sys.argv[1:]); "
-        "assert 'numpy' not in sys.modules, 'numpy was imported'; sys.exit(code)"
-    )
-    args = ["convert", "--from-hf", str(hf_checkpoint("gqa")), "--out", str(tmp_path / "pd"), "--quiet"]
-    result = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "pd" / "model.safetensors").exists()
-
-
 # ---------------------------------------------------------------------------------------------------- .bin
-
-
-def test_bin_reader_matches_torch_for_views_and_dtypes(tmp_path):
-    base = torch.randn(6, 8)
-    state = {
-        "transposed": base.t(),
-        "offset_slice": base[2:5],
-        "shared_a": base,
-        "bf16": torch.randn(3, 4).to(torch.bfloat16),
-        "fp16_column": torch.randn(5, 4).half()[:, 1],
-        "scalar": torch.tensor(3.5),
-    }
-    torch.save(state, tmp_path / "x.bin")
-    entries = {e.name: e for e in conversion._torch_entries(tmp_path / "x.bin")}
-    for name, tensor in state.items():
-        got = entries[name].read()
-        expected = tensor.contiguous().view(torch.int16).numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
-        assert got.shape == tuple(tensor.shape) and np.array_equal(got.view(expected.dtype), expected), name
 
 
 def test_bin_converts_where_torch_cannot_be_imported(hf_kinds, tmp_path):
@@ -371,7 +278,11 @@ def test_bin_converts_where_torch_cannot_be_imported(hf_kinds, tmp_path):
     dst = tmp_path / "pd"
     run = subprocess.run(
         [sys.executable, "-m", "paddle_qwen2", "convert", "--from-hf", str(hf_kinds["sharded_bin"]), "--out", str(dst)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     assert "tensors" in run.stdout and "parameters" in run.stdout and "seconds" in run.stdout
@@ -424,7 +335,7 @@ def _flip_storage_byte(folder: Path) -> None:
     with zipfile.ZipFile(path) as zf:
         info = max(zf.infolist(), key=lambda i: i.file_size)
     data = bytearray(path.read_bytes())
-    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
     start = info.header_offset + 30 + name_len + extra_len
     data[start + info.file_size // 2] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -456,9 +367,13 @@ def _bad_input(kind: str, tmp: Path, kinds: dict) -> Path:
     elif kind == "missing_tensor":
         _rewrite_tensors(folder, lambda t: t.pop("model.layers.2.mlp.up_proj.weight"))
     elif kind == "unexpected_tensor":
-        _rewrite_tensors(folder, lambda t: t.update({"model.layers.9.mlp.up_proj.weight": np.zeros((2, 2), np.float32)}))
+        _rewrite_tensors(
+            folder, lambda t: t.update({"model.layers.9.mlp.up_proj.weight": np.zeros((2, 2), np.float32)})
+        )
     elif kind == "wrong_shape":
-        _rewrite_tensors(folder, lambda t: t.update({"model.layers.1.self_attn.k_proj.weight": np.zeros((64, 64), np.float32)}))
+        _rewrite_tensors(
+            folder, lambda t: t.update({"model.layers.1.self_attn.k_proj.weight": np.zeros((64, 64), np.float32)})
+        )
     elif kind == "truncated":
         data = (folder / "model.safetensors").read_bytes()
         (folder / "model.safetensors").write_bytes(data[:-100])
@@ -529,7 +444,13 @@ def test_summary_and_tokenizer_files(hf_checkpoint, tmp_path, capsys):
         (src / name).write_text("{}")
     assert main(["convert", "--from-hf", str(src), "--out", str(tmp_path / "pd"), "--max-shard-size", "150KB"]) == 0
     out = capsys.readouterr().out
-    for line in ("tensors       39", "parameters    118,592", "dtype         float32", "bytes         474,368", "seconds"):
+    for line in (
+        "tensors       39",
+        "parameters    118,592",
+        "dtype         float32",
+        "bytes         474,368",
+        "seconds",
+    ):
         assert line in out, out
     assert len(out.splitlines()) <= 12
     files = sorted(p.name for p in (tmp_path / "pd").iterdir())
@@ -542,15 +463,15 @@ def test_summary_and_tokenizer_files(hf_checkpoint, tmp_path, capsys):
 
 _KILL_SCRIPT = """
 import sys, time
-from paddle_qwen2 import conversion
 from paddle_qwen2.cli import main
-write = conversion._pwrite_all
+from paddle_qwen2.conversion import writer
+write = writer._pwrite_all
 def slow_write(fd, data, offset):
     write(fd, data, offset)
     if offset > 0:  # past the header: tensor data is being written
         print("WRITING", flush=True)
         time.sleep(60)
-conversion._pwrite_all = slow_write
+writer._pwrite_all = slow_write
 sys.exit(main(["convert", "--from-hf", sys.argv[1], "--out", sys.argv[2], "--quiet"]))
 """
 
@@ -559,7 +480,10 @@ sys.exit(main(["convert", "--from-hf", sys.argv[1], "--out", sys.argv[2], "--qui
 def test_interrupted_conversion_leaves_no_dst(hf_checkpoint, tmp_path, sig):
     dst = tmp_path / "pd"
     child = subprocess.Popen(
-        [sys.executable, "-c", _KILL_SCRIPT, str(hf_checkpoint("gqa")), str(dst)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _KILL_SCRIPT, str(hf_checkpoint("gqa")), str(dst)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert child.stdout.readline().strip() == "WRITING"  # the first shard file has been started
@@ -575,7 +499,7 @@ def test_interrupted_conversion_leaves_no_dst(hf_checkpoint, tmp_path, sig):
 
 
 def test_failure_while_writing_removes_temp_folder(hf_checkpoint, tmp_path, monkeypatch):
-    write, calls = conversion._pwrite_all, []
+    write, calls = writer._pwrite_all, []
 
     def fail_after_the_header(fd, data, offset):
         calls.append(offset)
@@ -583,7 +507,7 @@ def test_failure_while_writing_removes_temp_folder(hf_checkpoint, tmp_path, monk
             raise OSError(28, "No space left on device")
         write(fd, data, offset)
 
-    monkeypatch.setattr(conversion, "_pwrite_all", fail_after_the_header)
+    monkeypatch.setattr(writer, "_pwrite_all", fail_after_the_header)
     with pytest.raises(OSError, match="No space left"):
         convert_checkpoint(hf_checkpoint("gqa"), tmp_path / "pd", progress=False)
     assert len(calls) == 2 and no_output(tmp_path / "pd")
@@ -593,7 +517,7 @@ def test_failure_in_a_worker_thread_removes_temp_folder(hf_checkpoint, tmp_path,
     def fail(*args, **kwargs):
         raise MemoryError("no memory for the transpose")
 
-    monkeypatch.setattr(conversion, "_fill_transposed_bytes", fail)
+    monkeypatch.setattr(writer, "_fill_transposed_bytes", fail)
     with pytest.raises(MemoryError, match="no memory for the transpose"):
         convert_checkpoint(hf_checkpoint("gqa"), tmp_path / "pd", progress=False)
     assert no_output(tmp_path / "pd")
@@ -607,7 +531,7 @@ def test_from_pretrained_split_hook_uses_tensor_parallel_mappings(hf_checkpoint)
     `_get_tensor_parallel_mappings`) as it is read; the end-to-end TP load is tested with the parallel code."""
     src = hf_checkpoint("gqa")
     config = Qwen2Config.from_pretrained(src)
-    full = conversion.read_paddle_state_dict(src, ModelDims.from_config(config))
+    full = read_paddle_state_dict(src, ModelDims.from_config(config))
     config.tensor_parallel_degree, config.tensor_parallel_rank = 2, 1
     calls = []
 
@@ -615,12 +539,12 @@ def test_from_pretrained_split_hook_uses_tensor_parallel_mappings(hf_checkpoint)
         calls.append(len(names))
         return Qwen2ForCausalLM.get_tensor_parallel_convert_actions(config, names, is_split=True, ignore_error=True)
 
-    split = conversion.read_paddle_state_dict(src, ModelDims.from_config(config), actions)
+    split = read_paddle_state_dict(src, ModelDims.from_config(config), actions)
     assert calls == [len(full)]
     q = "qwen2.layers.0.self_attn.q_proj.weight"  # column parallel: rank 1 holds the second half of the outputs
-    assert np.array_equal(split[q], full[q][:, full[q].shape[1] // 2:])
+    assert np.array_equal(split[q], full[q][:, full[q].shape[1] // 2 :])
     o = "qwen2.layers.0.self_attn.o_proj.weight"  # row parallel: second half of the inputs
-    assert np.array_equal(split[o], full[o][full[o].shape[0] // 2:])
+    assert np.array_equal(split[o], full[o][full[o].shape[0] // 2 :])
     assert np.array_equal(split["qwen2.norm.weight"], full["qwen2.norm.weight"])
 
 

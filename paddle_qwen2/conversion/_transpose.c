@@ -1,5 +1,5 @@
 /*
- * paddle_qwen2._transpose: a cache-blocked, SIMD 2-D transpose for checkpoint conversion.
+ * paddle_qwen2.conversion._transpose: a cache-blocked, SIMD 2-D transpose for checkpoint conversion.
  *
  * HF stores a Linear weight as [out, in], Paddle as [in, out], so converting a checkpoint is mostly
  * transposing large 2-byte (bf16/fp16) or 4-byte (fp32) matrices. numpy's strided copy does this at
@@ -7,7 +7,7 @@
  * 2-byte values (4x4 of 4-byte values) in SSE2 registers (baseline on x86-64) inside cache tiles, with the
  * GIL released so that threads can each take a chunk of the output rows.
  *
- * The module is optional: paddle_qwen2.conversion falls back to numpy when it is not built.
+ * The module is optional: paddle_qwen2.conversion.writer falls back to numpy when it is not built.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -176,7 +176,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "_transpose",
-    .m_doc = "Cache-blocked SIMD transpose used by paddle_qwen2.conversion (optional; numpy is the fallback).",
+    .m_doc = "Cache-blocked SIMD transpose used by paddle_qwen2.conversion.writer (optional; numpy is the fallback).",
     .m_size = -1,
     .m_methods = methods,
 };
