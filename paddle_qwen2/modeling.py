@@ -1,16 +1,22 @@
 """Qwen2 / Qwen2.5 in PaddlePaddle, numerically faithful to HuggingFace transformers 4.57.
 
+Read top to bottom: masks, the layers (RMSNorm, rotary embedding, attention core, MLP, attention, decoder layer),
+`Qwen2PretrainedModel` (config, weight init, checkpoint names, FLOPs), `Qwen2Model`, then the heads, which share
+`Qwen2ModelWithHead` (causal LM, sequence / token classification, extractive QA, sentence embeddings). Tensor and
+sequence parallelism live in `parallel.py`, the HF <-> Paddle checkpoint names in `conversion/names.py`.
+
 Tensor layout: activations are `[batch, seq, hidden]`; attention works in `[batch, seq, heads, head_dim]`
 (Paddle's flash / SDPA layout) and the KV cache keeps that layout, one `(key, value)` tuple per layer.
 Linear weights are stored Paddle-style as `[in_features, out_features]` (HF's transposed).
 """
+
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import warnings
 from functools import partial
-from typing import List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import paddle
@@ -34,14 +40,32 @@ from paddlenlp.transformers.model_utils import PretrainedModel, register_base_mo
 
 from .configuration import Qwen2Config
 from .conversion import HF_ARCHITECTURES, ModelDims, detect_layout, name_rows, read_paddle_state_dict
+from .flops import model_flops, training_flops
+from .losses import Qwen2PretrainingCriterion, classification_loss, cross_entropy_mean
+from .parallel import (
+    assign_kv_heads,
+    fuse_or_split_actions,
+    gather_sequence,
+    kv_replica_group,
+    parallel_matmul,
+    replicated_kv,
+    scatter_sequence,
+    sequence_to_batch_major,
+    tensor_parallel_actions,
+    unfused_state_dict,
+)
+from .rope import rope_inv_freq
+
+# Names of PaddleNLP's Qwen2 layout that this port keeps so that code written against PaddleNLP finds them,
+# although nothing here needs them (defined in the last section of this file). `is_casual_mask` keeps
+# PaddleNLP's spelling.
+PADDLENLP_LAYOUT_ONLY = ["get_triangle_upper_mask", "is_casual_mask", "create_custom_forward"]
 
 __all__ = [
-    "get_triangle_upper_mask",
     "assign_kv_heads",
     "parallel_matmul",
     "scaled_dot_product_attention",
     "masked_fill",
-    "is_casual_mask",
     "_make_causal_mask",
     "_expand_2d_mask",
     "repeat_kv",
@@ -54,6 +78,7 @@ __all__ = [
     "Qwen2DecoderLayer",
     "Qwen2PretrainedModel",
     "Qwen2Model",
+    "Qwen2ModelWithHead",
     "Qwen2LMHead",
     "Qwen2PretrainingCriterion",
     "Qwen2ForCausalLM",
@@ -62,119 +87,10 @@ __all__ = [
     "Qwen2ForQuestionAnswering",
     "Qwen2SentenceEmbedding",
     "Qwen2SentenceEmbeddingOutput",
+    *PADDLENLP_LAYOUT_ONLY,
 ]
 
 KVCache = Tuple[Tensor, Tensor]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Tensor-parallel helpers
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _mp_group_world_size() -> int:
-    """Size of the model-parallel group of the current fleet job (1 outside fleet)."""
-    try:
-        hcg = fleet.get_hybrid_communicate_group()
-    except Exception:  # fleet not initialised
-        return 1
-    return hcg.get_model_parallel_world_size() if hcg is not None else 1
-
-
-def assign_kv_heads(num_kv_heads: int, num_gpus: int) -> List[List[int]]:
-    """Which key/value heads each tensor-parallel rank holds.
-
-    Returns a list with one entry per rank, each the list of kv-head indices that rank computes.
-    With at least as many kv heads as ranks the heads are split evenly (`[[0, 1], [2, 3]]` for 4 heads
-    on 2 ranks); with fewer kv heads than ranks each head is replicated on `num_gpus // num_kv_heads`
-    consecutive ranks (`[[0], [0], [1], [1]]` for 2 heads on 4 ranks).
-    """
-    if num_kv_heads <= 0 or num_gpus <= 0:
-        raise ValueError(f"num_kv_heads ({num_kv_heads}) and num_gpus ({num_gpus}) must be positive")
-    if num_kv_heads >= num_gpus:
-        if num_kv_heads % num_gpus != 0:
-            raise ValueError(f"num_key_value_heads ({num_kv_heads}) must be divisible by the TP degree ({num_gpus})")
-        per_rank = num_kv_heads // num_gpus
-        return [list(range(rank * per_rank, (rank + 1) * per_rank)) for rank in range(num_gpus)]
-    if num_gpus % num_kv_heads != 0:
-        raise ValueError(
-            f"the TP degree ({num_gpus}) must be a multiple of num_key_value_heads ({num_kv_heads}) "
-            "to replicate kv heads across ranks"
-        )
-    replicas = num_gpus // num_kv_heads
-    return [[rank // replicas] for rank in range(num_gpus)]
-
-
-def parallel_matmul(x: Tensor, y: Tensor, transpose_y: bool = False, tensor_parallel_output: bool = True) -> Tensor:
-    """`x @ y` where `y` may be a vocabulary shard of a tensor-parallel LM head.
-
-    x: `[batch, seq, hidden]`; y: `[hidden, vocab(/tp)]` (or `[vocab(/tp), hidden]` with `transpose_y`).
-    Under tensor parallelism the input is marked for the backward all-reduce and, unless
-    `tensor_parallel_output`, the per-rank logits are gathered to the full vocabulary.
-    """
-    is_split = getattr(y, "is_distributed", False) and _mp_group_world_size() > 1
-    if not is_split:
-        return paddle.matmul(x, y, transpose_y=transpose_y)
-    from paddle.distributed.fleet.layers.mpu import mp_ops
-
-    group = fleet.get_hybrid_communicate_group().get_model_parallel_group()
-    x = mp_ops._c_identity(x, group=group)
-    logits = paddle.matmul(x, y, transpose_y=transpose_y)
-    if tensor_parallel_output:
-        return logits
-    return mp_ops._c_concat(logits, group=group)
-
-
-_KV_REPLICA_GROUPS: dict = {}
-
-
-def _kv_replica_group(config: Qwen2Config):
-    """The communication group of the tensor-parallel ranks that hold the same (replicated) kv head as this rank.
-
-    Groups are created once, for every model-parallel group of the job and in the same order on every process
-    (as `new_group` requires), and cached.
-    """
-    hcg = fleet.get_hybrid_communicate_group()
-    key = (config.num_key_value_heads, config.tensor_parallel_degree)
-    if key not in _KV_REPLICA_GROUPS:
-        heads = assign_kv_heads(*key)
-        groups = {}
-        for mp_ranks in hcg.topology().get_comm_list("model"):
-            for head in sorted({h for rank_heads in heads for h in rank_heads}):
-                members = [mp_ranks[r] for r, rank_heads in enumerate(heads) if head in rank_heads]
-                group = paddle.distributed.new_group(members)
-                for rank in members:
-                    groups[rank] = group
-        _KV_REPLICA_GROUPS[key] = groups
-    return _KV_REPLICA_GROUPS[key][paddle.distributed.get_rank()]
-
-
-def _scatter_sequence(hidden_states: Tensor) -> Tensor:
-    """Sequence parallel entry: `[batch, seq, hidden]` -> this rank's part of the sequence,
-    `[seq / tp * batch, hidden]` (flattened sequence-major: row `i * batch + b` is position `i` of sequence `b`)."""
-    from paddle.distributed.fleet.utils.sequence_parallel_utils import ScatterOp
-
-    batch, seq_len, hidden_size = hidden_states.shape
-    tp = _mp_group_world_size()
-    if seq_len % tp != 0:
-        raise ValueError(
-            f"sequence_parallel splits the sequence across the {tp} tensor-parallel ranks: the sequence length "
-            f"({seq_len}) must be divisible by tensor_parallel_degree ({tp})"
-        )
-    return ScatterOp.apply(hidden_states.transpose([1, 0, 2]).reshape([seq_len * batch, hidden_size]))
-
-
-def _gather_sequence(hidden_states: Tensor, batch: int, seq_len: int) -> Tensor:
-    """Inverse of `_scatter_sequence`: `[seq / tp * batch, hidden]` -> `[batch, seq, hidden]` on every rank."""
-    from paddle.distributed.fleet.utils.sequence_parallel_utils import GatherOp
-
-    full = GatherOp.apply(hidden_states)
-    return full.reshape([seq_len, batch, full.shape[-1]]).transpose([1, 0, 2])
-
-
-def _sequence_to_batch_major(x: Tensor, batch: int, seq_len: int, num_heads: int, head_dim: int) -> Tensor:
-    """Output of a sequence-parallel column linear `[seq * batch, heads * head_dim]` -> `[batch, seq, heads, head_dim]`."""
-    return x.reshape([seq_len, batch, num_heads, head_dim]).transpose([1, 0, 2, 3])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -206,24 +122,12 @@ def masked_fill(x: Tensor, mask: Tensor, value: float) -> Tensor:
 
 def _additive_mask(allowed: Tensor, dtype) -> Tensor:
     """Boolean mask (True = attend) -> additive mask in `dtype`: 0 where allowed, the dtype's minimum elsewhere."""
-    return masked_fill(paddle.zeros(allowed.shape, "float32"), paddle.logical_not(allowed), _dtype_min(dtype)).astype(dtype)
+    return masked_fill(paddle.zeros(allowed.shape, "float32"), paddle.logical_not(allowed), _dtype_min(dtype)).astype(
+        dtype
+    )
 
 
-def get_triangle_upper_mask(x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-    """Additive causal mask for attention scores `x` of shape `[..., q_len, kv_len]`.
-
-    Positions above the (bottom-right aligned) diagonal get the dtype's lowest value, the rest 0. A given
-    `mask` is returned unchanged, so callers can write `mask = get_triangle_upper_mask(scores, mask)`.
-    """
-    if mask is not None:
-        return mask
-    q_len, kv_len = x.shape[-2], x.shape[-1]
-    return _additive_mask(_make_causal_mask([1, q_len], past_key_values_length=kv_len - q_len)[0, 0], x.dtype)
-
-
-def _make_causal_mask(
-    input_ids_shape, past_key_values_length: int = 0, sliding_window: Optional[int] = None
-) -> Tensor:
+def _make_causal_mask(input_ids_shape, past_key_values_length: int = 0, sliding_window: Optional[int] = None) -> Tensor:
     """Boolean causal mask `[batch, 1, q_len, past + q_len]` for queries placed after `past` cached tokens.
 
     Query `i` sits at absolute position `past + i` and may see keys `j <= past + i`; with a
@@ -239,24 +143,18 @@ def _make_causal_mask(
     return allowed.unsqueeze([0, 1]).expand([batch_size, 1, q_len, kv_len])
 
 
-def _expand_2d_mask(mask: Tensor, dtype, tgt_length: int) -> Tensor:
-    """Padding mask `[batch, kv_len]` (1 = token, 0 = pad) -> boolean `[batch, 1, tgt_length, kv_len]`.
-
-    `dtype` is accepted for signature compatibility with PaddleNLP; the result is boolean.
-    """
+def _expand_2d_mask(mask: Tensor, tgt_length: int) -> Tensor:
+    """Padding mask `[batch, kv_len]` (1 = token, 0 = pad) -> boolean `[batch, 1, tgt_length, kv_len]`."""
     batch_size, src_length = mask.shape[0], mask.shape[-1]
     return mask.astype("bool").unsqueeze([1, 2]).expand([batch_size, 1, tgt_length, src_length])
 
 
-def is_casual_mask(attention_mask: Optional[Tensor]) -> bool:
-    """True when a 4D boolean/additive mask `[batch, 1, q, kv]` is exactly the plain causal mask
-    (no padding, no window), i.e. a kernel may use `is_causal=True` instead of the mask."""
-    if attention_mask is None:
-        return True
-    q_len, kv_len = attention_mask.shape[-2], attention_mask.shape[-1]
-    allowed = attention_mask if attention_mask.dtype == paddle.bool else attention_mask == 0
-    causal = _make_causal_mask([1, q_len], kv_len - q_len)
-    return bool(paddle.all(allowed == causal).item())
+def _padding_mask(attention_mask: Optional[Tensor]) -> Optional[Tensor]:
+    """`attention_mask` unless it is a 2D mask without padding (all ones), which needs no per-row mask: then None,
+    so one causal mask serves the whole batch."""
+    if attention_mask is not None and attention_mask.ndim == 2 and bool(attention_mask.astype("bool").all()):
+        return None
+    return attention_mask
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -304,57 +202,6 @@ class Qwen2RMSNorm(nn.Layer):
         return f"{self.hidden_size}, eps={self.variance_epsilon}"
 
 
-def _rope_inv_freq(config: Qwen2Config, seq_len: Optional[int] = None) -> Tuple[np.ndarray, float]:
-    """Inverse frequencies `[head_dim // 2]` (float32) and the cos/sin scale for `config.rope_scaling`."""
-    base, dim = float(config.rope_theta), config.attention_head_dim
-    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    scaling = config.rope_scaling or {"rope_type": "default"}
-    rope_type = scaling["rope_type"]
-    if rope_type == "default":
-        return (1.0 / (np.float32(base) ** exponents)).astype(np.float32), 1.0
-    if rope_type == "linear":
-        return (1.0 / (np.float32(base) ** exponents) / np.float32(scaling["factor"])).astype(np.float32), 1.0
-    if rope_type == "dynamic":
-        max_pos, factor = config.max_position_embeddings, scaling["factor"]
-        seq_len = max_pos if seq_len is None else max(seq_len, max_pos)
-        base = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
-        return (1.0 / (np.float32(base) ** exponents)).astype(np.float32), 1.0
-    return _yarn_inv_freq(scaling, base, dim, config.max_position_embeddings, exponents)
-
-
-def _yarn_inv_freq(scaling: dict, base: float, dim: int, max_pos: int, exponents: np.ndarray) -> Tuple[np.ndarray, float]:
-    """YaRN: blend interpolated and extrapolated frequencies with a linear ramp; scale cos/sin by mscale."""
-    factor = scaling["factor"]
-    original_max_pos = scaling.get("original_max_position_embeddings") or max_pos
-
-    def mscale_of(scale: float, mscale: float = 1.0) -> float:
-        return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
-
-    attention_factor = scaling.get("attention_factor")
-    if attention_factor is None:
-        mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
-        if mscale and mscale_all_dim:
-            attention_factor = float(mscale_of(factor, mscale) / mscale_of(factor, mscale_all_dim))
-        else:
-            attention_factor = mscale_of(factor)
-    beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
-
-    def correction_dim(num_rotations: float) -> float:
-        return (dim * math.log(original_max_pos / (num_rotations * 2 * math.pi))) / (2 * math.log(base))
-
-    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
-    if scaling.get("truncate", True):
-        low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0), min(high, dim - 1)
-    if low == high:
-        high += 0.001
-    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1).astype(np.float32)
-    extrapolation_weight = 1 - ramp
-    pos_freqs = np.float32(base) ** exponents
-    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation_weight) + (1.0 / pos_freqs) * extrapolation_weight
-    return inv_freq.astype(np.float32), float(attention_factor)
-
-
 class Qwen2RotaryEmbedding(nn.Layer):
     """Rotary position embedding with HF's rope types: default, linear, dynamic (NTK) and yarn.
 
@@ -368,14 +215,14 @@ class Qwen2RotaryEmbedding(nn.Layer):
         self.config = config
         self.rope_type = (config.rope_scaling or {}).get("rope_type", "default")
         self.original_max_seq_len = self.max_seq_len_cached = config.max_position_embeddings
-        inv_freq, self.attention_scaling = _rope_inv_freq(config)
+        inv_freq, self.attention_scaling = rope_inv_freq(config)
         self.original_inv_freq = inv_freq
         self.inv_freq = paddle.to_tensor(inv_freq)
 
     def _dynamic_update(self, position_ids: Tensor) -> None:
         seq_len = int(position_ids.max().item()) + 1
         if seq_len > self.max_seq_len_cached:
-            inv_freq, self.attention_scaling = _rope_inv_freq(self.config, seq_len)
+            inv_freq, self.attention_scaling = rope_inv_freq(self.config, seq_len)
             self.inv_freq = paddle.to_tensor(inv_freq)
             self.max_seq_len_cached = seq_len
         if seq_len < self.original_max_seq_len < self.max_seq_len_cached:
@@ -410,12 +257,19 @@ def apply_rotary_pos_emb(
     If `position_ids` is given, `cos`/`sin` are tables `[max_pos, head_dim]` gathered at those positions.
     """
     if position_ids is not None:
-        cos, sin = paddle.gather(cos, position_ids.reshape([-1]), axis=0), paddle.gather(sin, position_ids.reshape([-1]), axis=0)
+        cos, sin = (
+            paddle.gather(cos, position_ids.reshape([-1]), axis=0),
+            paddle.gather(sin, position_ids.reshape([-1]), axis=0),
+        )
         cos = cos.reshape(list(position_ids.shape) + [cos.shape[-1]])
         sin = sin.reshape(list(position_ids.shape) + [sin.shape[-1]])
     cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
-    q_embed = q * _repeat_heads(cos, q.shape, unsqueeze_dim) + rotate_half(q) * _repeat_heads(sin, q.shape, unsqueeze_dim)
-    k_embed = k * _repeat_heads(cos, k.shape, unsqueeze_dim) + rotate_half(k) * _repeat_heads(sin, k.shape, unsqueeze_dim)
+    q_embed = q * _repeat_heads(cos, q.shape, unsqueeze_dim) + rotate_half(q) * _repeat_heads(
+        sin, q.shape, unsqueeze_dim
+    )
+    k_embed = k * _repeat_heads(cos, k.shape, unsqueeze_dim) + rotate_half(k) * _repeat_heads(
+        sin, k.shape, unsqueeze_dim
+    )
     return q_embed, k_embed
 
 
@@ -473,7 +327,7 @@ def scaled_dot_product_attention(
     batch, q_len, num_heads, head_dim = query_states.shape
     kv_len = key_states.shape[1]
     if attention_mask is None and q_len > 1:
-        attention_mask = get_triangle_upper_mask(paddle.empty([1, 1, q_len, kv_len], query_states.dtype)).unsqueeze([0, 1])
+        attention_mask = _additive_mask(_make_causal_mask([1, q_len], kv_len - q_len), query_states.dtype)
 
     use_kernel = config.use_flash_attention and not output_attentions
     if use_kernel and not _sdpa_kernel_available():
@@ -550,7 +404,9 @@ class Qwen2MLP(nn.Layer):
         self.hidden_size, self.intermediate_size = config.hidden_size, config.intermediate_size
         self.fuse_attention_ffn = config.fuse_attention_ffn
         if self.fuse_attention_ffn:
-            self.gate_up_fused_proj = _parallel_linear(config, self.hidden_size, 2 * self.intermediate_size, False, "column")
+            self.gate_up_fused_proj = _parallel_linear(
+                config, self.hidden_size, 2 * self.intermediate_size, False, "column"
+            )
         else:
             self.gate_proj = _parallel_linear(config, self.hidden_size, self.intermediate_size, False, "column")
             self.up_proj = _parallel_linear(config, self.hidden_size, self.intermediate_size, False, "column")
@@ -565,15 +421,37 @@ class Qwen2MLP(nn.Layer):
         return self.down_proj(self.act_fn(gate) * up)
 
 
+def _recomputes(layer: nn.Layer, granularity: str, inputs: Tensor) -> bool:
+    """The one recompute decision: whether `layer` (with `config` and `layer_idx`) runs its part at `granularity`
+    ("full": the whole decoder layer, "full_attn": the attention block, "core_attn": the attention core) under
+    activation recompute now: the config asks for that granularity, the layer is not in `no_recompute_layers`,
+    and it is training with gradients flowing into `inputs`."""
+    config = layer.config
+    return (
+        config.recompute
+        and config.recompute_granularity == granularity
+        and layer.layer_idx not in (config.no_recompute_layers or [])
+        and layer.training
+        and not inputs.stop_gradient
+    )
+
+
+def _maybe_recompute(layer: nn.Layer, granularity: str, function: Callable, *args):
+    """`function(*args)`, under activation recompute when `_recomputes(layer, granularity, args[0])`."""
+    if _recomputes(layer, granularity, args[0]):
+        return recompute(function, *args, use_reentrant=layer.config.recompute_use_reentrant)
+    return function(*args)
+
+
 class Qwen2Attention(nn.Layer):
-    """Multi-head attention with grouped KV heads, bias on q/k/v only, RoPE, KV cache and (per layer) the
-    sliding window. `[batch, seq, hidden] -> [batch, seq, hidden]`.
+    """Multi-head attention with grouped KV heads, bias on q/k/v only, RoPE and a KV cache (the sliding window,
+    if any, comes with the mask). `[batch, seq, hidden] -> [batch, seq, hidden]`.
 
     Under tensor parallelism each rank holds `num_heads / tp` query heads and the kv heads given by
     `assign_kv_heads`. With fewer kv heads than ranks each rank keeps its one kv head in a local `k_proj` /
     `v_proj` whose gradients are summed over the ranks sharing that head. With `fuse_attention_qkv` q, k and v
     are one projection `qkv_proj` laid out `[q | k | v]` per rank. Under sequence parallelism the input and
-    output are this rank's part of the sequence, `[seq / tp * batch, hidden]` (see `_scatter_sequence`).
+    output are this rank's part of the sequence, `[seq / tp * batch, hidden]` (see `parallel.scatter_sequence`).
     """
 
     def __init__(self, config: Qwen2Config, layer_idx: int = 0):
@@ -584,20 +462,13 @@ class Qwen2Attention(nn.Layer):
         tp = config.tensor_parallel_degree
         self.num_heads = config.num_attention_heads // tp
         self.kv_heads_replicated = tp > 1 and config.num_key_value_heads < tp
-        if self.kv_heads_replicated:
-            self.kv_head_indices = assign_kv_heads(config.num_key_value_heads, tp)[config.tensor_parallel_rank]
-        else:
-            self.kv_head_indices = None
         self.num_key_value_heads = 1 if self.kv_heads_replicated else config.num_key_value_heads // tp
-        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
         self.attention_dropout = config.attention_dropout
-        self.sliding_window = config.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else None
         self.fuse_attention_qkv = config.fuse_attention_qkv
+        self.sequence_parallel = config.sequence_parallel
         q_size = config.num_attention_heads * self.head_dim
-        kv_size = config.num_key_value_heads * self.head_dim
+        kv_size = self.head_dim if self.kv_heads_replicated else config.num_key_value_heads * self.head_dim
         kv_kind = "local" if self.kv_heads_replicated else "column"
-        if self.kv_heads_replicated:
-            kv_size = self.head_dim
         if self.fuse_attention_qkv:  # never with replicated kv heads (Qwen2Config.validate)
             self.qkv_proj = _parallel_linear(config, self.hidden_size, q_size + 2 * kv_size, True, "column")
         else:
@@ -607,33 +478,11 @@ class Qwen2Attention(nn.Layer):
         self.o_proj = _parallel_linear(config, q_size, self.hidden_size, False, "row")
         self.kv_replica_group = None
         if self.kv_heads_replicated:
-            self.kv_replica_group = _kv_replica_group(config)
+            self.kv_replica_group = kv_replica_group(config)
             # Ranks hold different heads: fleet must not broadcast these from rank 0 like replicated parameters
             # (and counts them on every rank in the global gradient norm).
             for param in (*self.k_proj.parameters(), *self.v_proj.parameters()):
                 param.is_distributed = True
-        self.sequence_parallel = config.sequence_parallel
-        self.recompute_core_attn = config.recompute and config.recompute_granularity == "core_attn"
-
-    def _replicated_kv(self, hidden_states: Tensor) -> Tuple[Tensor, Tensor]:
-        """k and v `[tokens, head_dim]` of this rank's replicated kv head. The input takes part in the
-        tensor-parallel gradient all-reduce like a column-parallel input (gathered along the sequence under
-        sequence parallelism); the weight gradients are summed over the ranks sharing the head."""
-        from paddle.distributed.fleet.layers.mpu import mp_ops
-
-        if self.sequence_parallel:
-            from paddle.distributed.fleet.utils.sequence_parallel_utils import AllGatherOp
-
-            hidden_states = AllGatherOp.apply(hidden_states)
-        else:
-            mp_group = fleet.get_hybrid_communicate_group().get_model_parallel_group()
-            hidden_states = mp_ops._c_identity(hidden_states, group=mp_group)
-        group = self.kv_replica_group
-        key, value = (
-            F.linear(hidden_states, mp_ops._c_identity(proj.weight, group=group), mp_ops._c_identity(proj.bias, group=group))
-            for proj in (self.k_proj, self.v_proj)
-        )
-        return key, value
 
     def _project_qkv(self, hidden_states: Tensor, batch: int, seq_len: int) -> Tuple[Tensor, Tensor, Tensor]:
         """q `[batch, seq, heads, head_dim]`, k and v `[batch, seq, kv_heads, head_dim]` (this rank's heads)."""
@@ -645,14 +494,16 @@ class Qwen2Attention(nn.Layer):
         else:
             query = self.q_proj(hidden_states)
             if self.kv_heads_replicated:
-                key, value = self._replicated_kv(hidden_states)
+                key, value = replicated_kv(
+                    hidden_states, self.k_proj, self.v_proj, self.kv_replica_group, self.sequence_parallel
+                )
             else:
                 key, value = self.k_proj(hidden_states), self.v_proj(hidden_states)
         if self.sequence_parallel:
             return (
-                _sequence_to_batch_major(query, batch, seq_len, self.num_heads, self.head_dim),
-                _sequence_to_batch_major(key, batch, seq_len, self.num_key_value_heads, self.head_dim),
-                _sequence_to_batch_major(value, batch, seq_len, self.num_key_value_heads, self.head_dim),
+                sequence_to_batch_major(query, batch, seq_len, self.num_heads, self.head_dim),
+                sequence_to_batch_major(key, batch, seq_len, self.num_key_value_heads, self.head_dim),
+                sequence_to_batch_major(value, batch, seq_len, self.num_key_value_heads, self.head_dim),
             )
         query = query.reshape([batch, seq_len, self.num_heads, self.head_dim])
         key = key.reshape([batch, seq_len, self.num_key_value_heads, self.head_dim])
@@ -667,41 +518,41 @@ class Qwen2Attention(nn.Layer):
         past_key_value: Optional[KVCache] = None,
         use_cache: bool = False,
         output_attentions: bool = False,
+        sequence_shape: Optional[Tuple[int, int]] = None,
     ) -> Tuple[Tensor, Optional[Tensor], Optional[KVCache]]:
-        """hidden_states `[batch, seq, hidden]` (`[seq / tp * batch, hidden]` under sequence parallelism);
-        position_embeddings `(cos, sin)` `[batch, seq, head_dim]`; attention_mask additive
-        `[batch, 1, seq, past + seq]`; past_key_value `(k, v)` `[batch, past, kv_heads, head_dim]`.
+        """hidden_states `[batch, seq, hidden]`; position_embeddings `(cos, sin)` `[batch, seq, head_dim]`;
+        attention_mask additive `[batch, 1, seq, past + seq]`; past_key_value `(k, v)`
+        `[batch, past, kv_heads, head_dim]`. Under sequence parallelism hidden_states is this rank's
+        `[seq / tp * batch, hidden]` and `sequence_shape` must give the full `(batch, seq)`.
         Returns `(output shaped like hidden_states, attn_weights or None, (k, v) or None)`."""
-        cos, sin = position_embeddings
         if self.sequence_parallel:
-            seq_len = cos.shape[1]
-            batch = hidden_states.shape[0] * self.config.tensor_parallel_degree // seq_len
+            if sequence_shape is None:
+                raise ValueError("Qwen2Attention under sequence parallelism needs sequence_shape=(batch, seq)")
+            batch, seq_len = sequence_shape
         else:
             batch, seq_len = hidden_states.shape[0], hidden_states.shape[1]
         query, key, value = self._project_qkv(hidden_states, batch, seq_len)
-        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
         if past_key_value is not None:
             key = paddle.concat([past_key_value[0], key], axis=1)
             value = paddle.concat([past_key_value[1], value], axis=1)
         present = (key, value) if use_cache else None
 
         dropout = self.attention_dropout if self.training else 0.0
-        if self.recompute_core_attn and self.training and not hidden_states.stop_gradient:
-            attn_output, attn_weights = recompute(
-                scaled_dot_product_attention, query, key, value, attention_mask, self.config,
-                output_attentions, dropout, self.training, use_reentrant=self.config.recompute_use_reentrant,
-            )
-        else:
-            attn_output, attn_weights = scaled_dot_product_attention(
-                query, key, value, attention_mask, self.config, output_attentions, dropout, self.training
-            )
+        attn_output, attn_weights = _maybe_recompute(
+            self, "core_attn", scaled_dot_product_attention,
+            query, key, value, attention_mask, self.config, output_attentions, dropout, self.training,
+        )  # fmt: skip
         if self.sequence_parallel:  # [batch, seq, heads * head_dim] -> [seq * batch, heads * head_dim]
             attn_output = attn_output.transpose([1, 0, 2]).reshape([seq_len * batch, attn_output.shape[-1]])
         return self.o_proj(attn_output), attn_weights, present
 
 
 class Qwen2DecoderLayer(nn.Layer):
-    """Pre-norm block: `x + attn(norm(x))`, then `h + mlp(norm(h))`. `[batch, seq, hidden]` in and out."""
+    """Pre-norm block: `x + attn(norm(x))`, then `h + mlp(norm(h))`. `[batch, seq, hidden]` in and out.
+
+    `attention_type` ("full_attention" or "sliding_attention") says which mask the layer takes; `sliding_window`
+    is its window (None for full attention)."""
 
     def __init__(self, config: Qwen2Config, layer_idx: int = 0):
         super().__init__()
@@ -712,10 +563,7 @@ class Qwen2DecoderLayer(nn.Layer):
         self.input_layernorm = Qwen2RMSNorm(config)
         self.post_attention_layernorm = Qwen2RMSNorm(config)
         self.attention_type = config.layer_types[layer_idx]
-        no_recompute = config.no_recompute_layers or []
-        self.recompute_full_attn = (
-            config.recompute and config.recompute_granularity == "full_attn" and layer_idx not in no_recompute
-        )
+        self.sliding_window = config.sliding_window if self.attention_type == "sliding_attention" else None
 
     def forward(
         self,
@@ -725,154 +573,19 @@ class Qwen2DecoderLayer(nn.Layer):
         past_key_value: Optional[KVCache] = None,
         use_cache: bool = False,
         output_attentions: bool = False,
+        sequence_shape: Optional[Tuple[int, int]] = None,
     ) -> Tuple[Tensor, Optional[Tensor], Optional[KVCache]]:
+        """Arguments as `Qwen2Attention.forward`; returns `(hidden_states, attn_weights or None, (k, v) or None)`."""
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
-        if self.recompute_full_attn and self.training and not hidden_states.stop_gradient:
-            attn_out, attn_weights, present = recompute(
-                self.self_attn, hidden_states, position_embeddings, attention_mask, past_key_value, use_cache,
-                output_attentions, use_reentrant=self.config.recompute_use_reentrant,
-            )
-        else:
-            attn_out, attn_weights, present = self.self_attn(
-                hidden_states, position_embeddings, attention_mask, past_key_value, use_cache, output_attentions
-            )
+        attn_out, attn_weights, present = _maybe_recompute(
+            self, "full_attn", self.self_attn,
+            hidden_states, position_embeddings, attention_mask, past_key_value, use_cache, output_attentions,
+            sequence_shape,
+        )  # fmt: skip
         hidden_states = residual + attn_out
-        residual = hidden_states
-        hidden_states = residual + self.mlp(self.post_attention_layernorm(hidden_states))
+        hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
         return hidden_states, attn_weights, present
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoint layouts under tensor parallelism. A rank's shard of a full weight is a list of (start, stop)
-# column ranges along the split axis; fused weights and replicated kv heads are just longer lists.
-# ----------------------------------------------------------------------------------------------------------------
-
-Intervals = List[Tuple[int, int]]
-
-
-def _even_intervals(size: int, degree: int) -> List[Intervals]:
-    """`size` cut into `degree` equal contiguous blocks: one interval list per rank."""
-    block = size // degree
-    return [[(rank * block, (rank + 1) * block)] for rank in range(degree)]
-
-
-def _kv_intervals(config: Qwen2Config) -> List[Intervals]:
-    """Per rank, the columns of the full k/v projection that hold its kv heads (`assign_kv_heads`)."""
-    d = config.attention_head_dim
-    heads = assign_kv_heads(config.num_key_value_heads, config.tensor_parallel_degree)
-    return [[(h * d, (h + 1) * d) for h in rank_heads] for rank_heads in heads]
-
-
-def _concat_intervals(*parts: Tuple[int, List[Intervals]]) -> List[Intervals]:
-    """Per-rank intervals of a fused tensor `[part_0 | part_1 | ...]` from `(part size, per-rank intervals)`."""
-    fused, offset = [[] for _ in parts[0][1]], 0
-    for size, per_rank in parts:
-        for rank, intervals in enumerate(per_rank):
-            fused[rank] += [(offset + start, offset + stop) for start, stop in intervals]
-        offset += size
-    return fused
-
-
-def _tensor_parallel_layouts(config: Qwen2Config) -> dict:
-    """`{name: (axis, per-rank intervals)}` for every tensor-parallel weight, names relative to the base model
-    (`layers.0.self_attn.q_proj.weight`) or the head (`lm_head.weight`). Axis -1 splits output features
-    (column-parallel layers, the `[hidden, vocab]` LM head), axis 0 input features (row-parallel layers) and
-    the vocabulary of the embedding. Weights not listed (norms, an embedding whose vocabulary does not divide)
-    are replicated."""
-    tp, d = config.tensor_parallel_degree, config.attention_head_dim
-    q_size, kv_size, inter = config.num_attention_heads * d, config.num_key_value_heads * d, config.intermediate_size
-    q, kv, mlp = _even_intervals(q_size, tp), _kv_intervals(config), _even_intervals(inter, tp)
-    layouts = {}
-    if config.vocab_size % tp == 0:
-        layouts["embed_tokens.weight"] = (0, _even_intervals(config.vocab_size, tp))
-        if not config.tie_word_embeddings:
-            layouts["lm_head.weight"] = (-1, _even_intervals(config.vocab_size, tp))
-    for i in range(config.num_hidden_layers):
-        attn, ffn = f"layers.{i}.self_attn.", f"layers.{i}.mlp."
-        if config.fuse_attention_qkv:
-            column = {"qkv_proj": _concat_intervals((q_size, q), (kv_size, kv), (kv_size, kv))}
-        else:
-            column = {"q_proj": q, "k_proj": kv, "v_proj": kv}
-        for proj, intervals in column.items():
-            layouts[f"{attn}{proj}.weight"] = layouts[f"{attn}{proj}.bias"] = (-1, intervals)
-        layouts[f"{attn}o_proj.weight"] = (0, q)
-        if config.fuse_attention_ffn:
-            layouts[f"{ffn}gate_up_fused_proj.weight"] = (-1, _concat_intervals((inter, mlp), (inter, mlp)))
-        else:
-            layouts[f"{ffn}gate_proj.weight"] = layouts[f"{ffn}up_proj.weight"] = (-1, mlp)
-        layouts[f"{ffn}down_proj.weight"] = (0, mlp)
-    return layouts
-
-
-def _to_numpy(x) -> np.ndarray:
-    return x.numpy() if isinstance(x, paddle.Tensor) else x
-
-
-def _tp_split(weight, axis: int, intervals: Intervals) -> np.ndarray:
-    """One rank's shard of a full `weight` (numpy array, paddle Tensor or a lazy safetensors slice)."""
-    weight = _to_numpy(weight)
-    ndim = len(weight.get_shape()) if hasattr(weight, "get_shape") else weight.ndim
-    rows = axis % ndim == 0
-    pieces = [weight[start:stop] if rows else weight[:, start:stop] for start, stop in intervals]
-    # contiguous: paddlenlp wraps the result with `paddle.Tensor(..., zero_copy=True)`, which ignores strides
-    return np.ascontiguousarray(pieces[0]) if len(pieces) == 1 else np.concatenate(pieces, axis=0 if rows else 1)
-
-
-def _tp_merge(shards: List, axis: int, intervals: List[Intervals]) -> np.ndarray:
-    """The full weight from every rank's shard (a replicated kv head is taken from the first rank holding it)."""
-    shards = [_to_numpy(shard) for shard in shards]
-    if len(shards) != len(intervals):
-        raise ValueError(f"expected {len(intervals)} tensor-parallel shards, got {len(shards)}")
-    axis = axis % shards[0].ndim
-    shape = list(shards[0].shape)
-    shape[axis] = max(stop for rank_intervals in intervals for _, stop in rank_intervals)
-    full, filled = np.empty(shape, dtype=shards[0].dtype), np.zeros(shape[axis], dtype=bool)
-    for shard, rank_intervals in zip(shards, intervals):
-        offset = 0
-        for start, stop in rank_intervals:
-            if not filled[start:stop].all():
-                target = [slice(None)] * full.ndim
-                source = list(target)
-                target[axis], source[axis] = slice(start, stop), slice(offset, offset + stop - start)
-                full[tuple(target)] = shard[tuple(source)]
-                filled[start:stop] = True
-            offset += stop - start
-    return full
-
-
-def _fuse(tensors: List) -> Union[np.ndarray, Tensor]:
-    """`[a | b | ...]` along the output (last) axis: q/k/v -> qkv_proj, gate/up -> gate_up_fused_proj."""
-    if isinstance(tensors[0], paddle.Tensor):
-        return paddle.concat(tensors, axis=-1)
-    return np.concatenate(tensors, axis=-1)
-
-
-def _unfuse(fused, ratios: Tuple[int, ...]) -> List:
-    """Inverse of `_fuse` for parts whose widths are in proportion `ratios` (holds for a full weight and for a
-    tensor-parallel shard alike, since each part is split evenly across ranks)."""
-    width = fused.shape[-1]
-    sizes = [width * r // sum(ratios) for r in ratios]
-    if isinstance(fused, paddle.Tensor):  # split copies; a slice would be a strided view
-        return paddle.split(fused, sizes, axis=-1)
-    return [np.ascontiguousarray(part) for part in np.split(fused, np.cumsum(sizes)[:-1], axis=-1)]
-
-
-def _fused_groups(config: Qwen2Config, qkv: bool, ffn: bool) -> List[Tuple[Tuple[str, ...], Tuple[int, ...]]]:
-    """`((part names..., fused name), width ratios)` of the fused q/k/v (if `qkv`) and gate/up (if `ffn`)
-    projections of every layer, names relative to the base model."""
-    groups = []
-    for i in range(config.num_hidden_layers):
-        attn, mlp = f"layers.{i}.self_attn.", f"layers.{i}.mlp."
-        if qkv:
-            heads = (config.num_attention_heads, config.num_key_value_heads, config.num_key_value_heads)
-            for suffix in ("weight", "bias"):
-                names = tuple(f"{attn}{proj}.{suffix}" for proj in ("q_proj", "k_proj", "v_proj", "qkv_proj"))
-                groups.append((names, heads))
-        if ffn:
-            names = tuple(f"{mlp}{proj}.weight" for proj in ("gate_proj", "up_proj", "gate_up_fused_proj"))
-            groups.append((names, (1, 1)))
-    return groups
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -880,17 +593,9 @@ def _fused_groups(config: Qwen2Config, qkv: bool, ffn: bool) -> List[Tuple[Tuple
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def create_custom_forward(module: nn.Layer):
-    """Wrap `module` in a plain function of positional inputs, as `recompute` expects."""
-
-    def custom_forward(*inputs):
-        return module(*inputs)
-
-    return custom_forward
-
-
 class Qwen2PretrainedModel(PretrainedModel):
-    """Base of every Qwen2 model: config class, weight init, HF name mapping and FLOP counts."""
+    """Base of every Qwen2 model: config class, weight init, HF name mapping, tensor-parallel checkpoint actions
+    and FLOP counts."""
 
     config_class = Qwen2Config
     base_model_prefix = "qwen2"
@@ -942,58 +647,30 @@ class Qwen2PretrainedModel(PretrainedModel):
 
     @classmethod
     def _get_tensor_parallel_mappings(cls, config: Qwen2Config, is_split: bool = True) -> dict:
-        """`{parameter name: action}` for paddlenlp's tensor-parallel loading and saving; names are suffixes of
-        the state-dict keys. With `is_split` an action takes a full weight and returns the shard of rank
-        `config.tensor_parallel_rank` (`from_pretrained` of a full checkpoint); otherwise it takes the list of
-        every rank's shard and returns the full weight (`save_pretrained(merge_tensor_parallel=True)`)."""
-        rank, actions = config.tensor_parallel_rank, {}
-        for name, (axis, intervals) in _tensor_parallel_layouts(config).items():
-            if is_split:
-                actions[name] = partial(_tp_split, axis=axis, intervals=intervals[rank])
-            else:
-                actions[name] = partial(_tp_merge, axis=axis, intervals=intervals)
-        return actions
+        """`{parameter name: action}` for paddlenlp's tensor-parallel loading (`is_split`: full weight -> this
+        rank's shard) and saving (every rank's shard -> full weight); see `parallel.tensor_parallel_actions`."""
+        return tensor_parallel_actions(config, is_split)
 
     @classmethod
     def _get_fuse_or_split_param_mappings(cls, config: Qwen2Config, is_fuse: bool = True) -> dict:
-        """paddlenlp's fuse/split actions, `{(part names..., fused name): action}`. With `is_fuse` (for a model
-        with `fuse_attention_qkv` / `fuse_attention_ffn`) the separate q/k/v or gate/up weights of a checkpoint
-        are concatenated; otherwise (for a model without them) a fused checkpoint weight is cut into its parts."""
-        qkv, ffn = config.fuse_attention_qkv, config.fuse_attention_ffn
-        if is_fuse:
-            return {names: _fuse for names, _ in _fused_groups(config, qkv, ffn)}
-        return {names: partial(_unfuse, ratios=ratios) for names, ratios in _fused_groups(config, not qkv, not ffn)}
-
-    @classmethod
-    def _unfused_state_dict(cls, state_dict: dict, config: Qwen2Config) -> dict:
-        """`state_dict` with every fused projection replaced by its separate parts (q/k/v, gate/up), order kept."""
-        groups = {names[-1]: (names[:-1], ratios) for names, ratios in _fused_groups(
-            config, config.fuse_attention_qkv, config.fuse_attention_ffn)}
-        unfused = {}
-        for key, value in state_dict.items():
-            name = key
-            while name not in groups and "." in name:
-                name = name.split(".", 1)[1]
-            if name not in groups or value is None:
-                unfused[key] = value
-                continue
-            parts, ratios = groups[name]
-            for part, tensor in zip(parts, _unfuse(value, ratios)):
-                unfused[key[: len(key) - len(name)] + part] = tensor
-        return unfused
+        """paddlenlp's fuse/split actions between separate q/k/v, gate/up checkpoint weights and the fused
+        projections of `fuse_attention_qkv` / `fuse_attention_ffn`; see `parallel.fuse_or_split_actions`."""
+        return fuse_or_split_actions(config, is_fuse)
 
     @classmethod
     def merge_tensor_parallel(cls, state_dict: dict, config: Qwen2Config) -> dict:
         """paddlenlp's merge of the tensor-parallel shards into full weights, fused projections written unfused."""
-        return cls._unfused_state_dict(super().merge_tensor_parallel(state_dict, config), config)
+        return unfused_state_dict(super().merge_tensor_parallel(state_dict, config), config)
 
-    def save_pretrained(self, save_dir: str, is_main_process: bool = True, state_dict: Optional[dict] = None, *args, **kwargs):
+    def save_pretrained(
+        self, save_dir: str, is_main_process: bool = True, state_dict: Optional[dict] = None, *args, **kwargs
+    ):
         """paddlenlp's `save_pretrained`. A full checkpoint (one process, or `merge_tensor_parallel=True`) always
         has the separate q/k/v and gate/up weights, whatever the fuse flags: they are fused again on load.
         Tensor-parallel shards saved without merging keep the model's own layout."""
         fused = self.config.fuse_attention_qkv or self.config.fuse_attention_ffn
         if state_dict is None and fused and self.config.tensor_parallel_degree <= 1:
-            state_dict = self._unfused_state_dict(self.state_dict(), self.config)
+            state_dict = unfused_state_dict(self.state_dict(), self.config)
         return super().save_pretrained(save_dir, is_main_process, state_dict, *args, **kwargs)
 
     def _init_weights(self, layer: nn.Layer) -> None:
@@ -1012,40 +689,13 @@ class Qwen2PretrainedModel(PretrainedModel):
             with paddle.no_grad():
                 layer.weight.set_value(paddle.ones_like(layer.weight))
 
-    def _layer_flops(self, seq_length: int) -> dict:
-        """Forward FLOPs (2 per multiply-add) of one decoder layer on one sequence, by part."""
-        cfg = self.config
-        q_out = cfg.num_attention_heads * cfg.attention_head_dim
-        kv_out = cfg.num_key_value_heads * cfg.attention_head_dim
-        return {
-            "attn_proj": 2 * seq_length * cfg.hidden_size * (2 * q_out + 2 * kv_out),  # q, k, v, o
-            "core_attn": 2 * 2 * seq_length * seq_length * q_out,  # q @ k^T and weights @ v
-            "mlp": 2 * seq_length * 3 * cfg.hidden_size * cfg.intermediate_size,
-        }
-
     def _get_model_flops(self, batch_size: int = 1, seq_length: Optional[int] = None, **_) -> float:
-        """Forward-pass FLOPs of `batch_size` sequences of `seq_length` tokens: every decoder-layer matmul
-        (q/k/v/o, attention scores and values, MLP) plus the LM head."""
-        cfg = self.config
-        seq_length = seq_length or cfg.max_position_embeddings
-        layer = sum(self._layer_flops(seq_length).values())
-        lm_head = 2 * seq_length * cfg.hidden_size * cfg.vocab_size
-        return float(batch_size * (cfg.num_hidden_layers * layer + lm_head))
+        """Forward-pass FLOPs of `batch_size` sequences of `seq_length` tokens (`flops.model_flops`)."""
+        return model_flops(self.config, batch_size, seq_length)
 
     def _get_hardware_flops(self, batch_size: int = 1, seq_length: Optional[int] = None, **_) -> float:
-        """Training-step FLOPs: forward + backward (2x forward) plus the forward work recompute repeats."""
-        cfg = self.config
-        total = 3 * self._get_model_flops(batch_size, seq_length)
-        if not cfg.recompute:
-            return total
-        parts = self._layer_flops(seq_length or cfg.max_position_embeddings)
-        repeated = {
-            "full": sum(parts.values()),
-            "full_attn": parts["attn_proj"] + parts["core_attn"],
-            "core_attn": parts["core_attn"],
-        }[cfg.recompute_granularity]
-        layers_recomputed = cfg.num_hidden_layers - len(cfg.no_recompute_layers or [])
-        return total + batch_size * layers_recomputed * repeated
+        """Training-step FLOPs, recomputed forward work included (`flops.training_flops`)."""
+        return training_flops(self.config, batch_size, seq_length)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1066,6 +716,7 @@ def _check_attention_mask(attention_mask: Tensor, batch: int, q_len: int, kv_len
 
 
 @register_base_model
+@register_base_model
 class Qwen2Model(Qwen2PretrainedModel):
     """Embeddings, decoder layers and the final norm. Returns `last_hidden_state` `[batch, seq, hidden]`,
     optionally `hidden_states` (embedding output first, final-norm output last: `num_hidden_layers + 1`
@@ -1073,14 +724,12 @@ class Qwen2Model(Qwen2PretrainedModel):
 
     def __init__(self, config: Qwen2Config):
         super().__init__(config)
-        self.padding_idx = config.pad_token_id
         self.vocab_size = config.vocab_size
         self.hidden_size = config.hidden_size
         self.embed_tokens = self._embedding(config)
         self.layers = nn.LayerList([Qwen2DecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = Qwen2RMSNorm(config)
         self.rotary_emb = Qwen2RotaryEmbedding(config)
-        self.no_recompute_layers = config.no_recompute_layers or []
         self.has_sliding_layers = "sliding_attention" in config.layer_types
 
     @staticmethod
@@ -1108,26 +757,25 @@ class Qwen2Model(Qwen2PretrainedModel):
         """Additive mask `[batch, 1, seq, past + seq]` combining causality (offset by the cache), padding
         (2D `attention_mask` `[batch, past + seq]`, 1 = token) and an optional sliding window.
 
-        A 4D `attention_mask` is taken as given (boolean: True = attend; float: additive). Without padding the
-        mask has batch size 1 (shared by every row), and a single new token with no window to apply gets None.
+        A 4D `attention_mask` is taken as given (boolean: True = attend; float: additive). Without a padding mask
+        (None: see `_padding_mask`) the mask has batch size 1 (shared by every row), and a single new token with
+        no window to apply gets None.
         """
         if attention_mask is not None and attention_mask.ndim == 4:
             if attention_mask.dtype == paddle.bool:
                 return _additive_mask(attention_mask, dtype)
             return attention_mask.astype(dtype)
-        batch, q_len = input_shape[0], input_shape[1]
-        if attention_mask is not None and bool(attention_mask.astype("bool").all()):
-            attention_mask = None  # no padding: one mask serves the whole batch
+        q_len = input_shape[1]
         if attention_mask is None:
             kv_len = past_key_values_length + q_len
             if q_len == 1 and (sliding_window is None or kv_len <= sliding_window):
                 return None  # a single new token sees every cached position
             return _additive_mask(_make_causal_mask([1, q_len], past_key_values_length, sliding_window), dtype)
         allowed = _make_causal_mask(input_shape, past_key_values_length, sliding_window)
-        allowed = paddle.logical_and(allowed, _expand_2d_mask(attention_mask, dtype, q_len))
+        allowed = paddle.logical_and(allowed, _expand_2d_mask(attention_mask, q_len))
         return _additive_mask(allowed, dtype)
 
-    def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, past_length):
+    def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, past_length) -> Tuple[int, int]:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds")
         batch, seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
@@ -1146,15 +794,25 @@ class Qwen2Model(Qwen2PretrainedModel):
             _check_attention_mask(attention_mask, batch, seq_len, total)
         return batch, seq_len
 
+    def _masks(self, attention_mask: Optional[Tensor], batch: int, seq_len: int, past_length: int, dtype) -> dict:
+        """The additive mask of each attention type in use, `{"full_attention": ..., "sliding_attention": ...}`."""
+        attention_mask = _padding_mask(attention_mask)
+        shape = [batch, seq_len]
+        masks = {"full_attention": self._prepare_decoder_attention_mask(attention_mask, shape, past_length, dtype)}
+        if self.has_sliding_layers:
+            window = self.config.sliding_window
+            masks["sliding_attention"] = self._prepare_decoder_attention_mask(
+                attention_mask, shape, past_length, dtype, window
+            )
+        return masks
+
     def _full_sequence(self, hidden_states: Tensor, batch: int, seq_len: int) -> Tensor:
         """Decoder activations as `[batch, seq, hidden]` (gathered from the ranks under sequence parallelism)."""
-        return _gather_sequence(hidden_states, batch, seq_len) if self.config.sequence_parallel else hidden_states
+        return gather_sequence(hidden_states, batch, seq_len) if self.config.sequence_parallel else hidden_states
 
     def recompute_training_full(self, layer_module: nn.Layer, hidden_states: Tensor, *args) -> Tuple:
         """Run one decoder layer under activation recompute (granularity "full")."""
-        return recompute(
-            create_custom_forward(layer_module), hidden_states, *args, use_reentrant=self.config.recompute_use_reentrant
-        )
+        return recompute(layer_module, hidden_states, *args, use_reentrant=self.config.recompute_use_reentrant)
 
     def forward(
         self,
@@ -1181,24 +839,14 @@ class Qwen2Model(Qwen2PretrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if position_ids is None:
-            position_ids = paddle.arange(past_length, past_length + seq_len, dtype="int64").unsqueeze(0).expand([batch, seq_len])
-
-        if attention_mask is not None and attention_mask.ndim == 2 and bool(attention_mask.astype("bool").all()):
-            attention_mask = None  # no padding: checked once here, not once per mask kind
-        masks = {
-            "full_attention": self._prepare_decoder_attention_mask(
-                attention_mask, [batch, seq_len], past_length, inputs_embeds.dtype
-            )
-        }
-        if self.has_sliding_layers:
-            masks["sliding_attention"] = self._prepare_decoder_attention_mask(
-                attention_mask, [batch, seq_len], past_length, inputs_embeds.dtype, cfg.sliding_window
-            )
+            position_ids = paddle.arange(past_length, past_length + seq_len, dtype="int64")
+            position_ids = position_ids.unsqueeze(0).expand([batch, seq_len])
+        masks = self._masks(attention_mask, batch, seq_len, past_length, inputs_embeds.dtype)
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         if cfg.sequence_parallel:  # the decoder layers see [seq / tp * batch, hidden]
-            hidden_states = _scatter_sequence(hidden_states)
+            hidden_states = scatter_sequence(hidden_states)
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
         next_cache = () if use_cache else None
@@ -1206,14 +854,15 @@ class Qwen2Model(Qwen2PretrainedModel):
             if output_hidden_states:
                 all_hidden_states += (self._full_sequence(hidden_states, batch, seq_len),)
             past = past_key_values[idx] if past_key_values is not None else None
-            args = (position_embeddings, masks[layer.attention_type], past, use_cache, output_attentions)
-            if (
-                cfg.recompute
-                and cfg.recompute_granularity == "full"
-                and idx not in self.no_recompute_layers
-                and self.training
-                and not hidden_states.stop_gradient
-            ):
+            args = (
+                position_embeddings,
+                masks[layer.attention_type],
+                past,
+                use_cache,
+                output_attentions,
+                (batch, seq_len),
+            )
+            if _recomputes(layer, "full", hidden_states):
                 hidden_states, attn_weights, present = self.recompute_training_full(layer, hidden_states, *args)
             else:
                 hidden_states, attn_weights, present = layer(hidden_states, *args)
@@ -1276,36 +925,42 @@ class Qwen2LMHead(nn.Layer):
         return parallel_matmul(hidden_states, self.projection, self.transpose_y, tensor_parallel_output)
 
 
-class Qwen2PretrainingCriterion(nn.Layer):
-    """Next-token cross entropy. `prediction_scores` `[batch, seq, vocab(/tp)]` and `masked_lm_labels`
-    `[batch, seq]` are aligned with the inputs (HF convention: labels = input_ids); the criterion shifts
-    them. The loss is the mean over label tokens that are not `ignore_index` (-100), computed in float32;
-    with no such token it is 0. Vocabulary-split logits use fleet's `ParallelCrossEntropy`."""
+class Qwen2ModelWithHead(Qwen2PretrainedModel):
+    """Base of the task models (as HF's `GenericForSequenceClassification` & co.): the base model `self.qwen2`
+    (hence the `qwen2.` prefix of every checkpoint name), its embedding accessors, and the output building
+    shared by the heads."""
 
-    def __init__(self, config: Qwen2Config, ignore_index: int = -100):
-        super().__init__()
-        self.config = config
-        self.ignore_index = ignore_index
-        tp = config.tensor_parallel_degree
-        # Logits are vocabulary-split only when the vocabulary divides (see Qwen2LMHead).
-        self.enable_parallel_cross_entropy = tp > 1 and config.tensor_parallel_output and config.vocab_size % tp == 0
-        if self.enable_parallel_cross_entropy:
-            self.loss_func = fleet.meta_parallel.ParallelCrossEntropy(ignore_index=ignore_index)
-        else:
-            self.loss_func = nn.CrossEntropyLoss(reduction="none", ignore_index=ignore_index)
+    def __init__(self, config: Qwen2Config):
+        super().__init__(config)
+        self.qwen2 = Qwen2Model(config)
 
-    def forward(self, prediction_scores: Tensor, masked_lm_labels: Tensor) -> Tensor:
-        # Shift the labels, not the logits: slicing the logits costs a full-size copy in the backward pass.
-        labels = masked_lm_labels.astype("int64")
-        labels = paddle.concat([labels[:, 1:], paddle.full([labels.shape[0], 1], self.ignore_index, "int64")], axis=1)
-        logits = prediction_scores if prediction_scores.dtype == paddle.float32 else prediction_scores.astype("float32")
-        token_loss = self.loss_func(logits, labels.unsqueeze(-1)).squeeze(-1)
-        valid = (labels != self.ignore_index).astype("float32")
-        count = valid.sum()
-        return (token_loss * valid).sum() / paddle.maximum(count, paddle.ones_like(count))
+    def get_input_embeddings(self) -> nn.Layer:
+        return self.qwen2.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Layer) -> None:
+        self.qwen2.embed_tokens = value
+
+    def _output(
+        self,
+        output_class: type,
+        return_dict: Optional[bool],
+        base: BaseModelOutputWithPast,
+        loss: Optional[Tensor],
+        **results: Tensor,
+    ) -> Union[Tuple, ModelOutput]:
+        """`output_class(loss, **results)` plus the base model's cache, hidden states and attentions where the
+        class has those fields; with `return_dict` False (default: the config's) the same values as a tuple in
+        that order, Nones left out."""
+        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        fields = {field.name for field in dataclasses.fields(output_class)}
+        extras = {name: getattr(base, name) for name in ("past_key_values", "hidden_states", "attentions")}
+        extras = {name: value for name, value in extras.items() if name in fields}
+        if not return_dict:
+            return tuple(v for v in (loss, *results.values(), *extras.values()) if v is not None)
+        return output_class(loss=loss, **results, **extras)
 
 
-class Qwen2ForCausalLM(Qwen2PretrainedModel):
+class Qwen2ForCausalLM(Qwen2ModelWithHead):
     """Qwen2 with the LM head: logits `[batch, seq, vocab]`, loss from `labels` `[batch, seq]` (shifted
     inside, -100 ignored), KV cache for paddlenlp's `generate` (greedy, sampling, beam search)."""
 
@@ -1314,18 +969,9 @@ class Qwen2ForCausalLM(Qwen2PretrainedModel):
 
     def __init__(self, config: Qwen2Config):
         super().__init__(config)
-        self.qwen2 = Qwen2Model(config)
-        if config.tie_word_embeddings:
-            self.lm_head = Qwen2LMHead(config, tied_embedding=self.qwen2.embed_tokens)
-        else:
-            self.lm_head = Qwen2LMHead(config)
+        tied_embedding = self.qwen2.embed_tokens if config.tie_word_embeddings else None
+        self.lm_head = Qwen2LMHead(config, tied_embedding=tied_embedding)
         self.criterion = Qwen2PretrainingCriterion(config)
-
-    def get_input_embeddings(self) -> nn.Layer:
-        return self.qwen2.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Layer) -> None:
-        self.qwen2.embed_tokens = value
 
     def get_output_embeddings(self) -> nn.Layer:
         return self.lm_head
@@ -1364,8 +1010,12 @@ class Qwen2ForCausalLM(Qwen2PretrainedModel):
         if past_key_values is not None:
             input_ids = input_ids[:, -1:]
         if position_ids is not None:
-            position_ids = position_ids[:, -input_ids.shape[1]:]
-        model_inputs = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None and past_key_values is None else {"input_ids": input_ids}
+            position_ids = position_ids[:, -input_ids.shape[1] :]
+        model_inputs = (
+            {"inputs_embeds": inputs_embeds}
+            if inputs_embeds is not None and past_key_values is None
+            else {"input_ids": input_ids}
+        )
         model_inputs.update(
             {
                 "position_ids": position_ids,
@@ -1409,7 +1059,6 @@ class Qwen2ForCausalLM(Qwen2PretrainedModel):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ) -> Union[Tuple, CausalLMOutputWithPast]:
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
         outputs = self.qwen2(
             input_ids=input_ids,
             position_ids=position_ids,
@@ -1425,61 +1074,10 @@ class Qwen2ForCausalLM(Qwen2PretrainedModel):
         tensor_parallel_output = self.config.tensor_parallel_output and labels is not None
         logits = self.lm_head(outputs.last_hidden_state, tensor_parallel_output=tensor_parallel_output)
         loss = self.criterion(logits, labels) if labels is not None else None
-        if not return_dict:
-            rest = tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions) if v is not None)
-            return ((loss, logits) if loss is not None else (logits,)) + rest
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return self._output(CausalLMOutputWithPast, return_dict, outputs, loss, logits=logits)
 
 
-def _cross_entropy_mean(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
-    """Cross entropy `[n, classes]` x `[n]` averaged over the labels that are not `ignore_index` (0 if none).
-
-    Written out because Paddle's `F.cross_entropy(..., ignore_index=...)` mean divides by all labels."""
-    labels = labels.astype("int64")
-    valid = labels != ignore_index
-    safe_labels = paddle.where(valid, labels, paddle.zeros_like(labels))
-    token_loss = F.cross_entropy(logits.astype("float32"), safe_labels, reduction="none").reshape([-1])
-    weights = valid.astype("float32").reshape([-1])
-    count = weights.sum()
-    return (token_loss * weights).sum() / paddle.maximum(count, paddle.ones_like(count))
-
-
-def _classification_loss(config: Qwen2Config, logits: Tensor, labels: Tensor) -> Tensor:
-    """HF's problem types: regression (num_labels == 1, MSE), single-label (integer labels, cross entropy),
-    multi-label (float labels `[batch, num_labels]`, BCE with logits)."""
-    num_labels = config.num_labels
-    problem_type = config.problem_type
-    if problem_type is None:
-        if num_labels == 1:
-            problem_type = "regression"
-        elif labels.dtype in (paddle.int32, paddle.int64):
-            problem_type = "single_label_classification"
-        else:
-            problem_type = "multi_label_classification"
-    logits = logits.astype("float32")
-    if problem_type == "regression":
-        labels = labels.astype("float32")
-        if num_labels == 1:
-            return F.mse_loss(logits.squeeze(-1), labels.reshape(logits.shape[:1]))
-        return F.mse_loss(logits, labels)
-    if problem_type == "single_label_classification":
-        labels = labels.reshape([-1]).astype("int64")
-        valid = labels[labels != -100] if labels.numel() > 0 else labels
-        if valid.numel() > 0 and (int(valid.min().item()) < 0 or int(valid.max().item()) >= num_labels):
-            raise ValueError(f"labels must lie in [0, num_labels={num_labels}) (or be -100); got {labels.numpy().tolist()}")
-        return _cross_entropy_mean(logits.reshape([-1, num_labels]), labels)
-    if problem_type == "multi_label_classification":
-        return F.binary_cross_entropy_with_logits(logits, labels.astype("float32"))
-    raise ValueError(f"unknown problem_type {problem_type!r}")
-
-
-class Qwen2ForSequenceClassification(Qwen2PretrainedModel):
+class Qwen2ForSequenceClassification(Qwen2ModelWithHead):
     """Sequence classification / regression from the hidden state of the rightmost token that is not
     `pad_token_id` (so left and right padding both work, as HF 4.57). logits `[batch, num_labels]`."""
 
@@ -1488,14 +1086,7 @@ class Qwen2ForSequenceClassification(Qwen2PretrainedModel):
     def __init__(self, config: Qwen2Config):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.qwen2 = Qwen2Model(config)
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias_attr=False)
-
-    def get_input_embeddings(self) -> nn.Layer:
-        return self.qwen2.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Layer) -> None:
-        self.qwen2.embed_tokens = value
 
     def _last_token_index(self, input_ids: Optional[Tensor], batch_size: int, seq_len: int) -> Tensor:
         pad_id = self.config.pad_token_id
@@ -1522,7 +1113,6 @@ class Qwen2ForSequenceClassification(Qwen2PretrainedModel):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ) -> Union[Tuple, SequenceClassifierOutputWithPast]:
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
         outputs = self.qwen2(
             input_ids=input_ids,
             position_ids=position_ids,
@@ -1538,20 +1128,11 @@ class Qwen2ForSequenceClassification(Qwen2PretrainedModel):
         batch_size, seq_len = logits.shape[0], logits.shape[1]
         last = self._last_token_index(input_ids, batch_size, seq_len)
         pooled_logits = logits[paddle.arange(batch_size), last]
-        loss = _classification_loss(self.config, pooled_logits, labels) if labels is not None else None
-        if not return_dict:
-            rest = tuple(v for v in (outputs.past_key_values, outputs.hidden_states, outputs.attentions) if v is not None)
-            return ((loss, pooled_logits) if loss is not None else (pooled_logits,)) + rest
-        return SequenceClassifierOutputWithPast(
-            loss=loss,
-            logits=pooled_logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        loss = classification_loss(self.config, pooled_logits, labels) if labels is not None else None
+        return self._output(SequenceClassifierOutputWithPast, return_dict, outputs, loss, logits=pooled_logits)
 
 
-class Qwen2ForTokenClassification(Qwen2PretrainedModel):
+class Qwen2ForTokenClassification(Qwen2ModelWithHead):
     """Per-token classification: dropout (classifier_dropout, default 0.1) then a biased Linear.
     logits `[batch, seq, num_labels]`; loss is cross entropy over labels != -100."""
 
@@ -1560,16 +1141,9 @@ class Qwen2ForTokenClassification(Qwen2PretrainedModel):
     def __init__(self, config: Qwen2Config):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.qwen2 = Qwen2Model(config)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else 0.1
         self.dropout = nn.Dropout(dropout)
         self.score = nn.Linear(config.hidden_size, config.num_labels)
-
-    def get_input_embeddings(self) -> nn.Layer:
-        return self.qwen2.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Layer) -> None:
-        self.qwen2.embed_tokens = value
 
     def forward(
         self,
@@ -1582,7 +1156,6 @@ class Qwen2ForTokenClassification(Qwen2PretrainedModel):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ) -> Union[Tuple, TokenClassifierOutput]:
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
         outputs = self.qwen2(
             input_ids=input_ids,
             position_ids=position_ids,
@@ -1596,18 +1169,12 @@ class Qwen2ForTokenClassification(Qwen2PretrainedModel):
         logits = self.score(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
-            loss = _classification_loss(
-                self.config, logits.reshape([-1, self.num_labels]), labels.reshape([-1]).astype("int64")
-            )
-        if not return_dict:
-            rest = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
-            return ((loss, logits) if loss is not None else (logits,)) + rest
-        return TokenClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+            flat_labels = labels.reshape([-1]).astype("int64")
+            loss = classification_loss(self.config, logits.reshape([-1, self.num_labels]), flat_labels)
+        return self._output(TokenClassifierOutput, return_dict, outputs, loss, logits=logits)
 
 
-class Qwen2ForQuestionAnswering(Qwen2PretrainedModel):
+class Qwen2ForQuestionAnswering(Qwen2ModelWithHead):
     """Extractive QA: a Linear `hidden -> 2` gives start and end logits, each `[batch, seq]`. The loss is
     the mean of start and end cross entropies; positions outside the sequence are ignored (as HF)."""
 
@@ -1616,14 +1183,7 @@ class Qwen2ForQuestionAnswering(Qwen2PretrainedModel):
 
     def __init__(self, config: Qwen2Config):
         super().__init__(config)
-        self.qwen2 = Qwen2Model(config)
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
-
-    def get_input_embeddings(self) -> nn.Layer:
-        return self.qwen2.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Layer) -> None:
-        self.qwen2.embed_tokens = value
 
     def forward(
         self,
@@ -1637,7 +1197,6 @@ class Qwen2ForQuestionAnswering(Qwen2PretrainedModel):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
     ) -> Union[Tuple, QuestionAnsweringModelOutput]:
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
         outputs = self.qwen2(
             input_ids=input_ids,
             position_ids=position_ids,
@@ -1655,18 +1214,11 @@ class Qwen2ForQuestionAnswering(Qwen2PretrainedModel):
             ignored_index = start_logits.shape[1]
             start = start_positions.reshape([-1]).astype("int64").clip(0, ignored_index)
             end = end_positions.reshape([-1]).astype("int64").clip(0, ignored_index)
-            start_loss = _cross_entropy_mean(start_logits, start, ignore_index=ignored_index)
-            end_loss = _cross_entropy_mean(end_logits, end, ignore_index=ignored_index)
+            start_loss = cross_entropy_mean(start_logits, start, ignore_index=ignored_index)
+            end_loss = cross_entropy_mean(end_logits, end, ignore_index=ignored_index)
             loss = (start_loss + end_loss) / 2
-        if not return_dict:
-            rest = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
-            return ((loss, start_logits, end_logits) if loss is not None else (start_logits, end_logits)) + rest
-        return QuestionAnsweringModelOutput(
-            loss=loss,
-            start_logits=start_logits,
-            end_logits=end_logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+        return self._output(
+            QuestionAnsweringModelOutput, return_dict, outputs, loss, start_logits=start_logits, end_logits=end_logits
         )
 
 
@@ -1680,7 +1232,7 @@ class Qwen2SentenceEmbeddingOutput(ModelOutput):
 POOLING_MODES = ("last", "mean")
 
 
-class Qwen2SentenceEmbedding(Qwen2PretrainedModel):
+class Qwen2SentenceEmbedding(Qwen2ModelWithHead):
     """Sentence embeddings from the base model, pooled over the attention mask.
 
     `pooling="last"`: the hidden state of the rightmost attended token (left or right padding);
@@ -1688,16 +1240,6 @@ class Qwen2SentenceEmbedding(Qwen2PretrainedModel):
     tokens only, so the padding side does not change an embedding. An all-padding row gives
     the last position's state ("last") or zeros ("mean"), never NaN. Returns `[batch, hidden]` float32.
     """
-
-    def __init__(self, config: Qwen2Config):
-        super().__init__(config)
-        self.qwen2 = Qwen2Model(config)
-
-    def get_input_embeddings(self) -> nn.Layer:
-        return self.qwen2.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Layer) -> None:
-        self.qwen2.embed_tokens = value
 
     @staticmethod
     def pool(hidden_states: Tensor, attention_mask: Optional[Tensor], pooling: str = "last") -> Tensor:
@@ -1746,3 +1288,40 @@ class Qwen2SentenceEmbedding(Qwen2PretrainedModel):
         if not return_dict:
             return embeddings
         return Qwen2SentenceEmbeddingOutput(embeddings=embeddings, last_hidden_state=outputs.last_hidden_state)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PaddleNLP layout names (PADDLENLP_LAYOUT_ONLY): kept for code written against PaddleNLP's Qwen2; unused here.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def get_triangle_upper_mask(x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """Additive causal mask for attention scores `x` of shape `[..., q_len, kv_len]`.
+
+    Positions above the (bottom-right aligned) diagonal get the dtype's lowest value, the rest 0. A given
+    `mask` is returned unchanged, so callers can write `mask = get_triangle_upper_mask(scores, mask)`.
+    """
+    if mask is not None:
+        return mask
+    q_len, kv_len = x.shape[-2], x.shape[-1]
+    return _additive_mask(_make_causal_mask([1, q_len], past_key_values_length=kv_len - q_len)[0, 0], x.dtype)
+
+
+def is_casual_mask(attention_mask: Optional[Tensor]) -> bool:
+    """True when a 4D boolean/additive mask `[batch, 1, q, kv]` is exactly the plain causal mask
+    (no padding, no window), i.e. a kernel may use `is_causal=True` instead of the mask."""
+    if attention_mask is None:
+        return True
+    q_len, kv_len = attention_mask.shape[-2], attention_mask.shape[-1]
+    allowed = attention_mask if attention_mask.dtype == paddle.bool else attention_mask == 0
+    causal = _make_causal_mask([1, q_len], kv_len - q_len)
+    return bool(paddle.all(allowed == causal).item())
+
+
+def create_custom_forward(module: nn.Layer) -> Callable:
+    """Wrap `module` in a plain function of positional inputs, as `recompute` expects."""
+
+    def custom_forward(*inputs):
+        return module(*inputs)
+
+    return custom_forward

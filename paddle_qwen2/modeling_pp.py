@@ -20,23 +20,22 @@ import paddle
 from paddle import Tensor, nn
 from paddle.distributed import fleet
 from paddle.distributed.fleet.meta_parallel import LayerDesc, PipelineLayer, SharedLayerDesc
-from paddle.distributed.fleet.utils import recompute
 from paddlenlp.transformers.model_utils import PipelinePretrainedModel
 
 from .configuration import Qwen2Config
+from .losses import Qwen2PretrainingCriterion
 from .modeling import (
     Qwen2DecoderLayer,
     Qwen2ForCausalLM,
     Qwen2LMHead,
     Qwen2Model,
     Qwen2PretrainedModel,
-    Qwen2PretrainingCriterion,
     Qwen2RMSNorm,
     Qwen2RotaryEmbedding,
-    _gather_sequence,
-    _scatter_sequence,
-    parallel_matmul,
+    _maybe_recompute,
+    _padding_mask,
 )
+from .parallel import gather_sequence, parallel_matmul, scatter_sequence
 
 __all__ = ["Qwen2ForCausalLMPipe", "pipeline_boundaries"]
 
@@ -84,7 +83,7 @@ class Qwen2EmbeddingPipe(nn.Layer):
             position_ids = paddle.arange(seq_len, dtype="int64").unsqueeze(0).expand([batch, seq_len])
         hidden_states = self.embed_tokens(input_ids)
         if self.config.sequence_parallel:
-            hidden_states = _scatter_sequence(hidden_states)
+            hidden_states = scatter_sequence(hidden_states)
         attention_mask, position_ids = attention_mask.astype("int64"), position_ids.astype("int64")
         attention_mask.stop_gradient = position_ids.stop_gradient = True
         return hidden_states, attention_mask, position_ids
@@ -93,33 +92,25 @@ class Qwen2EmbeddingPipe(nn.Layer):
 class Qwen2DecoderLayerPipe(Qwen2DecoderLayer):
     """One decoder layer on `(hidden_states, attention_mask, position_ids)`. It builds its own additive mask
     (with its sliding window, if any) and rotary tables. With `recompute` at granularity "full" and
-    `pp_recompute_interval == 1` the layer is recomputed unless listed in `no_recompute_layers`."""
+    `pp_recompute_interval == 1` the layer is recomputed unless listed in `no_recompute_layers` (larger intervals
+    are fleet's own recompute, see `Qwen2ForCausalLMPipe`)."""
 
     def __init__(self, config: Qwen2Config, layer_idx: int = 0):
         super().__init__(config, layer_idx)
         self.rotary_emb = Qwen2RotaryEmbedding(config)
-        self.window = config.sliding_window if self.attention_type == "sliding_attention" else None
-        self.recompute_full = (
-            config.recompute
-            and config.recompute_granularity == "full"
-            and config.pp_recompute_interval == 1
-            and layer_idx not in (config.no_recompute_layers or [])
-        )
 
     def forward(self, args: StageArgs) -> StageArgs:
         hidden_states, attention_mask, position_ids = args
         batch, seq_len = position_ids.shape
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         mask = Qwen2Model._prepare_decoder_attention_mask(
-            attention_mask, [batch, seq_len], 0, hidden_states.dtype, self.window
+            _padding_mask(attention_mask), [batch, seq_len], 0, hidden_states.dtype, self.sliding_window
         )
-        if self.recompute_full and self.training and not hidden_states.stop_gradient:
-            hidden_states = recompute(
-                super().forward, hidden_states, position_embeddings, mask,
-                use_reentrant=self.config.recompute_use_reentrant,
-            )[0]
+        layer_args = (hidden_states, position_embeddings, mask, None, False, False, (batch, seq_len))
+        if self.config.pp_recompute_interval == 1:
+            hidden_states = _maybe_recompute(self, "full", super().forward, *layer_args)[0]
         else:
-            hidden_states = super().forward(hidden_states, position_embeddings, mask)[0]
+            hidden_states = super().forward(*layer_args)[0]
         return hidden_states, attention_mask, position_ids
 
 
@@ -135,7 +126,7 @@ class Qwen2RMSNormPipe(nn.Layer):
         hidden_states, _, position_ids = args
         hidden_states = self.norm(hidden_states)
         if self.config.sequence_parallel:
-            hidden_states = _gather_sequence(hidden_states, *position_ids.shape)
+            hidden_states = gather_sequence(hidden_states, *position_ids.shape)
         return hidden_states
 
 
@@ -170,7 +161,6 @@ class Qwen2ForCausalLMPipe(PipelinePretrainedModel, PipelineLayer):
     _get_name_mappings = Qwen2ForCausalLM._get_name_mappings  # HF names -> the same Paddle names
     _get_tensor_parallel_mappings = Qwen2PretrainedModel._get_tensor_parallel_mappings
     _get_fuse_or_split_param_mappings = Qwen2PretrainedModel._get_fuse_or_split_param_mappings
-    _unfused_state_dict = Qwen2PretrainedModel._unfused_state_dict
     _init_weights = Qwen2PretrainedModel._init_weights
     _keys_to_ignore_on_load_unexpected = Qwen2PretrainedModel._keys_to_ignore_on_load_unexpected
 

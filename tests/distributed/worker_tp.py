@@ -21,7 +21,7 @@ from paddle.distributed import fleet
 import cpu_shims
 
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM
-from paddle_qwen2.modeling import _tensor_parallel_layouts, _tp_merge
+from paddle_qwen2.parallel import tensor_parallel_layouts, tp_merge
 
 SEQ = 8
 TP = 2
@@ -112,7 +112,7 @@ def compare(ref, tp, config: Qwen2Config, group) -> dict:
     (ref_logits, ref_loss, ref_grads), (logits, loss, grads) = ref, tp
     expected_shards = shard(ref_grads, config)
     expected_full = fused(ref_grads, config)
-    layouts = _tensor_parallel_layouts(config)
+    layouts = tensor_parallel_layouts(config)
     shard_diffs, gathered_diffs = {}, {}
     for name in sorted(expected_shards):
         shard_diffs[name] = max_diff(grads.get(name, np.full([1], np.inf)), expected_shards[name])
@@ -120,7 +120,7 @@ def compare(ref, tp, config: Qwen2Config, group) -> dict:
             axis, intervals = layouts[relative_name(name)]
             pieces = []
             dist.all_gather(pieces, paddle.to_tensor(grads[name]), group=group)
-            gathered_diffs[name] = max_diff(_tp_merge(pieces, axis, intervals), expected_full[name])
+            gathered_diffs[name] = max_diff(tp_merge(pieces, axis, intervals), expected_full[name])
     worst = max(shard_diffs, key=shard_diffs.get)
     return {
         "logits": max_diff(logits, ref_logits),

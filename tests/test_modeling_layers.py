@@ -1,4 +1,6 @@
-"""Each component of the Paddle layout, tested on its own (against HF's functions where HF has one)."""
+"""Each component of modeling.py (and the rope / losses / flops modules it uses), tested on its own against HF's
+functions where HF has one; every name of the PaddleNLP layout importable."""
+
 import json
 import math
 
@@ -25,24 +27,44 @@ from paddle_qwen2.modeling import (
     _expand_2d_mask,
     _make_causal_mask,
     apply_rotary_pos_emb,
-    assign_kv_heads,
     create_custom_forward,
     get_triangle_upper_mask,
     is_casual_mask,
     masked_fill,
-    parallel_matmul,
     repeat_kv,
     rotate_half,
     scaled_dot_product_attention,
 )
 
 LAYOUT_NAMES = [
-    "__all__", "get_triangle_upper_mask", "assign_kv_heads", "parallel_matmul", "scaled_dot_product_attention",
-    "masked_fill", "is_casual_mask", "_make_causal_mask", "_expand_2d_mask", "repeat_kv", "Qwen2RMSNorm",
-    "Qwen2RotaryEmbedding", "rotate_half", "apply_rotary_pos_emb", "Qwen2MLP", "Qwen2Attention", "Qwen2DecoderLayer",
-    "Qwen2PretrainedModel", "Qwen2Model", "Qwen2ForCausalLM", "Qwen2LMHead", "Qwen2ForSequenceClassification",
-    "Qwen2ForTokenClassification", "Qwen2SentenceEmbedding", "Qwen2PretrainingCriterion", "recompute_training_full",
-    "create_custom_forward", "Qwen2ForQuestionAnswering",
+    "__all__",
+    "get_triangle_upper_mask",
+    "assign_kv_heads",
+    "parallel_matmul",
+    "scaled_dot_product_attention",
+    "masked_fill",
+    "is_casual_mask",
+    "_make_causal_mask",
+    "_expand_2d_mask",
+    "repeat_kv",
+    "Qwen2RMSNorm",
+    "Qwen2RotaryEmbedding",
+    "rotate_half",
+    "apply_rotary_pos_emb",
+    "Qwen2MLP",
+    "Qwen2Attention",
+    "Qwen2DecoderLayer",
+    "Qwen2PretrainedModel",
+    "Qwen2Model",
+    "Qwen2ForCausalLM",
+    "Qwen2LMHead",
+    "Qwen2ForSequenceClassification",
+    "Qwen2ForTokenClassification",
+    "Qwen2SentenceEmbedding",
+    "Qwen2PretrainingCriterion",
+    "recompute_training_full",
+    "create_custom_forward",
+    "Qwen2ForQuestionAnswering",
 ]
 
 
@@ -64,58 +86,6 @@ def test_every_layout_name_importable():
         assert hasattr(Qwen2PretrainedModel, method)
     assert hasattr(Qwen2Model, "_prepare_decoder_attention_mask")
     assert hasattr(Qwen2ForCausalLM, "prepare_inputs_for_generation")
-
-
-# ---------------------------------------------------------------------------------------------- configuration
-
-
-@pytest.mark.paddle26
-def test_config_reads_hf_config_json_as_is(hf_checkpoint):
-    path = hf_checkpoint("sliding")
-    raw = json.loads((path / "config.json").read_text())
-    config = Qwen2Config.from_pretrained(path)
-    for key in ("vocab_size", "hidden_size", "num_key_value_heads", "rope_theta", "sliding_window",
-                "max_window_layers", "layer_types", "use_sliding_window", "tie_word_embeddings"):
-        assert getattr(config, key) == raw[key], key
-    assert config.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]
-    assert config.use_cache is True and config.attention_head_dim == 16
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        dict(use_sliding_window=True, sliding_window=8, max_window_layers=2, num_hidden_layers=4),
-        dict(use_sliding_window=False, sliding_window=8, max_window_layers=0),
-        dict(rope_scaling={"type": "yarn", "factor": 4.0}),
-        dict(head_dim=48),
-    ],
-)
-def test_config_derived_fields_match_hf(kwargs):
-    import transformers
-
-    hf = transformers.Qwen2Config(**dict(BASE, **kwargs))
-    ours = Qwen2Config(**dict(BASE, **kwargs))
-    assert ours.layer_types == hf.layer_types
-    assert ours.sliding_window == hf.sliding_window
-    assert (ours.rope_scaling or {}).get("rope_type") == (hf.rope_scaling or {}).get("rope_type")
-    assert ours.attention_head_dim == getattr(hf, "head_dim", hf.hidden_size // hf.num_attention_heads)
-
-
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        (dict(hidden_size=66, num_attention_heads=4), "divisible by num_attention_heads"),
-        (dict(num_attention_heads=4, num_key_value_heads=3), "divisible by num_key_value_heads"),
-        (dict(rope_scaling={"rope_type": "ntk-by-parts", "factor": 2.0}), "unknown rope_type"),
-        (dict(rope_scaling={"rope_type": "linear"}), "missing \\['factor'\\]"),
-        (dict(rope_scaling={"rope_type": "linear", "factor": 2.0, "beta_fast": 3}), "unknown keys"),
-        (dict(layer_types=["full_attention"]), "layer_types must list 3"),
-        (dict(recompute_granularity="everything"), "recompute_granularity"),
-    ],
-)
-def test_config_rejects_invalid_combinations(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        Qwen2Config(**dict(BASE, **kwargs))
 
 
 # ---------------------------------------------------------------------------------------------- layers vs HF
@@ -177,7 +147,10 @@ def test_rotate_half_and_apply_rotary_match_hf():
     table_cos, table_sin = rand(20, 16, seed=5), rand(20, 16, seed=6)
     pos = np.array([[3, 4, 5, 6, 7, 8], [0, 1, 2, 3, 4, 5]])
     tq, _ = apply_rotary_pos_emb(
-        paddle.to_tensor(q), paddle.to_tensor(k), paddle.to_tensor(table_cos), paddle.to_tensor(table_sin),
+        paddle.to_tensor(q),
+        paddle.to_tensor(k),
+        paddle.to_tensor(table_cos),
+        paddle.to_tensor(table_sin),
         position_ids=paddle.to_tensor(pos),
     )
     gq, _ = apply_rotary_pos_emb(
@@ -235,7 +208,7 @@ def test_make_causal_mask_with_cache_offset_and_window():
 
 def test_expand_2d_mask_and_masked_fill():
     pad = paddle.to_tensor([[1, 1, 0], [0, 1, 1]])
-    expanded = _expand_2d_mask(pad, paddle.float32, tgt_length=2).numpy()
+    expanded = _expand_2d_mask(pad, tgt_length=2).numpy()
     assert expanded.shape == (2, 1, 2, 3) and expanded.dtype == np.bool_
     np.testing.assert_array_equal(expanded[0, 0, 1], [True, True, False])
     np.testing.assert_array_equal(expanded[1, 0, 0], [False, True, True])
@@ -257,7 +230,9 @@ def test_triangle_upper_mask_and_is_casual_mask():
     assert get_triangle_upper_mask(scores, given) is given
 
     causal = Qwen2Model._prepare_decoder_attention_mask(None, [2, 4], 0, paddle.float32)
-    padded = Qwen2Model._prepare_decoder_attention_mask(paddle.to_tensor([[1, 1, 1, 1], [0, 1, 1, 1]]), [2, 4], 0, paddle.float32)
+    padded = Qwen2Model._prepare_decoder_attention_mask(
+        paddle.to_tensor([[1, 1, 1, 1], [0, 1, 1, 1]]), [2, 4], 0, paddle.float32
+    )
     windowed = Qwen2Model._prepare_decoder_attention_mask(None, [2, 4], 0, paddle.float32, sliding_window=2)
     assert is_casual_mask(causal) and is_casual_mask(_make_causal_mask([1, 4], 0)) and is_casual_mask(None)
     assert not is_casual_mask(padded) and not is_casual_mask(windowed)
@@ -268,14 +243,20 @@ def test_prepare_decoder_attention_mask_accepts_4d_masks():
     additive = Qwen2Model._prepare_decoder_attention_mask(allowed, [1, 3], 0, paddle.float32).numpy()
     assert additive[0, 0, 0, 1] == np.finfo(np.float32).min and additive[0, 0, 2, 0] == 0
     custom = paddle.zeros([1, 1, 3, 3])
-    assert np.array_equal(Qwen2Model._prepare_decoder_attention_mask(custom, [1, 3], 0, paddle.float32).numpy(), custom.numpy())
+    assert np.array_equal(
+        Qwen2Model._prepare_decoder_attention_mask(custom, [1, 3], 0, paddle.float32).numpy(), custom.numpy()
+    )
 
 
 # ---------------------------------------------------------------------------------------------- attention kernels
 
 
 def _attention_inputs(q_len=5, kv_len=5, seed=0):
-    q, k, v = rand(2, q_len, 4, 16, seed=seed), rand(2, kv_len, 2, 16, seed=seed + 1), rand(2, kv_len, 2, 16, seed=seed + 2)
+    q, k, v = (
+        rand(2, q_len, 4, 16, seed=seed),
+        rand(2, kv_len, 2, 16, seed=seed + 1),
+        rand(2, kv_len, 2, 16, seed=seed + 2),
+    )
     pad = np.ones((2, kv_len), "int64")
     pad[1, :2] = 0
     mask = Qwen2Model._prepare_decoder_attention_mask(paddle.to_tensor(pad), [2, q_len], kv_len - q_len, paddle.float32)
@@ -307,7 +288,11 @@ def test_fused_kernel_path_equals_math_path(q_len, kv_len):
     if q_len == kv_len:
         rows[1, :2] = False  # fully masked query rows (padding) are undefined in both paths
     causal_math, _ = scaled_dot_product_attention(q, k, v, None, tiny_config()) if q_len == kv_len else (math_out, None)
-    causal_kernel, _ = scaled_dot_product_attention(q, k, v, None, tiny_config(use_flash_attention=True)) if q_len == kv_len else (kernel_out, None)
+    causal_kernel, _ = (
+        scaled_dot_product_attention(q, k, v, None, tiny_config(use_flash_attention=True))
+        if q_len == kv_len
+        else (kernel_out, None)
+    )
     assert_close(causal_kernel, causal_math, max_abs=1e-5, mean_abs=1e-6, what="causal kernel vs math")
 
 
@@ -322,26 +307,6 @@ def test_model_with_fused_attention_matches_hf(hf_checkpoint):
 
 
 # ---------------------------------------------------------------------------------------------- heads & losses
-
-
-def test_parallel_matmul_single_process():
-    x, w = rand(2, 3, 8), rand(8, 5, seed=1)
-    out = parallel_matmul(paddle.to_tensor(x), paddle.to_tensor(w), tensor_parallel_output=False)
-    np.testing.assert_allclose(out.numpy(), x @ w, rtol=1e-5, atol=1e-5)
-    out_t = parallel_matmul(paddle.to_tensor(x), paddle.to_tensor(w.T.copy()), transpose_y=True)
-    np.testing.assert_allclose(out_t.numpy(), x @ w, rtol=1e-5, atol=1e-5)
-
-
-def test_assign_kv_heads():
-    assert assign_kv_heads(4, 2) == [[0, 1], [2, 3]]
-    assert assign_kv_heads(8, 8) == [[i] for i in range(8)]
-    assert assign_kv_heads(2, 4) == [[0], [0], [1], [1]]  # fewer kv heads than ranks: replicated
-    assert assign_kv_heads(1, 2) == [[0], [0]]
-    assert assign_kv_heads(4, 8) == [[0], [0], [1], [1], [2], [2], [3], [3]]  # Qwen2-7B on TP 8
-    with pytest.raises(ValueError, match="divisible"):
-        assign_kv_heads(6, 4)
-    with pytest.raises(ValueError, match="multiple"):
-        assign_kv_heads(3, 4)
 
 
 def test_lm_head_tied_and_untied():
@@ -408,7 +373,9 @@ def test_sentence_embedding_pooling(hf_checkpoint):
     with torch.no_grad():
         hf_hidden = hf_model(torch.tensor([sentence])).last_hidden_state[0].numpy()
     assert_close(alone[0], hf_hidden[-1], what="last-token embedding")
-    mean = embedder(paddle.to_tensor([sentence]), attention_mask=paddle.ones([1, 5], "int64"), pooling="mean", normalize=False)
+    mean = embedder(
+        paddle.to_tensor([sentence]), attention_mask=paddle.ones([1, 5], "int64"), pooling="mean", normalize=False
+    )
     assert_close(mean[0], hf_hidden.mean(0), what="mean embedding")
 
     right = [sentence + [0, 0], [5] * 7]
@@ -430,7 +397,9 @@ def test_sentence_embedding_pooling(hf_checkpoint):
 
 def test_init_weights():
     paddle.seed(0)
-    model = Qwen2ForCausalLM(tiny_config(hidden_size=256, intermediate_size=512, vocab_size=512, initializer_range=0.05))
+    model = Qwen2ForCausalLM(
+        tiny_config(hidden_size=256, intermediate_size=512, vocab_size=512, initializer_range=0.05)
+    )
     layer = model.qwen2.layers[0]
     assert abs(float(layer.mlp.up_proj.weight.std()) - 0.05) < 0.005
     assert abs(float(model.lm_head.weight.std()) - 0.05) < 0.005
@@ -489,19 +458,29 @@ def test_recompute_training_full_and_create_custom_forward():
 # ---------------------------------------------------------------------------------------------- bad input
 
 
-def test_bad_inputs_raise_clear_errors(hf_checkpoint):
+BAD_INPUTS = [
+    # (what, model inputs, error message pattern)
+    ("id past the vocabulary", dict(input_ids=[[1, 2, 128]]), r"token id 128, outside the vocabulary \[0, 128\)"),
+    ("negative id", dict(input_ids=[[1, -1, 2]]), "token id -1"),
+    ("too long", dict(input_ids=[[1] * 65]), r"sequence length 65 .* exceeds max_position_embeddings \(64\)"),
+    (
+        "mask shape",
+        dict(input_ids=[[1] * 4] * 2, attention_mask=[[1] * 5] * 2),
+        r"attention_mask has shape \[2, 5\]; expected .*\[2, 4\]",
+    ),
+    ("no input", {}, "exactly one of input_ids or inputs_embeds"),
+]
+
+
+@pytest.mark.parametrize("what, inputs, message", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS])
+def test_bad_inputs_raise_clear_errors(hf_checkpoint, what, inputs, message):
     model = load_paddle(hf_checkpoint("gqa"))
-    with pytest.raises(ValueError, match=r"token id 128, outside the vocabulary \[0, 128\)"):
-        model(paddle.to_tensor([[1, 2, 128]]))
-    with pytest.raises(ValueError, match="token id -1"):
-        model(paddle.to_tensor([[1, -1, 2]]))
-    with pytest.raises(ValueError, match=r"sequence length 65 .* exceeds max_position_embeddings \(64\)"):
-        model(paddle.to_tensor(np.ones((1, 65), "int64")))
-    with pytest.raises(ValueError, match=r"attention_mask has shape \[2, 5\]; expected .*\[2, 4\]"):
-        model(paddle.to_tensor(np.ones((2, 4), "int64")), attention_mask=paddle.ones([2, 5], "int64"))
-    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
-        model()
-    # with rope scaling, longer sequences are allowed (that is what the scaling is for)
+    with pytest.raises(ValueError, match=message):
+        model(**{name: paddle.to_tensor(value, dtype="int64") for name, value in inputs.items()})
+
+
+def test_rope_scaling_allows_longer_sequences(hf_checkpoint):
+    """With rope scaling, sequences past max_position_embeddings are allowed (that is what the scaling is for)."""
     scaled = load_paddle(hf_checkpoint("rope_dynamic"))
     assert scaled(paddle.to_tensor(np.ones((1, 30), "int64")), return_dict=True).logits.shape == [1, 30, 128]
 

@@ -1,6 +1,7 @@
-"""Parallel layouts in one process: impossible layouts fail clearly, kv heads are assigned to ranks, the
-tensor-parallel split/merge actions round-trip every weight, and fused q/k/v, gate/up projections load from and
-save to the separate-weight layout. (Multi-process runs are in tests/distributed/.)"""
+"""parallel.py in one process: kv heads are assigned to ranks, the vocabulary-split matmul is a plain matmul outside
+fleet, the tensor-parallel split/merge actions round-trip every weight, and fused q/k/v, gate/up projections load
+from and save to the separate-weight layout. (Multi-process runs are in tests/distributed/.)"""
+
 import zlib  # noqa: F401
 
 from pathlib import Path
@@ -13,73 +14,30 @@ from safetensors.numpy import load_file, save_file
 
 from conftest import assert_close, load_paddle
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM
-from paddle_qwen2.modeling import _tensor_parallel_layouts, _tp_merge, _tp_split, assign_kv_heads
-from paddle_qwen2.modeling_pp import Qwen2ForCausalLMPipe, pipeline_boundaries
+from paddle_qwen2.parallel import assign_kv_heads, parallel_matmul, tensor_parallel_layouts, tp_merge, tp_split
 
-SMALL = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
-             num_key_value_heads=4, head_dim=8)
+SMALL = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=8,
+)
 FUSED = dict(fuse_attention_qkv=True, fuse_attention_ffn=True)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Impossible layouts
-# ---------------------------------------------------------------------------------------------------------------
+def rand(*shape, seed=0):
+    return np.random.RandomState(seed).standard_normal(shape).astype("float32")
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (dict(tensor_parallel_degree=3), r"num_attention_heads \(8\) must be divisible by tensor_parallel_degree \(3\)"),
-        (dict(tensor_parallel_degree=8, intermediate_size=100), r"intermediate_size \(100\) must be divisible"),
-        (dict(num_key_value_heads=8, num_attention_heads=24, tensor_parallel_degree=6, intermediate_size=96),
-         r"num_key_value_heads \(8\) and tensor_parallel_degree \(6\) must divide one another"),
-        (dict(num_key_value_heads=3, num_attention_heads=12, tensor_parallel_degree=4),
-         r"num_key_value_heads \(3\) and tensor_parallel_degree \(4\) must divide one another"),
-        (dict(num_key_value_heads=2, tensor_parallel_degree=4, **FUSED), r"fuse_attention_qkv needs num_key_value_heads"),
-        (dict(pipeline_parallel_degree=3), r"pipeline_parallel_degree \(3\) must not exceed num_hidden_layers \(2\)"),
-    ],
-)
-def test_impossible_layout_is_refused_by_the_config(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        Qwen2Config(**dict(SMALL, **overrides))
-
-
-def test_sequence_parallel_without_tensor_parallel_is_refused():
-    with pytest.raises(AssertionError, match="only works in tensor parallel"):  # paddlenlp's own PretrainedConfig check
-        Qwen2Config(**SMALL, sequence_parallel=True)
-
-
-def test_impossible_layout_set_after_the_config_is_refused_by_the_model():
-    """paddlenlp's from_pretrained(..., tensor_parallel_degree=...) and the Trainer set parallel flags on a built
-    config: the model validates again before building any layer."""
-    config = Qwen2Config(**SMALL)
-    config.tensor_parallel_degree = 3
-    with pytest.raises(ValueError, match=r"num_attention_heads \(8\) must be divisible by tensor_parallel_degree"):
-        Qwen2ForCausalLM(config)
-    config = Qwen2Config(**SMALL)
-    config.sequence_parallel = True
-    with pytest.raises(ValueError, match="sequence_parallel=True needs tensor_parallel_degree > 1"):
-        Qwen2ForCausalLM(config)
-
-
-def test_pipeline_stages_split_by_decoder_layer():
-    # layer list: [embedding, layer_0 .. layer_{n-1}, norm, head]
-    assert pipeline_boundaries(2, 2) == [0, 2, 5]
-    assert pipeline_boundaries(3, 2) == [0, 3, 6]  # stage 0: embedding + 2 layers; stage 1: 1 layer, norm, head
-    assert pipeline_boundaries(5, 3) == [0, 3, 5, 8]
-    assert pipeline_boundaries(4, 1) == [0, 7]
-    with pytest.raises(ValueError, match=r"pipeline_parallel_degree \(3\) must not exceed num_hidden_layers \(2\)"):
-        pipeline_boundaries(2, 3)
-
-
-def test_pipeline_inputs_from_a_trainer_batch():
-    """paddlenlp's Trainer hands the pipeline model a batch dict; the first stage gets (ids, mask, positions)."""
-    ids, labels = paddle.to_tensor([[5, 6, 7]]), paddle.to_tensor([[5, 6, -100]])
-    inputs, target = Qwen2ForCausalLMPipe._prepare_pipeline_inputs_func(None, {"input_ids": ids, "labels": labels})
-    assert inputs == (ids, None, None) and target is labels
-    batch = [{"input_ids": ids, "attention_mask": ids, "labels": labels}] * 2
-    inputs, target = Qwen2ForCausalLMPipe._prepare_pipeline_inputs_func(None, batch)
-    assert inputs == ([ids, ids], [ids, ids], None) and target == [labels, labels]
+def test_parallel_matmul_single_process():
+    x, w = rand(2, 3, 8), rand(8, 5, seed=1)
+    out = parallel_matmul(paddle.to_tensor(x), paddle.to_tensor(w), tensor_parallel_output=False)
+    np.testing.assert_allclose(out.numpy(), x @ w, rtol=1e-5, atol=1e-5)
+    out_t = parallel_matmul(paddle.to_tensor(x), paddle.to_tensor(w.T.copy()), transpose_y=True)
+    np.testing.assert_allclose(out_t.numpy(), x @ w, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -140,8 +98,9 @@ def split_all(state: dict, config: Qwen2Config, tp: int) -> list:
 
 def merge_all(shards: list, config: Qwen2Config) -> dict:
     actions = Qwen2ForCausalLM._get_tensor_parallel_mappings(config, is_split=False)
-    return {k: action_for(actions, k)([s[k] for s in shards]) if action_for(actions, k) else shards[0][k]
-            for k in shards[0]}
+    return {
+        k: action_for(actions, k)([s[k] for s in shards]) if action_for(actions, k) else shards[0][k] for k in shards[0]
+    }
 
 
 LAYOUT_CASES = {
@@ -162,8 +121,11 @@ def test_split_then_merge_restores_every_weight(hf_checkpoint, case):
     config = Qwen2Config.from_pretrained(path, **overrides)
     state = full_state(path, config)
     shards = split_all(state, config, tp)
-    layouts = {k: _tensor_parallel_layouts(config)[k.replace("qwen2.", "", 1)] for k in state
-               if k.replace("qwen2.", "", 1) in _tensor_parallel_layouts(config)}
+    layouts = {
+        k: tensor_parallel_layouts(config)[k.replace("qwen2.", "", 1)]
+        for k in state
+        if k.replace("qwen2.", "", 1) in tensor_parallel_layouts(config)
+    }
     # every matrix and bias is split (tied: the embedding only), the norms are replicated
     assert set(layouts) == {k for k in state if not k.endswith("norm.weight")}
     for rank, shard in enumerate(shards):
@@ -189,21 +151,33 @@ def test_shards_hold_the_expected_slices(hf_checkpoint):
 
     shards = split_all(plain, Qwen2Config.from_pretrained(path), 2)
     np.testing.assert_array_equal(shards[1][f"{layer}self_attn.q_proj.weight"], q[:, 32:])
-    np.testing.assert_array_equal(shards[1][f"{layer}self_attn.k_proj.bias"], plain[f"{layer}self_attn.k_proj.bias"][16:])
-    np.testing.assert_array_equal(shards[1][f"{layer}self_attn.o_proj.weight"], plain[f"{layer}self_attn.o_proj.weight"][32:])
+    np.testing.assert_array_equal(
+        shards[1][f"{layer}self_attn.k_proj.bias"], plain[f"{layer}self_attn.k_proj.bias"][16:]
+    )
+    np.testing.assert_array_equal(
+        shards[1][f"{layer}self_attn.o_proj.weight"], plain[f"{layer}self_attn.o_proj.weight"][32:]
+    )
     np.testing.assert_array_equal(shards[0][f"{layer}mlp.down_proj.weight"], plain[f"{layer}mlp.down_proj.weight"][:56])
     np.testing.assert_array_equal(shards[1]["qwen2.embed_tokens.weight"], plain["qwen2.embed_tokens.weight"][64:])
     np.testing.assert_array_equal(shards[0]["lm_head.weight"], plain["lm_head.weight"][:, :64])
 
     config = Qwen2Config.from_pretrained(path, **FUSED)
     fused = split_all(full_state(path, config), config, 2)
-    np.testing.assert_array_equal(fused[1][f"{layer}self_attn.qkv_proj.weight"], np.concatenate([q[:, 32:], k[:, 16:], v[:, 16:]], 1))
-    np.testing.assert_array_equal(fused[0][f"{layer}mlp.gate_up_fused_proj.weight"], np.concatenate([gate[:, :56], up[:, :56]], 1))
+    np.testing.assert_array_equal(
+        fused[1][f"{layer}self_attn.qkv_proj.weight"], np.concatenate([q[:, 32:], k[:, 16:], v[:, 16:]], 1)
+    )
+    np.testing.assert_array_equal(
+        fused[0][f"{layer}mlp.gate_up_fused_proj.weight"], np.concatenate([gate[:, :56], up[:, :56]], 1)
+    )
 
     replicated = split_all(plain, Qwen2Config.from_pretrained(path), 4)  # kv head 0 on ranks 0, 1; head 1 on 2, 3
     for rank, head in enumerate([0, 0, 1, 1]):
-        np.testing.assert_array_equal(replicated[rank][f"{layer}self_attn.v_proj.weight"], v[:, head * 16:(head + 1) * 16])
-        np.testing.assert_array_equal(replicated[rank][f"{layer}self_attn.q_proj.weight"], q[:, rank * 16:(rank + 1) * 16])
+        np.testing.assert_array_equal(
+            replicated[rank][f"{layer}self_attn.v_proj.weight"], v[:, head * 16 : (head + 1) * 16]
+        )
+        np.testing.assert_array_equal(
+            replicated[rank][f"{layer}self_attn.q_proj.weight"], q[:, rank * 16 : (rank + 1) * 16]
+        )
 
 
 def test_split_reads_lazily_from_safetensors(hf_checkpoint, tmp_path):
@@ -222,10 +196,10 @@ def test_split_reads_lazily_from_safetensors(hf_checkpoint, tmp_path):
 
 def test_merge_rejects_a_wrong_number_of_shards():
     config = Qwen2Config(**SMALL, tensor_parallel_degree=2)
-    axis, intervals = _tensor_parallel_layouts(config)["layers.0.self_attn.q_proj.weight"]
+    axis, intervals = tensor_parallel_layouts(config)["layers.0.self_attn.q_proj.weight"]
     with pytest.raises(ValueError, match="expected 2 tensor-parallel shards, got 3"):
-        _tp_merge([np.zeros([64, 32], "float32")] * 3, axis, intervals)
-    assert _tp_split(np.arange(64 * 64, dtype="float32").reshape(64, 64), axis, intervals[1]).shape == (64, 32)
+        tp_merge([np.zeros([64, 32], "float32")] * 3, axis, intervals)
+    assert tp_split(np.arange(64 * 64, dtype="float32").reshape(64, 64), axis, intervals[1]).shape == (64, 32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,8 +239,11 @@ def test_fused_model_loads_separate_weights_and_saves_them_back(paddle_checkpoin
 def test_fused_checkpoint_loads_into_separate_projections(paddle_checkpoint, tmp_path):
     """A checkpoint written in the fused layout (e.g. a fused model's state dict) is cut apart on load."""
     fused = Qwen2ForCausalLM.from_pretrained(str(paddle_checkpoint), dtype="float32", **FUSED)
-    save_file({k: v.numpy() for k, v in fused.state_dict().items()}, str(tmp_path / "model.safetensors"),
-              metadata={"format": "np"})
+    save_file(
+        {k: v.numpy() for k, v in fused.state_dict().items()},
+        str(tmp_path / "model.safetensors"),
+        metadata={"format": "np"},
+    )
     (tmp_path / "config.json").write_text((paddle_checkpoint / "config.json").read_text())
     assert "qwen2.layers.1.self_attn.qkv_proj.bias" in load_file(str(tmp_path / "model.safetensors"))
 
