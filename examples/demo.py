@@ -12,39 +12,36 @@
 
 `--quick` (used by the test suite) trains fewer steps and generates shorter answers.
 """
+
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if (REPO / "paddle_qwen2" / "__init__.py").is_file():
-    sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from paddle_qwen2.runtime import configure_cpu_threads  # noqa: E402
+from paddle_qwen2.runtime import configure_cpu_threads
 
 THREADS = configure_cpu_threads()
 START = time.time()
 
-import argparse  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import textwrap  # noqa: E402
-import warnings  # noqa: E402
-from typing import List  # noqa: E402
+import argparse
+import shutil
+import subprocess
+import textwrap
+import warnings
+from typing import List
 
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
-from paddlenlp.utils.log import logger as paddlenlp_logger  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+import paddle
+from paddlenlp.utils.log import logger as paddlenlp_logger
+from tqdm import tqdm
 
-from paddle_qwen2 import Qwen2ForCausalLM, Qwen2SentenceEmbedding  # noqa: E402
-from paddle_qwen2.tokenizer import IM_END, load_tokenizer  # noqa: E402
+from paddle_qwen2 import Qwen2ForCausalLM, Qwen2SentenceEmbedding
+from paddle_qwen2.tokenizer import IM_END, load_tokenizer
+from paddle_qwen2.training import finetune
+from paddle_qwen2.training.callbacks import read_log
 
-import finetune  # noqa: E402
+EXAMPLES = Path(__file__).resolve().parent
 
 PROMPTS = [
     "What is the capital of Japan?",
@@ -65,9 +62,11 @@ SENTENCES = [
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=str(REPO / "examples" / "model"), help="HF checkpoint folder to start from")
-    p.add_argument("--data", default=str(REPO / "examples" / "data" / "chat_sft.jsonl"))
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--model", default=str(EXAMPLES / "model"), help="HF checkpoint folder to start from")
+    p.add_argument("--data", default=str(EXAMPLES / "data" / "chat_sft.jsonl"))
     p.add_argument("--output-dir", default="output/demo")
     p.add_argument("--steps", type=int, default=None, help="SFT steps (default 150, 20 with --quick)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 40, 16 with --quick")
@@ -82,7 +81,7 @@ def banner(step: int, total: int, text: str) -> None:
 def run_cli(args: List[str]) -> None:
     command = [sys.executable, "-m", "paddle_qwen2", *args]
     print("$ paddle-qwen2 " + " ".join(args), flush=True)
-    subprocess.run(command, check=True, env=dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")))
+    subprocess.run(command, check=True)
 
 
 def answer(model, tokenizer, prompts: List[str], max_new_tokens: int, desc: str) -> List[str]:
@@ -122,8 +121,9 @@ def similarity_matrix(model_dir: Path, sentences: List[str]) -> np.ndarray:
     model.eval()
     batch = tokenizer(sentences, padding=True, return_tensors="pd", add_special_tokens=False)
     with paddle.no_grad():
-        emb = model(batch["input_ids"], attention_mask=batch["attention_mask"], pooling="last", normalize=True,
-                    return_dict=True).embeddings.numpy()
+        emb = model(
+            batch["input_ids"], attention_mask=batch["attention_mask"], pooling="last", normalize=True, return_dict=True
+        ).embeddings.numpy()
     return emb @ emb.T
 
 
@@ -165,18 +165,42 @@ def main(argv=None) -> None:
 
     banner(3, total, f"Fine-tune on {Path(args.data).name}: {steps} steps of chat SFT with paddlenlp's Trainer")
     sft = out / "sft"
-    summary = finetune.main([
-        "--model", str(base), "--train-file", args.data, "--output-dir", str(sft),
-        "--max-steps", str(steps), "--batch-size", "8", "--learning-rate", "3e-3", "--lr-scheduler", "cosine",
-        "--warmup-steps", str(max(steps // 10, 1)), "--max-length", "256", "--packing",
-        "--logging-steps", str(max(1, min(10, steps // 4))),
-        "--save-steps", str(max(steps // 2, 1)), "--save-total-limit", "1",
-    ])
-    log = finetune.read_log(sft / "train_log.jsonl")
+    summary = finetune.main(
+        [
+            "--model",
+            str(base),
+            "--train-file",
+            args.data,
+            "--output-dir",
+            str(sft),
+            "--max-steps",
+            str(steps),
+            "--batch-size",
+            "8",
+            "--learning-rate",
+            "3e-3",
+            "--lr-scheduler",
+            "cosine",
+            "--warmup-steps",
+            str(max(steps // 10, 1)),
+            "--max-length",
+            "256",
+            "--packing",
+            "--logging-steps",
+            str(max(1, min(10, steps // 4))),
+            "--save-steps",
+            str(max(steps // 2, 1)),
+            "--save-total-limit",
+            "1",
+        ]
+    )
+    log = read_log(sft / "train_log.jsonl")
     if log:
         first, last = log[min(log)], log[max(log)]
-        print(f"  SFT loss {first['loss']:.3f} (step {first['step']}) -> {last['loss']:.3f} (step {last['step']}) "
-              f"in {summary['train_seconds']:.0f}s")
+        print(
+            f"  SFT loss {first['loss']:.3f} (step {first['step']}) -> {last['loss']:.3f} (step {last['step']}) "
+            f"in {summary['train_seconds']:.0f}s"
+        )
 
     banner(4, total, "Answers before and after fine-tuning")
     tuned = Qwen2ForCausalLM.from_pretrained(summary["final"], dtype="float32")

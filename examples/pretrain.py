@@ -12,42 +12,38 @@ The bundled model (see README, "Demo"):
 
 Everything is seeded (`--seed`): the same command on the same Paddle build gives the same model.
 """
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if (REPO / "paddle_qwen2" / "__init__.py").is_file():
-    sys.path.insert(0, str(REPO))
-
-from paddle_qwen2.runtime import configure_cpu_threads  # noqa: E402
+from paddle_qwen2.runtime import configure_cpu_threads
 
 configure_cpu_threads()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from typing import List  # noqa: E402
+import argparse
+import json
+import math
+import random
+import shutil
+import subprocess
+import time
+from typing import List
 
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
-from paddlenlp.trainer import Trainer, TrainingArguments  # noqa: E402
+import numpy as np
+import paddle
+from paddlenlp.trainer import Trainer, TrainingArguments
 
-from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
-from paddle_qwen2.data import ListDataset, load_texts  # noqa: E402
-from paddle_qwen2.modeling import Qwen2PretrainingCriterion  # noqa: E402
-from paddle_qwen2.tokenizer import Qwen2TokenizerFast, save_qwen2_tokenizer, train_qwen2_bpe  # noqa: E402
+from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM
+from paddle_qwen2.modeling import Qwen2PretrainingCriterion
+from paddle_qwen2.tokenizer import Qwen2TokenizerFast, save_qwen2_tokenizer, train_qwen2_bpe
+from paddle_qwen2.training.callbacks import JsonlLogger, read_log
+from paddle_qwen2.training.data import ListDataset, load_texts
+from paddle_qwen2.training.saving import TOKENIZER_FILES, write_generation_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune import JsonlLogger, read_log, write_generation_config  # noqa: E402
-
-DEFAULT_CORPUS = [str(REPO / "examples" / "data" / "corpus" / "en.txt"), str(REPO / "examples" / "data" / "corpus" / "zh.txt")]
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
+CORPUS_DIR = Path(__file__).resolve().parent / "data" / "corpus"
+DEFAULT_CORPUS = [str(CORPUS_DIR / "en.txt"), str(CORPUS_DIR / "zh.txt")]
 
 
 class CausalLMCriterion(Qwen2PretrainingCriterion):
@@ -59,13 +55,22 @@ class CausalLMCriterion(Qwen2PretrainingCriterion):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--corpus", nargs="+", default=DEFAULT_CORPUS, help="text files (documents split by blank lines) or .jsonl {'text'}")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--corpus",
+        nargs="+",
+        default=DEFAULT_CORPUS,
+        help="text files (documents split by blank lines) or .jsonl {'text'}",
+    )
     p.add_argument("--output-dir", default="output/pretrain")
     p.add_argument("--export-hf", default=None, help="write the final model + tokenizer here in HF format")
     p.add_argument("--tokenizer", default=None, help="use this Qwen2 tokenizer folder instead of training one")
     p.add_argument("--vocab-size", type=int, default=4000, help="BPE vocabulary to train (plus 3 special tokens)")
-    p.add_argument("--padded-vocab-size", type=int, default=4096, help="model vocab_size (>= tokenizer size, as Qwen2 pads)")
+    p.add_argument(
+        "--padded-vocab-size", type=int, default=4096, help="model vocab_size (>= tokenizer size, as Qwen2 pads)"
+    )
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--intermediate-size", type=int, default=384)
     p.add_argument("--num-layers", type=int, default=4)
@@ -197,7 +202,7 @@ def main(argv=None) -> dict:
     report = {
         "command": "python examples/pretrain.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "parameters": n_params,
-        "train_blocks": int(len(train_blocks)),
+        "train_blocks": len(train_blocks),
         "steps": trainer.state.global_step,
         "train_loss_last_logged": last_logged[-1] if last_logged else None,
         "train_loss_mean": result.training_loss,
@@ -216,8 +221,10 @@ def main(argv=None) -> dict:
 
 def export_hf(paddle_dir: Path, hf_dir: Path) -> None:
     """`paddle-qwen2 convert --to-hf` (the tokenizer files are copied along)."""
-    subprocess.run([sys.executable, "-m", "paddle_qwen2", "convert", "--to-hf", str(paddle_dir), "--out", str(hf_dir),
-                    "--force"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "paddle_qwen2", "convert", "--to-hf", str(paddle_dir), "--out", str(hf_dir), "--force"],
+        check=True,
+    )
 
 
 if __name__ == "__main__":

@@ -16,26 +16,21 @@ must be a paddlenlp one: convert HF checkpoints with `paddle-qwen2 convert`); ev
 token ids cut into random windows, or random tokens (a smoke run). At the end the model is saved merged into one
 full checkpoint in `--output-dir` (tensor parallel shards merged; pipeline runs save one folder per stage).
 """
+
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if (REPO / "paddle_qwen2" / "__init__.py").is_file():
-    sys.path.insert(0, str(REPO))
+import numpy as np
+import paddle
+import paddle.distributed as dist
+from paddle.distributed import fleet
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
-import paddle.distributed as dist  # noqa: E402
-from paddle.distributed import fleet  # noqa: E402
-
-from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
-from paddle_qwen2.modeling_pp import Qwen2ForCausalLMPipe  # noqa: E402
+from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM
+from paddle_qwen2.modeling_pp import Qwen2ForCausalLMPipe
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,13 +41,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tp", type=int, default=1, help="tensor parallel degree")
     p.add_argument("--pp", type=int, default=1, help="pipeline parallel degree (stages split by decoder layer)")
     p.add_argument("--sharding", type=int, default=1, help="sharding stage 1 degree (optimizer states split)")
-    p.add_argument("--sequence-parallel", action="store_true", help="split activations along the sequence (needs --tp > 1)")
+    p.add_argument(
+        "--sequence-parallel", action="store_true", help="split activations along the sequence (needs --tp > 1)"
+    )
     p.add_argument("--fuse", action="store_true", help="fused q/k/v and gate/up projections")
     p.add_argument("--recompute", choices=["none", "full", "full_attn", "core_attn"], default="none")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--tokens", help="1-D .npy array of token ids (default: random tokens)")
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--micro-batch-size", type=int, default=1, help="sequences per rank and step (per micro-batch with --pp)")
+    p.add_argument(
+        "--micro-batch-size", type=int, default=1, help="sequences per rank and step (per micro-batch with --pp)"
+    )
     p.add_argument("--accumulate-steps", type=int, default=1, help="pipeline micro-batches per step (--pp > 1)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -75,7 +74,10 @@ def init_fleet(args):
         "sharding_degree": args.sharding,
     }
     if args.pp > 1:
-        strategy.pipeline_configs = {"accumulate_steps": args.accumulate_steps, "micro_batch_size": args.micro_batch_size}
+        strategy.pipeline_configs = {
+            "accumulate_steps": args.accumulate_steps,
+            "micro_batch_size": args.micro_batch_size,
+        }
     strategy.tensor_parallel_configs = {"tensor_init_seed": args.seed}
     fleet.init(is_collective=True, strategy=strategy)
     return fleet.get_hybrid_communicate_group()

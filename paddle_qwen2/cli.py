@@ -3,23 +3,42 @@
     paddle-qwen2 convert --from-hf SRC --out DST [--dtype float32|bfloat16|float16] [--force]
     paddle-qwen2 convert --to-hf SRC --out DST [--dtype ...] [--force]
 
-Bad input prints one line `error: ...` on stderr and returns a non-zero exit code; nothing is written.
+    paddle-qwen2 finetune --config configs/finetune_sft.json [--max-steps 50] [--resume]
+    paddle-qwen2 finetune --model DIR --train-file chats.jsonl [--packing] [--lora] [--export-hf] [...]
+    paddle-qwen2 finetune --task seq_cls --model DIR --train-file train.csv --eval-file eval.csv --num-labels 2
+
+`convert` moves a checkpoint folder between the HF and Paddle layouts. `finetune` trains with paddlenlp's Trainer
+(chat SFT, full or LoRA, or sequence classification), writes checkpoints, train_log.jsonl, final/ and
+summary.json into `--output-dir`, and prints the summary as JSON (`paddle-qwen2 finetune --help` lists the
+options; `paddle_qwen2.training.finetune` is the same as a Python API). Only `finetune` imports paddle.
+
+Bad input prints one line `error: ...` on stderr and returns exit code 1 (a command-line mistake: 2); `convert`
+then writes nothing.
 """
+
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .conversion import DEFAULT_MAX_SHARD_SIZE, DTYPE_CODES, ConversionError, convert_checkpoint
+from .training import options as finetune_options
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
+
+_AFTER_INTERRUPT = {"finetune": "--resume continues from the last complete checkpoint"}
 
 
 class _UsageError(Exception):
     """A command-line mistake (argparse would otherwise print the usage and exit)."""
+
+
+class _BadInput(Exception):
+    """Bad input data found while running a command (exit code 1)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,6 +47,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `paddle-qwen2` parser with its subcommands."""
+    return _build_parsers()[0]
+
+
+def _build_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The `paddle-qwen2` parser and its `finetune` subparser."""
     parser = _Parser(prog="paddle-qwen2", description="Qwen2 / Qwen2.5 for PaddlePaddle.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     convert = commands.add_parser(
@@ -43,10 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", choices=sorted(DTYPE_CODES), help="cast every weight to this dtype")
     convert.add_argument("--force", action="store_true", help="replace a non-empty DST")
     convert.add_argument(
-        "--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help=f"largest output file (default {DEFAULT_MAX_SHARD_SIZE})"
+        "--max-shard-size",
+        default=DEFAULT_MAX_SHARD_SIZE,
+        help=f"largest output file (default {DEFAULT_MAX_SHARD_SIZE})",
     )
     convert.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
-    return parser
+    finetune = commands.add_parser(
+        "finetune",
+        help="fine-tune with paddlenlp's Trainer (chat SFT, LoRA, sequence classification)",
+        description=finetune_options.DESCRIPTION + " Every option can come from the --config JSON (keys: option "
+        "names with '_'); the command line wins. Prints the run's summary as JSON (also OUTPUT/summary.json).",
+        formatter_class=finetune_options.HelpFormatter,
+    )
+    finetune_options.add_arguments(finetune)
+    return parser, finetune
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -64,6 +99,23 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_finetune(parser: argparse.ArgumentParser, finetune: argparse.ArgumentParser, argv: List[str]) -> int:
+    """Thread settings first, then paddle: `--config` defaults, the training run, the summary on stdout."""
+    from .runtime import configure_cpu_threads
+
+    configure_cpu_threads()
+    args = finetune_options.parse_args(argv, parser, finetune)
+    from .training.data import DataError
+    from .training.finetune import run
+
+    try:
+        summary = run(args)
+    except DataError as exc:
+        raise _BadInput(str(exc)) from None
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _terminate(signum, frame):
     raise SystemExit(128 + signum)  # unwinds through the converter's cleanup of its temp folder
 
@@ -72,17 +124,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 bad input, 2 usage, 130 interrupted)."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = None
     try:
-        args = build_parser().parse_args(argv)
+        parser, finetune = _build_parsers()
+        args = parser.parse_args(argv)
+        command = args.command
+        if command == "finetune":
+            return _run_finetune(parser, finetune, argv)
         return _run_convert(args)
     except _UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ConversionError, OSError) as exc:
+    except (ConversionError, OSError, _BadInput) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted, nothing was written", file=sys.stderr)
+        print(f"error: interrupted, {_AFTER_INTERRUPT.get(command, 'nothing was written')}", file=sys.stderr)
         return 130
     finally:
         if in_main_thread:

@@ -1,7 +1,7 @@
 """`make demo` end to end (its --quick variant), and the bundled model it starts from."""
+
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -13,8 +13,8 @@ import pytest
 
 from paddle_qwen2 import Qwen2ForCausalLM
 from paddle_qwen2.conversion import convert_checkpoint
-from paddle_qwen2.data import load_texts
 from paddle_qwen2.tokenizer import load_tokenizer
+from paddle_qwen2.training.data import load_texts
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "examples" / "model"
@@ -26,7 +26,14 @@ def _size(path: Path) -> int:
 
 
 def test_bundled_assets_are_small_and_complete():
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+    ):
         assert (MODEL / name).is_file(), name
     assert _size(MODEL) < 8 * 2**20
     assert _size(DATA) < 3 * 2**20
@@ -55,9 +62,12 @@ def test_bundled_model_was_trained(tmp_path):
 @pytest.mark.slow
 def test_demo_quick_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, str(REPO / "examples" / "demo.py"), "--quick", "--output-dir", str(out)],
-                            capture_output=True, text=True, timeout=600, env=env)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "demo.py"), "--quick", "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = result.stdout
     for step in range(1, 7):
@@ -65,11 +75,20 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     changed = re.search(r"-> (\d+) of (\d+) answers changed by fine-tuning", text)
     assert changed and int(changed.group(1)) >= 1, text[-3000:]
     assert re.search(r"SFT loss [\d.]+ \(step \d+\) -> [\d.]+ \(step \d+\)", text)
-    rows = re.findall(r"^\s+\[\d\]\s+((?:\s*-?\d\.\d{3})+)\s*$", text, flags=re.M)
+    rows = re.findall(r"^\s+\[\d\]\s+((?:\s*-?\d\.\d{3})+)\s*$", text, flags=re.MULTILINE)
     matrix = np.array([[float(v) for v in row.split()] for row in rows])
-    assert matrix.shape == (5, 5) and np.allclose(np.diag(matrix), 1.0, atol=1e-3) and np.allclose(matrix, matrix.T, atol=1e-3)
-    for sub in ("base-paddle/model.safetensors", "sft/final/model.safetensors", "sft/train_log.jsonl",
-                "tuned-hf/model.safetensors", "tuned-hf/tokenizer.json"):
+    assert (
+        matrix.shape == (5, 5)
+        and np.allclose(np.diag(matrix), 1.0, atol=1e-3)
+        and np.allclose(matrix, matrix.T, atol=1e-3)
+    )
+    for sub in (
+        "base-paddle/model.safetensors",
+        "sft/final/model.safetensors",
+        "sft/train_log.jsonl",
+        "tuned-hf/model.safetensors",
+        "tuned-hf/tokenizer.json",
+    ):
         assert (out / sub).is_file(), sub
     assert str(out / "tuned-hf") in text
     transformers = pytest.importorskip("transformers")

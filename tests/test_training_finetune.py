@@ -1,7 +1,8 @@
-"""examples/finetune.py: SFT lowers the loss, LoRA trains adapters only and merges exactly, a killed run resumes
-with the same loss curve, sequence classification reports accuracy, and the results convert to HF."""
+"""paddle_qwen2.training.finetune (with .lora and .callbacks): SFT lowers the loss, LoRA trains adapters only and
+merges exactly, a killed run resumes with the same loss curve, sequence classification reports accuracy, and the
+results convert to HF."""
+
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,22 +16,41 @@ pytestmark = pytest.mark.paddle26
 
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
 from paddle_qwen2.conversion import convert_checkpoint
-from paddle_qwen2.data import DataCollatorForSFT, build_sft_dataset
 from paddle_qwen2.tokenizer import load_tokenizer, save_qwen2_tokenizer, train_qwen2_bpe
+from paddle_qwen2.training import finetune
+from paddle_qwen2.training.callbacks import last_complete_checkpoint, read_log
+from paddle_qwen2.training.data import DataCollatorForSFT, build_sft_dataset
+from paddle_qwen2.training.lora import apply_lora, merge_lora
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "examples"))
-import finetune  # noqa: E402
-
-COUNTRIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"),
-             ("Peru", "Lima"), ("Chile", "Santiago"), ("Kenya", "Nairobi"), ("China", "Beijing"), ("India", "Delhi"),
-             ("Cuba", "Havana"), ("Iran", "Tehran")]
+COUNTRIES = [
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Egypt", "Cairo"),
+    ("Peru", "Lima"),
+    ("Chile", "Santiago"),
+    ("Kenya", "Nairobi"),
+    ("China", "Beijing"),
+    ("India", "Delhi"),
+    ("Cuba", "Havana"),
+    ("Iran", "Tehran"),
+]
 
 
 def _chats():
-    chats = [{"prompt": f"What is the capital of {c}?", "response": f"The capital of {c} is {cap}."} for c, cap in COUNTRIES]
-    chats += [{"messages": [{"role": "user", "content": f"Where is {cap}?"},
-                            {"role": "assistant", "content": f"{cap} is in {c}."}]} for c, cap in COUNTRIES]
+    chats = [
+        {"prompt": f"What is the capital of {c}?", "response": f"The capital of {c} is {cap}."} for c, cap in COUNTRIES
+    ]
+    chats += [
+        {
+            "messages": [
+                {"role": "user", "content": f"Where is {cap}?"},
+                {"role": "assistant", "content": f"{cap} is in {c}."},
+            ]
+        }
+        for c, cap in COUNTRIES
+    ]
     return chats
 
 
@@ -46,22 +66,49 @@ def workspace(tmp_path_factory):
     save_qwen2_tokenizer(train_qwen2_bpe(texts * 5, vocab_size=350), str(model_dir))
     tok = load_tokenizer(str(model_dir))
     eos = tok.eos_token_id
-    config = Qwen2Config(vocab_size=len(tok) + 5, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    config = Qwen2Config(
+        vocab_size=len(tok) + 5,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
     paddle.seed(0)
     Qwen2ForCausalLM(config).save_pretrained(str(model_dir), safe_serialization=True)
-    rows = ["text,label"] + [f"{w} {t}" + (f",{1 if w in ('good', 'great', 'fine') else 0}")
-                             for w in ("good", "great", "fine", "bad", "awful", "poor") for t in ("day", "food", "trip")]
+    words, topics = ("good", "great", "fine", "bad", "awful", "poor"), ("day", "food", "trip")
+    rows = ["text,label"] + [
+        f"{w} {t}" + (f",{1 if w in ('good', 'great', 'fine') else 0}") for w in words for t in topics
+    ]
     sentiment = root / "sentiment.csv"
     sentiment.write_text("\n".join(rows) + "\n")
     return {"root": root, "model": model_dir, "chats": data, "sentiment": sentiment, "tokenizer": tok}
 
 
 def sft_args(ws, out, *extra):
-    return ["--model", str(ws["model"]), "--train-file", str(ws["chats"]), "--output-dir", str(out),
-            "--batch-size", "4", "--learning-rate", "1e-2", "--logging-steps", "1", "--max-length", "128", "--quiet",
-            *extra]
+    return [
+        "--model",
+        str(ws["model"]),
+        "--train-file",
+        str(ws["chats"]),
+        "--output-dir",
+        str(out),
+        "--batch-size",
+        "4",
+        "--learning-rate",
+        "1e-2",
+        "--logging-steps",
+        "1",
+        "--max-length",
+        "128",
+        "--quiet",
+        *extra,
+    ]
 
 
 def mean_sft_loss(model, ws) -> float:
@@ -87,26 +134,31 @@ def test_sft_lowers_the_loss_and_exports_to_hf(workspace, tmp_path):
     tuned = Qwen2ForCausalLM.from_pretrained(summary["final"])
     after = mean_sft_loss(tuned, workspace)
     assert after < 0.6 * before, (before, after)
-    log = finetune.read_log(out / "train_log.jsonl")
+    log = read_log(out / "train_log.jsonl")
     assert sorted(log) == list(range(1, 25))
     assert all("learning_rate" in r for r in log.values()) and log[24]["learning_rate"] < log[1]["learning_rate"]
     assert np.mean([log[s]["loss"] for s in (22, 23, 24)]) < log[1]["loss"] - 1.0
     # the saved model is the trained one, and its HF conversion gives the same logits
-    ids = [workspace["tokenizer"].apply_chat_template([{"role": "user", "content": "Where is Rome?"}],
-                                                     add_generation_prompt=True)]
+    ids = [
+        workspace["tokenizer"].apply_chat_template(
+            [{"role": "user", "content": "Where is Rome?"}], add_generation_prompt=True
+        )
+    ]
     tuned.eval()
     ours = tuned(paddle.to_tensor(ids), return_dict=True).logits.numpy()
     np.testing.assert_allclose(hf_logits(summary["final_hf"], ids), ours, atol=1e-4, rtol=0)
     generation = json.loads((Path(summary["final"]) / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == [workspace["tokenizer"].convert_tokens_to_ids("<|im_end|>"),
-                                          workspace["tokenizer"].eos_token_id]
+    assert generation["eos_token_id"] == [
+        workspace["tokenizer"].convert_tokens_to_ids("<|im_end|>"),
+        workspace["tokenizer"].eos_token_id,
+    ]
 
 
 def test_lora_merge_gives_the_same_outputs(workspace):
     paddle.seed(1)
     base = Qwen2ForCausalLM.from_pretrained(str(workspace["model"]))
     keys = sorted(base.state_dict())
-    lora = finetune.apply_lora(base, rank=4, alpha=8, dropout=0.0, targets=["q_proj", "v_proj", "down_proj"])
+    lora = apply_lora(base, rank=4, alpha=8, dropout=0.0, targets=["q_proj", "v_proj", "down_proj"])
     trainable = {n for n, p in lora.named_parameters() if not p.stop_gradient}
     assert trainable and all("lora_A" in n or "lora_B" in n for n in trainable)
     assert len(trainable) == 2 * 3 * base.config.num_hidden_layers
@@ -117,7 +169,7 @@ def test_lora_merge_gives_the_same_outputs(workspace):
     lora.eval()
     with paddle.no_grad():
         adapted = lora(ids, return_dict=True).logits.numpy()
-        merged_model = finetune.merge_lora(lora)
+        merged_model = merge_lora(lora)
         merged_model.eval()
         merged = merged_model(ids, return_dict=True).logits.numpy()
     plain = Qwen2ForCausalLM.from_pretrained(str(workspace["model"]))
@@ -129,8 +181,9 @@ def test_lora_merge_gives_the_same_outputs(workspace):
 
 def test_lora_finetune_trains_only_adapters(workspace, tmp_path):
     out = tmp_path / "lora"
-    summary = finetune.main(sft_args(workspace, out, "--max-steps", "6", "--lora", "--lora-rank", "4",
-                                     "--lora-targets", "q_proj", "v_proj"))
+    summary = finetune.main(
+        sft_args(workspace, out, "--max-steps", "6", "--lora", "--lora-rank", "4", "--lora-targets", "q_proj", "v_proj")
+    )
     cfg = Qwen2Config.from_pretrained(str(workspace["model"]))
     q, kv = cfg.num_attention_heads * cfg.attention_head_dim, cfg.num_key_value_heads * cfg.attention_head_dim
     expected = cfg.num_hidden_layers * 4 * ((cfg.hidden_size + q) + (cfg.hidden_size + kv))
@@ -143,33 +196,46 @@ def test_lora_finetune_trains_only_adapters(workspace, tmp_path):
     assert (out / "lora-adapter").is_dir()
 
 
+def test_lora_runs_are_reproducible(workspace, tmp_path):
+    """The adapters are drawn from `--seed`, whatever the random state before the run."""
+    args = ("--max-steps", "3", "--lora", "--lora-rank", "4")
+    logs = []
+    for name in ("first", "second"):
+        paddle.seed(len(name))  # a different random state before each run
+        finetune.main(sft_args(workspace, tmp_path / name, *args))
+        logs.append({step: r["loss"] for step, r in read_log(tmp_path / name / "train_log.jsonl").items()})
+    assert sorted(logs[0]) == [1, 2, 3] and logs[0] == logs[1]
+
+
 def test_resume_after_kill_continues_the_same_loss_curve(workspace, tmp_path):
     steps = "120"
     common = ["--max-steps", steps, "--save-steps", "5", "--save-total-limit", "3"]
     reference = tmp_path / "uninterrupted"
     finetune.main(sft_args(workspace, reference, *common))
-    ref_log = finetune.read_log(reference / "train_log.jsonl")
+    ref_log = read_log(reference / "train_log.jsonl")
 
     killed = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "finetune.py"), *sft_args(workspace, killed, *common)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "paddle_qwen2", "finetune", *sft_args(workspace, killed, *common)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 180
     try:
-        while finetune.last_complete_checkpoint(killed / "checkpoints") is None:
+        while last_complete_checkpoint(killed / "checkpoints") is None:
             assert proc.poll() is None, "the training process ended before writing a checkpoint"
             assert time.time() < deadline, "no checkpoint within 180s"
             time.sleep(0.02)
     finally:
         proc.kill()
         proc.wait()
-    checkpoint = finetune.last_complete_checkpoint(killed / "checkpoints")
+    checkpoint = last_complete_checkpoint(killed / "checkpoints")
     k = int(checkpoint.name.split("-")[1])
     assert k < int(steps), "the kill came after training finished"
 
     summary = finetune.main(sft_args(workspace, killed, *common, "--resume"))
     assert summary["steps"] == int(steps)
-    log = finetune.read_log(killed / "train_log.jsonl")
+    log = read_log(killed / "train_log.jsonl")
     assert log[k + 1]["loss"] == pytest.approx(ref_log[k + 1]["loss"], abs=1e-6, rel=1e-6)
     for step in range(k + 1, int(steps) + 1):
         assert log[step]["loss"] == pytest.approx(ref_log[step]["loss"], abs=1e-5, rel=1e-5), step
@@ -179,12 +245,34 @@ def test_resume_after_kill_continues_the_same_loss_curve(workspace, tmp_path):
 
 def test_sequence_classification_reports_accuracy_and_exports(workspace, tmp_path):
     out = tmp_path / "cls"
-    summary = finetune.main([
-        "--task", "seq_cls", "--model", str(workspace["model"]), "--train-file", str(workspace["sentiment"]),
-        "--eval-file", str(workspace["sentiment"]), "--num-labels", "2", "--output-dir", str(out),
-        "--max-steps", "40", "--batch-size", "6", "--learning-rate", "1e-2", "--logging-steps", "5",
-        "--eval-steps", "20", "--quiet", "--export-hf",
-    ])
+    summary = finetune.main(
+        [
+            "--task",
+            "seq_cls",
+            "--model",
+            str(workspace["model"]),
+            "--train-file",
+            str(workspace["sentiment"]),
+            "--eval-file",
+            str(workspace["sentiment"]),
+            "--num-labels",
+            "2",
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "40",
+            "--batch-size",
+            "6",
+            "--learning-rate",
+            "1e-2",
+            "--logging-steps",
+            "5",
+            "--eval-steps",
+            "20",
+            "--quiet",
+            "--export-hf",
+        ]
+    )
     assert summary["eval_accuracy"] >= 0.9, summary
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "eval_accuracy" in r][:2] == [20, 40]
@@ -193,15 +281,29 @@ def test_sequence_classification_reports_accuracy_and_exports(workspace, tmp_pat
     tok = workspace["tokenizer"]
     ids = [tok("good trip")["input_ids"]]
     ours = model(paddle.to_tensor(ids), return_dict=True).logits.numpy()
-    np.testing.assert_allclose(hf_logits(summary["final_hf"], ids, "Qwen2ForSequenceClassification"), ours, atol=1e-4, rtol=0)
+    hf = hf_logits(summary["final_hf"], ids, "Qwen2ForSequenceClassification")
+    np.testing.assert_allclose(hf, ours, atol=1e-4, rtol=0)
 
 
 def test_bad_classification_label_stops_training(workspace, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\ngood day,1\nbad day,2\n")
     with pytest.raises(ValueError, match=r"bad\.csv:3: label 2 is outside \[0, num_labels=2\)"):
-        finetune.main(["--task", "seq_cls", "--model", str(workspace["model"]), "--train-file", str(bad),
-                       "--num-labels", "2", "--output-dir", str(tmp_path / "out"), "--quiet"])
+        finetune.main(
+            [
+                "--task",
+                "seq_cls",
+                "--model",
+                str(workspace["model"]),
+                "--train-file",
+                str(bad),
+                "--num-labels",
+                "2",
+                "--output-dir",
+                str(tmp_path / "out"),
+                "--quiet",
+            ]
+        )
 
 
 def test_hf_checkpoint_is_converted_first(workspace, tmp_path):
@@ -214,50 +316,6 @@ def test_hf_checkpoint_is_converted_first(workspace, tmp_path):
     assert (out / "base-paddle" / "model.safetensors").is_file() and summary["steps"] == 2
 
 
-@pytest.mark.parametrize("name", ["finetune_sft", "finetune_lora", "finetune_seqcls"])
-def test_shipped_configs_parse(name):
-    args = finetune.parse_args(["--config", str(REPO / "configs" / f"{name}.json")])
-    assert args.task == ("seq_cls" if name == "finetune_seqcls" else "sft")
-    assert (REPO / args.train_file).is_file() and args.lora == (name == "finetune_lora")
-
-
-def test_options_reach_the_trainer(tmp_path):
-    args = finetune.parse_args(["--gradient-accumulation-steps", "3", "--weight-decay", "0.1", "--max-grad-norm", "0.5",
-                                "--warmup-steps", "7", "--lr-scheduler", "cosine", "--save-total-limit", "4",
-                                "--eval-steps", "9", "--seed", "5", "--quiet", "--amp-level", "O2"])
-    targs = finetune.training_arguments(args, tmp_path, has_eval=True)
-    assert (targs.gradient_accumulation_steps, targs.weight_decay, targs.max_grad_norm, targs.warmup_steps) == (3, 0.1, 0.5, 7)
-    assert getattr(targs.lr_scheduler_type, "value", targs.lr_scheduler_type) == "cosine" and targs.save_total_limit == 4 and targs.seed == 5
-    assert targs.eval_steps == 9 and getattr(targs.evaluation_strategy, "value", None) == "steps" and targs.disable_tqdm
-    assert targs.fp16_opt_level == "O2" and not targs.bf16 and not targs.fp16
-    assert targs.output_dir == str(tmp_path / "checkpoints")
-
-
-def test_bad_options(tmp_path, capsys):
-    config = tmp_path / "c.json"
-    config.write_text(json.dumps({"task": "sft", "learning_rat": 1e-3}))
-    with pytest.raises(SystemExit):
-        finetune.parse_args(["--config", str(config)])
-    assert "unknown option(s) ['learning_rat']" in capsys.readouterr().err
-    if not paddle.is_compiled_with_cuda():
-        with pytest.raises(SystemExit):
-            finetune.parse_args(["--bf16"])
-        assert "need a GPU" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        finetune.parse_args(["--task", "seq_cls", "--lora"])
-
-
 def test_resume_from_a_path_that_is_no_checkpoint(workspace, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a Trainer checkpoint"):
         finetune.main(sft_args(workspace, tmp_path / "out", "--max-steps", "2", "--resume", str(tmp_path)))
-
-
-def test_script_reports_bad_input_in_one_line(workspace, tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "a", "response": "b"}\n{oops\n')
-    result = subprocess.run([sys.executable, str(REPO / "examples" / "finetune.py"), "--model", str(workspace["model"]),
-                             "--train-file", str(bad), "--output-dir", str(tmp_path / "out")],
-                            capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:2: malformed JSON")
-    assert "Traceback" not in result.stderr

@@ -1,4 +1,5 @@
-"""SFT / classification data: ChatML rendering, label masking, packing, collators and bad-input errors."""
+"""paddle_qwen2.training.data: ChatML rendering, label masking, packing, collators and bad-input errors."""
+
 import json
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 pytestmark = pytest.mark.paddle26
 
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM
-from paddle_qwen2.data import (
+from paddle_qwen2.tokenizer import load_tokenizer, save_qwen2_tokenizer, train_qwen2_bpe
+from paddle_qwen2.training.data import (
     IGNORE_INDEX,
     DataCollatorForClassification,
     DataCollatorForSFT,
@@ -21,7 +23,6 @@ from paddle_qwen2.data import (
     pack_examples,
     tokenize_chat,
 )
-from paddle_qwen2.tokenizer import load_tokenizer, save_qwen2_tokenizer, train_qwen2_bpe
 
 CORPUS = [
     "Hello there! How are you today? I am fine, thank you. See you tomorrow.",
@@ -60,7 +61,7 @@ def test_labels_cover_exactly_the_answers(tok):
     spans, start = [], learned[0]
     for prev, cur in zip(learned, learned[1:] + [None]):
         if cur != prev + 1:
-            spans.append(tok.decode(ids[start: prev + 1]))
+            spans.append(tok.decode(ids[start : prev + 1]))
             start = cur
     assert spans == ["Hello!<|im_end|>", "See you tomorrow.<|im_end|>"]
     n_answer = len(tok("Hello!")["input_ids"]) + len(tok("See you tomorrow.")["input_ids"]) + 2
@@ -71,11 +72,14 @@ def test_labels_cover_exactly_the_answers(tok):
 
 
 def test_prompt_response_records_are_chatml(tok, tmp_path):
-    path = write_jsonl(tmp_path / "pr.jsonl", [
-        {"prompt": "Hi there", "response": "Hello!"},
-        {"messages": CHAT[:2]},
-        {"prompt": "Hi there", "response": "Hello!", "system": "Be brief."},
-    ])
+    path = write_jsonl(
+        tmp_path / "pr.jsonl",
+        [
+            {"prompt": "Hi there", "response": "Hello!"},
+            {"messages": CHAT[:2]},
+            {"prompt": "Hi there", "response": "Hello!", "system": "Be brief."},
+        ],
+    )
     chats = load_chats(path)
     assert chats[0] == chats[1] == CHAT[:2]
     assert chats[2][0] == {"role": "system", "content": "Be brief."}
@@ -111,12 +115,15 @@ def test_malformed_line_names_its_number(tok, tmp_path):
 
 
 def test_chat_without_assistant_is_skipped_and_counted(tok, tmp_path):
-    path = write_jsonl(tmp_path / "chats.jsonl", [
-        {"messages": CHAT[:2]},
-        {"messages": [{"role": "user", "content": "Anyone?"}]},
-        {"messages": CHAT},
-        {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]},
-    ])
+    path = write_jsonl(
+        tmp_path / "chats.jsonl",
+        [
+            {"messages": CHAT[:2]},
+            {"messages": [{"role": "user", "content": "Anyone?"}]},
+            {"messages": CHAT},
+            {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]},
+        ],
+    )
     with pytest.warns(UserWarning, match=r"chats\.jsonl:[24]: chat has no assistant turn, skipped") as record:
         dataset, stats = build_sft_dataset(tok, path, max_length=128)
     assert [str(w.message).split(": ")[0].rsplit(":", 1)[1] for w in record] == ["2", "4"]
@@ -151,14 +158,21 @@ def test_packing_rows_and_block_mask(tok):
     assert mask.shape == (2, 1, rows[0]["input_ids"].__len__(), rows[0]["input_ids"].__len__()) and mask.dtype == bool
     a = lengths[0]
     assert mask[0, 0, a, a] and not mask[0, 0, a, a - 1] and mask[0, 0, a - 1, 0] and not mask[0, 0, 0, 1]
-    assert not mask[1, 0, :, lengths[2]:].any()  # padding is never attended
+    assert not mask[1, 0, :, lengths[2] :].any()  # padding is never attended
     assert batch["position_ids"].numpy()[0, a] == 0
 
 
 def test_packed_example_gives_the_same_logits_as_alone(tok):
     """The block-diagonal mask and restarted positions make a packed example see exactly what it sees alone."""
-    config = Qwen2Config(vocab_size=len(tok) + 3, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    config = Qwen2Config(
+        vocab_size=len(tok) + 3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     paddle.seed(3)
     model = Qwen2ForCausalLM(config)
     model.eval()
@@ -169,7 +183,7 @@ def test_packed_example_gives_the_same_logits_as_alone(tok):
     a = len(examples[0]["input_ids"])
     for offset, example in ((0, examples[0]), (a, examples[1])):
         alone = model(paddle.to_tensor([example["input_ids"]]), return_dict=True).logits.numpy()[0]
-        np.testing.assert_allclose(logits[offset: offset + len(alone)], alone, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(logits[offset : offset + len(alone)], alone, atol=1e-4, rtol=0)
     # and the packed loss is the mean over both examples' answer tokens
     loss = model(**packed, labels=labels, return_dict=True).loss.item()
     per_token = []

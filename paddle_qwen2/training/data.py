@@ -15,36 +15,38 @@ A chat without an assistant turn is skipped with a warning and counted in `DataS
 Classification files: `.csv` with a header (columns `text`, `label`) or `.jsonl` with those keys; labels are
 integers in `[0, num_labels)`.
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import paddle
 
-from .tokenizer import IM_END, render_chat
+from ..tokenizer import IM_END, render_chat
 
 __all__ = [
     "IGNORE_INDEX",
+    "DataCollatorForClassification",
+    "DataCollatorForSFT",
     "DataError",
     "DataStats",
+    "ListDataset",
+    "build_classification_dataset",
+    "build_sft_dataset",
+    "load_chats",
+    "load_classification",
+    "load_texts",
+    "pack_examples",
     "read_jsonl",
     "record_to_messages",
-    "load_chats",
     "tokenize_chat",
-    "pack_examples",
-    "build_sft_dataset",
-    "ListDataset",
-    "DataCollatorForSFT",
-    "load_classification",
-    "build_classification_dataset",
-    "DataCollatorForClassification",
-    "load_texts",
 ]
 
 IGNORE_INDEX = -100
@@ -104,7 +106,8 @@ def record_to_messages(record: Any, where: str) -> List[Dict[str, str]]:
             if key in record and not isinstance(record[key], str):
                 raise DataError(f"{where}: '{key}' must be a string")
         messages = [{"role": "system", "content": record["system"]}] if record.get("system") else []
-        return messages + [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
+        turns = [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["response"]}]
+        return messages + turns
     raise DataError(f"{where}: expected a 'messages' list or 'prompt' and 'response' keys, got keys {sorted(record)}")
 
 
@@ -165,11 +168,13 @@ def _chat_segments(tokenizer, messages: Sequence[Dict[str, str]]) -> List[Tuple[
         prompt = _render(tokenizer, messages[:i], True)
         through = _render(tokenizer, messages[: i + 1], False)
         if not (through.startswith(prompt) and full.startswith(through) and len(prompt) >= cursor):
-            raise ValueError("the chat template does not render conversations as prefixes of each other; cannot mask labels")
-        answer = through[len(prompt):]
+            raise ValueError(
+                "the chat template does not render conversations as prefixes of each other; cannot mask labels"
+            )
+        answer = through[len(prompt) :]
         end = answer.rfind(IM_END)
         answer = answer[: end + len(IM_END)] if end >= 0 else answer
-        pieces.append((full[cursor: len(prompt)], False))
+        pieces.append((full[cursor : len(prompt)], False))
         pieces.append((answer, True))
         cursor = len(prompt) + len(answer)
     pieces.append((full[cursor:], False))
@@ -241,7 +246,9 @@ def build_sft_dataset(
         examples.append(example)
     stats.examples = len(examples)
     if not examples:
-        raise DataError(f"{path}: no usable examples ({stats.lines} lines, {stats.skipped_no_assistant} without an assistant turn)")
+        raise DataError(
+            f"{path}: no usable examples ({stats.lines} lines, {stats.skipped_no_assistant} without an assistant turn)"
+        )
     if packing:
         examples = pack_examples(examples, max_length)
         stats.packed_rows = len(examples)
