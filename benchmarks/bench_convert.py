@@ -8,9 +8,13 @@ After one untimed round, copy and conversion alternate (copy, convert, ...) afte
 The checkpoint has HF names and layout and is written with `safetensors.serialize_file` (no torch needed) by
 a child process, so that the measuring process stays small (a child's ru_maxrss starts from its parent's).
 
+The model shape comes from `configs/bench-convert-1b.json` (`--config` picks another; `--layers` overrides its
+`num_hidden_layers`).
+
     python benchmarks/bench_convert.py                    # ~1 GB, 4 shards, 5 repeats
     python benchmarks/bench_convert.py --layers 2 --repeats 1 --workdir /tmp/bench
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from safetensors import TensorSpec, serialize_file
@@ -31,22 +36,29 @@ from safetensors import TensorSpec, serialize_file
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "convert.json"
 
-# ~1.07 GB in bf16 with 9 layers: hidden 2048, GQA 16/4, MLP 5632, vocab 32000, untied LM head.
-CONFIG = dict(
-    architectures=["Qwen2ForCausalLM"],
-    model_type="qwen2",
-    hidden_size=2048,
-    intermediate_size=5632,
-    num_attention_heads=16,
-    num_key_value_heads=4,
-    vocab_size=32000,
-    max_position_embeddings=4096,
-    rms_norm_eps=1e-6,
-    rope_theta=1000000.0,
-    tie_word_embeddings=False,
-    torch_dtype="bfloat16",
-)
+# ~1.07 GB in bf16 with its 9 layers: hidden 2048, GQA 16/4, MLP 5632, vocab 32000, untied LM head.
+DEFAULT_CONFIG = ROOT / "configs" / "bench-convert-1b.json"
 SPEED_TARGET, MEMORY_TARGET = 0.5, 1.5
+
+
+def config_path(name: str) -> Path:
+    """`name` as a path if that file exists, else `configs/<name>.json`."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = ROOT / "configs" / f"{name}.json"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in (ROOT / "configs").glob("*.json") if '"model_type"' in p.read_text()))
+    raise SystemExit(f"--config {name}: no such file, and not a config in configs/ ({names})")
+
+
+def load_config(name: str, layers: Optional[int] = None) -> dict:
+    """The HF config.json `name` (see `config_path`), with `num_hidden_layers` replaced by `layers` if given."""
+    config = json.loads(config_path(name).read_text())
+    if layers is not None:
+        config["num_hidden_layers"] = layers
+    return config
 
 
 def hf_tensors(config: dict):
@@ -58,12 +70,18 @@ def hf_tensors(config: dict):
     for layer in range(config["num_hidden_layers"]):
         p = f"model.layers.{layer}."
         for name, shape in (
-            ("self_attn.q_proj.weight", (q, h)), ("self_attn.q_proj.bias", (q,)),
-            ("self_attn.k_proj.weight", (kv, h)), ("self_attn.k_proj.bias", (kv,)),
-            ("self_attn.v_proj.weight", (kv, h)), ("self_attn.v_proj.bias", (kv,)),
+            ("self_attn.q_proj.weight", (q, h)),
+            ("self_attn.q_proj.bias", (q,)),
+            ("self_attn.k_proj.weight", (kv, h)),
+            ("self_attn.k_proj.bias", (kv,)),
+            ("self_attn.v_proj.weight", (kv, h)),
+            ("self_attn.v_proj.bias", (kv,)),
             ("self_attn.o_proj.weight", (h, q)),
-            ("mlp.gate_proj.weight", (i, h)), ("mlp.up_proj.weight", (i, h)), ("mlp.down_proj.weight", (h, i)),
-            ("input_layernorm.weight", (h,)), ("post_attention_layernorm.weight", (h,)),
+            ("mlp.gate_proj.weight", (i, h)),
+            ("mlp.up_proj.weight", (i, h)),
+            ("mlp.down_proj.weight", (h, i)),
+            ("input_layernorm.weight", (h,)),
+            ("post_attention_layernorm.weight", (h,)),
         ):
             yield p + name, shape
     yield "model.norm.weight", (h,)
@@ -94,7 +112,10 @@ def write_checkpoint(folder: Path, config: dict, num_shards: int) -> list:
             n = int(np.prod(shape))
             arrays[tensor] = np.resize(np.roll(pool, 7919 * (j + 1)), n).reshape(shape)
             weight_map[tensor] = name
-        specs = {t: TensorSpec(dtype="bfloat16", shape=a.shape, data_ptr=a.ctypes.data, data_len=a.nbytes) for t, a in arrays.items()}
+        specs = {
+            t: TensorSpec(dtype="bfloat16", shape=a.shape, data_ptr=a.ctypes.data, data_len=a.nbytes)
+            for t, a in arrays.items()
+        }
         serialize_file(specs, str(folder / name), metadata={"format": "pt"})
         files.append(folder / name)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -112,8 +133,9 @@ def timed_copy(files: list, dst: Path) -> float:
 
 
 def timed_convert(src: Path, dst: Path) -> tuple:
-    """(seconds, peak RSS bytes, CPU seconds user + sys) of the CLI converting `src` -> `dst` in a child process. A child's ru_maxrss
-    starts from the RSS of this process at fork time, so this process never holds tensors while measuring."""
+    """(seconds, peak RSS bytes, CPU seconds user + sys) of the CLI converting `src` -> `dst` in a child process.
+    A child's ru_maxrss starts from the RSS of this process at fork time, so this process never holds tensors while
+    measuring."""
     os.sync()
     cmd = [sys.executable, "-m", "paddle_qwen2", "convert", "--from-hf", str(src), "--out", str(dst), "--quiet"]
     # As after any normal install, the converter's bytecode is cached (by the untimed warm-up run) even where
@@ -143,14 +165,22 @@ def check_output(src: Path, dst: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=9, help="decoder layers (9 -> ~1.07 GB)")
+    parser.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG),
+        help="HF config.json of the generated checkpoint: a path or a name in configs/ "
+        "(default: configs/bench-convert-1b.json)",
+    )
+    parser.add_argument(
+        "--layers", type=int, help="decoder layers, overriding the config's (default config: 9 -> ~1.07 GB)"
+    )
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", help="scratch folder (default: a temp folder, removed afterwards)")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--generate", metavar="DIR", help=argparse.SUPPRESS)  # child: write the checkpoint only
     args = parser.parse_args()
-    config = dict(CONFIG, num_hidden_layers=args.layers)
+    config = load_config(args.config, args.layers)
     if args.generate:
         write_checkpoint(Path(args.generate), config, args.shards)
         return 0
@@ -159,13 +189,23 @@ def main() -> int:
     try:
         src = work / "hf"
         t0 = time.perf_counter()
-        generate = [sys.executable, __file__, "--generate", str(src), "--layers", str(args.layers), "--shards", str(args.shards)]
+        generate = [
+            sys.executable,
+            __file__,
+            "--generate",
+            str(src),
+            "--config",
+            str(config_path(args.config).resolve()),
+        ]
+        generate += ["--layers", str(config["num_hidden_layers"]), "--shards", str(args.shards)]
         subprocess.run(generate, check=True)
         files = sorted(src.glob("model-*.safetensors"))
         total = sum(p.stat().st_size for p in files)
         largest = max(p.stat().st_size for p in files)
-        print(f"checkpoint: {total / 1e6:.0f} MB in {len(files)} shards (largest {largest / 1e6:.0f} MB), "
-              f"written in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"checkpoint: {total / 1e6:.0f} MB in {len(files)} shards (largest {largest / 1e6:.0f} MB), "
+            f"written in {time.perf_counter() - t0:.1f} s"
+        )
         copies, converts, peaks, cpus = [], [], [], []
         timed_copy(files, work / "warmup-copy")  # settles the page cache and the write-back of the new files
         timed_convert(src, work / "warmup-convert")
@@ -178,8 +218,10 @@ def main() -> int:
             converts.append(seconds)
             peaks.append(peak)
             cpus.append(cpu)
-            print(f"  run {r + 1}: copy {copies[-1]:.2f} s, convert {seconds:.2f} s ({cpu:.2f} CPU s), "
-                  f"peak RSS {peak / 1e6:.0f} MB")
+            print(
+                f"  run {r + 1}: copy {copies[-1]:.2f} s, convert {seconds:.2f} s ({cpu:.2f} CPU s), "
+                f"peak RSS {peak / 1e6:.0f} MB"
+            )
             if r < args.repeats - 1:
                 shutil.rmtree(work / f"pd{r}")
         # after the timed runs: reading tensors here would raise the RSS that the next children start from
@@ -193,10 +235,19 @@ def main() -> int:
     speed_ratio, memory_ratio = convert_mbs / copy_mbs, peak / largest
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_1min": os.getloadavg()[0]},  # other work on the machine slows the conversion most
-        "checkpoint": {"bytes": total, "shards": len(files), "largest_shard_bytes": largest, "dtype": "bfloat16",
-                       "config": {k: v for k, v in config.items() if k != "architectures"}},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_1min": os.getloadavg()[0],
+        },  # other work on the machine slows the conversion most
+        "checkpoint": {
+            "bytes": total,
+            "shards": len(files),
+            "largest_shard_bytes": largest,
+            "dtype": "bfloat16",
+            "config": {k: v for k, v in config.items() if k != "architectures"},
+        },
         "repeats": args.repeats,
         "convert_seconds": convert_s,
         "convert_mb_per_s": convert_mbs,
@@ -208,14 +259,23 @@ def main() -> int:
         "peak_rss_vs_largest_shard": memory_ratio,
         "targets": {"speed_ratio_min": SPEED_TARGET, "memory_ratio_max": MEMORY_TARGET},
         "pass": {"speed": speed_ratio >= SPEED_TARGET, "memory": memory_ratio <= MEMORY_TARGET},
-        "runs": {"copy_seconds": copies, "convert_seconds": converts, "convert_cpu_seconds": cpus, "peak_rss_bytes": peaks},
+        "runs": {
+            "copy_seconds": copies,
+            "convert_seconds": converts,
+            "convert_cpu_seconds": cpus,
+            "peak_rss_bytes": peaks,
+        },
     }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"convert: {convert_s:.2f} s, {convert_mbs:.0f} MB/s | copy: {copy_s:.2f} s, {copy_mbs:.0f} MB/s | "
-          f"ratio {speed_ratio:.2f} (target >= {SPEED_TARGET})")
-    print(f"peak RSS: {peak / 1e6:.0f} MB | largest shard: {largest / 1e6:.0f} MB | ratio {memory_ratio:.2f} "
-          f"(target <= {MEMORY_TARGET})")
+    print(
+        f"convert: {convert_s:.2f} s, {convert_mbs:.0f} MB/s | copy: {copy_s:.2f} s, {copy_mbs:.0f} MB/s | "
+        f"ratio {speed_ratio:.2f} (target >= {SPEED_TARGET})"
+    )
+    print(
+        f"peak RSS: {peak / 1e6:.0f} MB | largest shard: {largest / 1e6:.0f} MB | ratio {memory_ratio:.2f} "
+        f"(target <= {MEMORY_TARGET})"
+    )
     print(f"load average (1 min): {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"results: {args.results}")
     return 0

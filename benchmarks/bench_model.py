@@ -7,10 +7,14 @@ warm-up; paddle and torch get the same thread count. Reported as ratios against 
   * the machine's ceiling: the workload's matmuls timed as bare `paddle.matmul` calls of the same shapes.
 Peak RSS of each (implementation, workload) is measured in a child process of its own.
 
-    python benchmarks/bench_model.py                        # small config, CPU fp32
+`--config` is a config in configs/ by name (`small`, the default; `tiny` for a quick look) or a path to an HF
+config.json.
+
+    python benchmarks/bench_model.py                        # configs/small.json, CPU fp32
     python benchmarks/bench_model.py --config tiny --repeats 3
     python benchmarks/bench_model.py --device gpu --dtype bfloat16 --config configs/qwen2.5-0.5b.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,14 +40,6 @@ import zlib  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
-CONFIGS = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=128, max_position_embeddings=1024),
-    "small": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-                  num_key_value_heads=2, vocab_size=8192, max_position_embeddings=2048),
-}
-COMMON = dict(rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, pad_token_id=0,
-              bos_token_id=1, eos_token_id=2)
 WORKLOADS = ["prefill_1x512", "prefill_4x256", "decode_16+64", "train_4x256", "embed_32x64"]
 UNITS_PER_RUN = {"embed_32x64": 32}  # the embedding workload reports sentences
 IMPLS = ["ours", "paddlenlp", "hf_eager", "hf_sdpa"]
@@ -52,10 +48,21 @@ IMPLS = ["ours", "paddlenlp", "hf_eager", "hf_sdpa"]
 # ------------------------------------------------------------------------------------------------ models
 
 
+def config_path(name: str) -> Path:
+    """`name` as a path if that file exists, else `configs/<name>.json` (`small`, `tiny`, `qwen2.5-0.5b`, ...)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = ROOT / "configs" / f"{name}.json"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in (ROOT / "configs").glob("*.json") if '"model_type"' in p.read_text()))
+    raise SystemExit(f"--config {name}: no such file, and not a config in configs/ ({names})")
+
+
 def config_dict(name: str) -> dict:
-    if name in CONFIGS:
-        return dict(COMMON, **CONFIGS[name])
-    raw = json.loads(Path(name).read_text())
+    """The model fields of the HF config.json `name` (see `config_path`), as keyword arguments of a Qwen2Config."""
+    raw = json.loads(config_path(name).read_text())
     return {k: v for k, v in raw.items() if k not in ("architectures", "torch_dtype", "dtype", "transformers_version")}
 
 
@@ -89,7 +96,7 @@ def build(impl: str, cfg: dict, weights: dict, dtype: str, device: str):
     )
     state = {}
     for key, value in weights.items():
-        name = "model." + key[len("qwen2."):] if key.startswith("qwen2.") else key
+        name = "model." + key[len("qwen2.") :] if key.startswith("qwen2.") else key
         is_linear = value.ndim == 2 and "embed_tokens" not in key
         state[name] = torch.tensor(value.T.copy() if is_linear else value)
     model.load_state_dict(state, strict=True)
@@ -126,10 +133,12 @@ def workload_fn(name: str, impl: str, model, framework: str, cfg: dict, device: 
                     model(ids, use_cache=False)
                 return 1
         else:
+
             def run():
                 with paddle.no_grad():
                     model(ids, use_cache=False)
                 return 1
+
         return run
 
     if name.startswith("decode"):
@@ -161,6 +170,7 @@ def decode_loop(model, framework, T, prompt, new_tokens):
                     out = model(token, past_key_values=past, use_cache=True)
                     past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
                 return time.perf_counter() - start
+
         return run
 
     def run():
@@ -174,6 +184,7 @@ def decode_loop(model, framework, T, prompt, new_tokens):
                 out = model(token, position_ids=position, past_key_values=past, use_cache=True, return_dict=True)
                 past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
             return time.perf_counter() - start
+
     return run
 
 
@@ -191,6 +202,7 @@ def train_step(model, framework, T, ids):
             opt.step()
             opt.zero_grad()
             return 1
+
         return run
 
     model.train()
@@ -205,6 +217,7 @@ def train_step(model, framework, T, ids):
         opt.step()
         opt.clear_grad()
         return 1
+
     return run
 
 
@@ -220,6 +233,7 @@ def embed_loop(impl, model, framework, T, ids, mask):
                 emb = torch.nn.functional.normalize(hidden[torch.arange(ids.shape[0]), last].float(), dim=-1)
                 emb.sum().item()
             return ids.shape[0]
+
         return run
     if impl == "ours":
         from paddle_qwen2 import Qwen2SentenceEmbedding
@@ -232,6 +246,7 @@ def embed_loop(impl, model, framework, T, ids, mask):
             with paddle.no_grad():
                 embedder(T(ids), attention_mask=T(mask)).sum().item()
             return ids.shape[0]
+
         return run
 
     def run():
@@ -241,6 +256,7 @@ def embed_loop(impl, model, framework, T, ids, mask):
             emb = paddle.nn.functional.normalize(hidden[paddle.arange(ids.shape[0]), last].astype("float32"), axis=-1)
             emb.sum().item()
         return ids.shape[0]
+
     return run
 
 
@@ -250,7 +266,12 @@ def embed_loop(impl, model, framework, T, ids, mask):
 def matmul_shapes(name: str, cfg: dict):
     """(batch, m, k, n, count) of the matmuls of one forward of the workload (prefill-style workloads):
     `count` calls of `[batch, m, k] @ [batch, k, n]` (batch 1 for the projections)."""
-    batch, seq = {"prefill_1x512": (1, 512), "prefill_4x256": (4, 256), "train_4x256": (4, 256), "embed_32x64": (32, 64)}[name]
+    batch, seq = {
+        "prefill_1x512": (1, 512),
+        "prefill_4x256": (4, 256),
+        "train_4x256": (4, 256),
+        "embed_32x64": (32, 64),
+    }[name]
     h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     d = cfg.get("head_dim") or h // heads
@@ -311,8 +332,19 @@ def time_interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
 
 def peak_rss_child(impl: str, workload: str, args) -> float:
     """Peak RSS (MB) of a child process that builds `impl` and runs `workload` twice."""
-    cmd = [sys.executable, __file__, "--config", args.config, "--dtype", args.dtype, "--device", args.device,
-           "--child", impl, workload]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--config",
+        args.config,
+        "--dtype",
+        args.dtype,
+        "--device",
+        args.device,
+        "--child",
+        impl,
+        workload,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if out.returncode != 0:
         return float("nan")
@@ -351,7 +383,11 @@ def available_impls() -> list:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="small", help="tiny, small, or a path to an HF config.json")
+    parser.add_argument(
+        "--config",
+        default="small",
+        help="a config in configs/ by name (small, tiny, ...) or a path to an HF config.json",
+    )
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--repeats", type=int, default=5)
@@ -375,8 +411,15 @@ def main(argv=None) -> int:
     weights = reference_weights(cfg)
     impls = available_impls()
     models = {impl: build(impl, cfg, weights, args.dtype, args.device) for impl in impls}
-    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_info(), "config": args.config,
-               "dtype": args.dtype, "device": args.device, "threads": THREADS, "workloads": {}}
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine_info(),
+        "config": args.config,
+        "dtype": args.dtype,
+        "device": args.device,
+        "threads": THREADS,
+        "workloads": {},
+    }
     for workload in args.workloads:
         fns = {impl: workload_fn(workload, impl, m, fw, cfg, args.device) for impl, (m, fw) in models.items()}
         per_unit = time_interleaved(fns, args.repeats)
@@ -410,8 +453,10 @@ def print_row(workload: str, row: dict) -> None:
     ratios = "  ".join(f"ours/{k}={v:.2f}x time" for k, v in row["ratio_ours_vs"].items())
     print(f"{'':15s} {ratios}")
     if "fraction_of_ceiling_ours" in row:
-        print(f"{'':15s} ours at {row['fraction_of_ceiling_ours'] * 100:.0f}% of the bare-matmul ceiling "
-              f"({row['gflops_ours']:.1f} GFLOP/s)")
+        print(
+            f"{'':15s} ours at {row['fraction_of_ceiling_ours'] * 100:.0f}% of the bare-matmul ceiling "
+            f"({row['gflops_ours']:.1f} GFLOP/s)"
+        )
     if "peak_rss_mb" in row:
         print(f"{'':15s} peak RSS MB: " + "  ".join(f"{k}={v:.0f}" for k, v in row["peak_rss_mb"].items()))
 
@@ -425,8 +470,14 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "paddle": paddle.__version__,
-            "MKL_DEBUG_CPU_TYPE": os.environ.get("MKL_DEBUG_CPU_TYPE"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "paddle": paddle.__version__,
+        "MKL_DEBUG_CPU_TYPE": os.environ.get("MKL_DEBUG_CPU_TYPE"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """`make bench`: every benchmark, then a markdown summary of the results (benchmarks/results/summary.md).
 
-    python benchmarks/run_all.py                 # small config on CPU (what README shows)
-    python benchmarks/run_all.py --config tiny   # quick look
+`--config` is passed to bench_model.py: a config in configs/ by name or a path to an HF config.json.
+
+    python benchmarks/run_all.py                 # configs/small.json on CPU (what README shows)
+    python benchmarks/run_all.py --config tiny   # quick look (configs/tiny.json)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,12 +27,22 @@ def run(script: str, *args: str) -> None:
 def model_table(path: Path) -> str:
     data = json.loads(path.read_text())
     impls = list(next(iter(data["workloads"].values()))["seconds_per_unit"])
+    machine = data["machine"]
+    columns = [
+        "workload",
+        *impls,
+        "ours vs paddlenlp",
+        "ours vs HF eager",
+        "ours vs HF sdpa",
+        "% of matmul ceiling",
+        "peak RSS MB (ours / paddlenlp)",
+    ]
     lines = [
         f"Model benchmark, config `{data['config']}`, {data['device']} {data['dtype']}, {data['threads']} threads, "
-        f"{data['date']}, {data['machine']['cpu']} ({data['machine']['cores']} cores), paddle {data['machine']['paddle']}.",
+        f"{data['date']}, {machine['cpu']} ({machine['cores']} cores), paddle {machine['paddle']}.",
         "",
-        "| workload | " + " | ".join(impls) + " | ours vs paddlenlp | ours vs HF eager | ours vs HF sdpa | % of matmul ceiling | peak RSS MB (ours / paddlenlp) |",
-        "|" + " --- |" * (len(impls) + 6),
+        "| " + " | ".join(columns) + " |",
+        "|" + " --- |" * len(columns),
     ]
     for name, row in data["workloads"].items():
         unit, is_rate = UNITS.get(name, ("ms", False))
@@ -42,7 +55,10 @@ def model_table(path: Path) -> str:
         rss = row.get("peak_rss_mb", {})
         rss_cell = f"{rss.get('ours', float('nan')):.0f} / {rss.get('paddlenlp', float('nan')):.0f}" if rss else "-"
         lines.append(
-            f"| {name} | " + " | ".join(cells) + " | " + " | ".join(ratios)
+            f"| {name} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(ratios)
             + f" | {'-' if ceiling is None else f'{ceiling * 100:.0f}%'} | {rss_cell} |"
         )
     return "\n".join(lines)
@@ -50,7 +66,7 @@ def model_table(path: Path) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="small")
+    parser.add_argument("--config", default="small", help="a config in configs/ by name (small, tiny, ...) or a path")
     parser.add_argument("--repeats", default="5")
     parser.add_argument("--skip-convert", action="store_true")
     args = parser.parse_args(argv)

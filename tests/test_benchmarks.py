@@ -1,0 +1,119 @@
+"""benchmarks/: the model shapes come from configs/ and match what the recorded results were measured on."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+RESULTS = BENCH / "results"
+
+
+def load_script(name: str) -> ModuleType:
+    """Import benchmarks/<name>.py as a module, restoring os.environ afterwards (bench_model sets thread variables)."""
+    saved = dict(os.environ)
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_convert() -> ModuleType:
+    return load_script("bench_convert")
+
+
+@pytest.fixture(scope="module")
+def bench_model() -> ModuleType:
+    return load_script("bench_model")
+
+
+def test_convert_default_config_is_the_recorded_1gb_checkpoint(bench_convert):
+    config = bench_convert.load_config(str(bench_convert.DEFAULT_CONFIG))
+    assert bench_convert.DEFAULT_CONFIG == REPO / "configs" / "bench-convert-1b.json"
+    recorded = json.loads((RESULTS / "convert.json").read_text())["checkpoint"]
+    assert {k: v for k, v in config.items() if k != "architectures"} == recorded["config"]
+    tensors = list(bench_convert.hf_tensors(config))
+    assert len(tensors) == 2 + 12 * 9 + 1
+    # the recorded file sizes are the tensor bytes plus the safetensors headers
+    tensor_bytes = sum(2 * int(np.prod(shape)) for _, shape in tensors)
+    assert tensor_bytes == 1_073_874_944
+    assert 0 < recorded["bytes"] - tensor_bytes < 64 * 1024
+
+
+@pytest.mark.parametrize("layers, count", [(None, 9), (1, 1), (2, 2)])
+def test_convert_layers_override_the_config(bench_convert, layers, count):
+    config = bench_convert.load_config("bench-convert-1b", layers)
+    assert config["num_hidden_layers"] == count
+    assert sum(name.endswith("q_proj.weight") for name, _ in bench_convert.hf_tensors(config)) == count
+
+
+@pytest.mark.parametrize("script", ["bench_convert", "bench_model"])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("small", "configs/small.json"),
+        ("tiny", "configs/tiny.json"),
+        ("bench-convert-1b", "configs/bench-convert-1b.json"),
+        (str(REPO / "configs" / "qwen2.5-0.5b.json"), "configs/qwen2.5-0.5b.json"),
+    ],
+)
+def test_config_names_and_paths_resolve_to_configs(request, script, name, expected):
+    module = request.getfixturevalue(script)
+    assert module.config_path(name).resolve() == REPO / expected
+
+
+@pytest.mark.parametrize("name", ["no-such-config", "configs/missing.json", ""])
+def test_unknown_config_is_a_clear_error(bench_convert, name):
+    with pytest.raises(SystemExit, match="no such file, and not a config in configs/ .*small"):
+        bench_convert.config_path(name)
+
+
+# the shapes the README's benchmark tables describe; `tiny` is the quick-look config
+MODEL_CONFIGS = {
+    "small": dict(
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=8192,
+        rope_theta=1000000.0,
+        tie_word_embeddings=False,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        rope_theta=1000000.0,
+        tie_word_embeddings=False,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_CONFIGS))
+def test_model_bench_configs_fit_every_workload(bench_model, name):
+    cfg = bench_model.config_dict(name)
+    assert {k: cfg[k] for k in MODEL_CONFIGS[name]} == MODEL_CONFIGS[name]
+    assert not {"architectures", "torch_dtype", "transformers_version"} & set(cfg)
+    # the longest sequence: prefill_1x512 (paddle_qwen2 refuses positions past max_position_embeddings)
+    assert cfg["max_position_embeddings"] >= 512
+    assert set(bench_model.WORKLOADS) == {
+        "prefill_1x512",
+        "prefill_4x256",
+        "decode_16+64",
+        "train_4x256",
+        "embed_32x64",
+    }

@@ -1,0 +1,153 @@
+"""paddle_qwen2.runtime: `configure_cpu_threads` and the promise that it can run before paddle loads.
+
+Every case runs in a fresh interpreter whose environment has neither OMP_NUM_THREADS nor MKL_DEBUG_CPU_TYPE (the
+Makefile exports both for the test run) unless the case sets them, since the function reads and writes the process
+environment and looks at `sys.modules`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")
+WARNING = "paddle was imported before configure_cpu_threads()"
+CPUS = len(os.sched_getaffinity(0))
+
+
+def run_child(body: str, env: Optional[Dict[str, str]] = None, timeout: int = 120) -> Tuple[dict, str]:
+    """Run `body` in a new interpreter with `env` (default: none of KEYS) on top of this process's environment
+    minus KEYS. `body` sets `result`; returns (result, stderr)."""
+    child_env = {k: v for k, v in os.environ.items() if k not in KEYS}
+    child_env.update(env or {})
+    code = "import json, os, sys\n" + textwrap.dedent(body) + "\nprint(json.dumps(result))\n"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=child_env, capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
+CALL = """
+from paddle_qwen2.runtime import configure_cpu_threads
+returned = configure_cpu_threads({arg})
+result = {{"returned": returned, "environ": {{k: os.environ.get(k) for k in {keys}}},
+          "cpus": len(os.sched_getaffinity(0)), "paddle_loaded": "paddle" in sys.modules}}
+"""
+
+
+def call(arg: str = "", env: Optional[Dict[str, str]] = None, before: str = "") -> Tuple[dict, str]:
+    """`configure_cpu_threads(<arg>)` in a child, after the statements `before`."""
+    return run_child(before + CALL.format(arg=arg, keys=KEYS), env)
+
+
+# ------------------------------------------------------------------------------------------------ defaults
+
+
+@pytest.mark.parametrize(
+    "affinity",
+    [
+        pytest.param("", id="all-usable-cpus"),
+        pytest.param("os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n", id="pinned-to-one-cpu"),
+    ],
+)
+def test_unset_variables_get_usable_cpu_count_and_mkl_type_5(affinity):
+    result, stderr = call(before=affinity)
+    expected = {"OMP_NUM_THREADS": str(result["cpus"]), "MKL_DEBUG_CPU_TYPE": "5"}
+    assert result["environ"] == result["returned"] == expected
+    if affinity:
+        assert result["cpus"] == 1
+    else:
+        assert result["cpus"] == CPUS
+    assert WARNING not in stderr  # called before paddle: no warning
+    assert not result["paddle_loaded"]
+
+
+# ------------------------------------------------------------------------------------------------ precedence
+
+# (preset environment, argument, expected OMP_NUM_THREADS, expected MKL_DEBUG_CPU_TYPE); None = the CPU count
+PRECEDENCE = [
+    ({"OMP_NUM_THREADS": "3"}, "", "3", "5"),
+    ({"MKL_DEBUG_CPU_TYPE": "4"}, "", None, "4"),
+    ({"OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": "2"}, "", "1", "2"),
+    ({"OMP_NUM_THREADS": "3"}, "7", "3", "5"),  # a value already set beats the argument
+    ({"OMP_NUM_THREADS": "not-a-number"}, "", "not-a-number", "5"),  # kept as given, not validated
+    ({"MKL_DEBUG_CPU_TYPE": ""}, "", None, ""),  # set to empty counts as set
+    ({}, "7", "7", "5"),  # the argument wins over the CPU count when unset
+    ({}, "1", "1", "5"),
+    ({}, "64", "64", "5"),  # more threads than CPUs is the caller's choice
+    ({}, "num_threads=3", "3", "5"),
+    ({}, "None", None, "5"),
+]
+
+
+@pytest.mark.parametrize("env, arg, omp, mkl", PRECEDENCE)
+def test_existing_values_are_kept_and_the_argument_wins_when_unset(env, arg, omp, mkl):
+    result, stderr = call(arg, env)
+    expected = {"OMP_NUM_THREADS": omp if omp is not None else str(result["cpus"]), "MKL_DEBUG_CPU_TYPE": mkl}
+    assert result["environ"] == result["returned"] == expected
+    assert WARNING not in stderr
+
+
+# (argument, OMP_NUM_THREADS it sets): coerced with int() and clamped to at least 1
+COERCED = [("0", "1"), ("-4", "1"), ("2.7", "2"), ("'3'", "3"), ("True", "1")]
+
+
+@pytest.mark.parametrize("arg, omp", COERCED)
+def test_num_threads_is_coerced_to_a_positive_int(arg, omp):
+    result, _ = call(arg)
+    assert result["environ"]["OMP_NUM_THREADS"] == result["returned"]["OMP_NUM_THREADS"] == omp
+
+
+@pytest.mark.parametrize("arg, error", [("'many'", "ValueError"), ("[2]", "TypeError"), ("object()", "TypeError")])
+def test_bad_num_threads_raises_and_leaves_threads_unset(arg, error):
+    body = f"""
+    from paddle_qwen2.runtime import configure_cpu_threads
+    try:
+        configure_cpu_threads({arg})
+        raised = None
+    except Exception as exc:
+        raised = type(exc).__name__
+    result = {{"raised": raised, "omp": os.environ.get("OMP_NUM_THREADS")}}
+    """
+    result, _ = run_child(body)
+    assert result == {"raised": error, "omp": None}
+
+
+# ------------------------------------------------------------------------------------------------ paddle order
+
+
+@pytest.mark.parametrize(
+    "env, warns",
+    [
+        pytest.param({}, True, id="unset-warns"),
+        pytest.param({"OMP_NUM_THREADS": "2", "MKL_DEBUG_CPU_TYPE": "5"}, False, id="all-set-nothing-to-do"),
+    ],
+)
+def test_warns_on_stderr_only_when_it_sets_something_after_paddle(env, warns):
+    # zlib first: paddle 2.6 ships its own zlib symbols (paddle_qwen2 does the same in its __init__)
+    result, stderr = call(env=env, before="import zlib\nimport paddle\n")
+    assert result["paddle_loaded"]
+    assert (WARNING in stderr) is warns, stderr
+    assert result["environ"]["MKL_DEBUG_CPU_TYPE"] == "5"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import paddle_qwen2.runtime",
+        "import paddle_qwen2",
+        "from paddle_qwen2 import runtime",
+        "from paddle_qwen2.runtime import configure_cpu_threads; configure_cpu_threads()",
+    ],
+)
+def test_importing_the_package_and_runtime_does_not_load_paddle(statement):
+    result, stderr = run_child(f"{statement}\nresult = sorted(m for m in sys.modules if m.split('.')[0] == 'paddle')")
+    assert result == [], result
+    assert WARNING not in stderr
