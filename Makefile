@@ -8,7 +8,7 @@ OMP_NUM_THREADS    ?= 2
 MKL_DEBUG_CPU_TYPE ?= 5
 export OMP_NUM_THREADS MKL_DEBUG_CPU_TYPE
 
-.PHONY: all venv venv26 test test-paddle26 demo bench clean distclean
+.PHONY: all venv venv26 lint format test test-paddle26 demo bench clean distclean
 
 all: test
 
@@ -17,7 +17,7 @@ venv26: $(VENV26)/.installed
 
 # Main venv (paddlepaddle 3.3.1). requirements-test.txt is installed second on
 # purpose: it overrides huggingface_hub for transformers (see the file's header).
-$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml setup.py paddle_qwen2/_transpose.c
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml setup.py paddle_qwen2/conversion/_transpose.c
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -r requirements.txt
 	$(VENV)/bin/python -m pip install -r requirements-test.txt
@@ -25,14 +25,24 @@ $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml setup.
 	touch $@
 
 # Parity venv (paddlepaddle 2.6.2, otherwise the same pins).
-$(VENV26)/.installed: requirements-paddle26.txt requirements-test.txt pyproject.toml setup.py paddle_qwen2/_transpose.c
+$(VENV26)/.installed: requirements-paddle26.txt requirements-test.txt pyproject.toml setup.py paddle_qwen2/conversion/_transpose.c
 	test -x $(VENV26)/bin/python || $(PY) -m venv $(VENV26)
 	$(VENV26)/bin/python -m pip install -r requirements-paddle26.txt
 	$(VENV26)/bin/python -m pip install -r requirements-test.txt
 	$(VENV26)/bin/python -m pip install -e . --no-deps
 	touch $@
 
-test: $(VENV)/.installed
+# ruff (pinned in requirements-test.txt, configured in pyproject.toml): the same checks as .pre-commit-config.yaml.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Apply ruff's fixes and formatting in place.
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
 	$(VENV)/bin/python -m pytest -q tests
 	$(MAKE) test-paddle26
 
