@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from safetensors import TensorSpec, serialize_file
@@ -53,7 +52,7 @@ def config_path(name: str) -> Path:
     raise SystemExit(f"--config {name}: no such file, and not a config in configs/ ({names})")
 
 
-def load_config(name: str, layers: Optional[int] = None) -> dict:
+def load_config(name: str, layers: int | None = None) -> dict:
     """The HF config.json `name` (see `config_path`), with `num_hidden_layers` replaced by `layers` if given."""
     config = json.loads(config_path(name).read_text())
     if layers is not None:

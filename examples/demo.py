@@ -29,7 +29,6 @@ import shutil
 import subprocess
 import textwrap
 import warnings
-from typing import List
 
 import numpy as np
 import paddle
@@ -78,13 +77,13 @@ def banner(step: int, total: int, text: str) -> None:
     print(f"\n[{step}/{total}] {text}  (t = {time.time() - START:.0f}s)", flush=True)
 
 
-def run_cli(args: List[str]) -> None:
+def run_cli(args: list[str]) -> None:
     command = [sys.executable, "-m", "paddle_qwen2", *args]
     print("$ paddle-qwen2 " + " ".join(args), flush=True)
     subprocess.run(command, check=True)
 
 
-def answer(model, tokenizer, prompts: List[str], max_new_tokens: int, desc: str) -> List[str]:
+def answer(model, tokenizer, prompts: list[str], max_new_tokens: int, desc: str) -> list[str]:
     """Greedy answers to single-turn chats (ChatML prompt with the generation header)."""
     stop = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
     model.eval()
@@ -105,7 +104,7 @@ def answer(model, tokenizer, prompts: List[str], max_new_tokens: int, desc: str)
     return answers
 
 
-def show_answers(prompts: List[str], before: List[str], after: List[str]) -> None:
+def show_answers(prompts: list[str], before: list[str], after: list[str]) -> None:
     width = 60
     for prompt, b, a in zip(prompts, before, after):
         print(f"  Q: {prompt}")
@@ -115,7 +114,7 @@ def show_answers(prompts: List[str], before: List[str], after: List[str]) -> Non
     print(f"  -> {changed} of {len(prompts)} answers changed by fine-tuning")
 
 
-def similarity_matrix(model_dir: Path, sentences: List[str]) -> np.ndarray:
+def similarity_matrix(model_dir: Path, sentences: list[str]) -> np.ndarray:
     tokenizer = load_tokenizer(str(model_dir))
     model = Qwen2SentenceEmbedding.from_pretrained(str(model_dir), dtype="float32")
     model.eval()
@@ -127,7 +126,7 @@ def similarity_matrix(model_dir: Path, sentences: List[str]) -> np.ndarray:
     return emb @ emb.T
 
 
-def show_matrix(sentences: List[str], sim: np.ndarray) -> None:
+def show_matrix(sentences: list[str], sim: np.ndarray) -> None:
     for i, s in enumerate(sentences):
         print(f"  [{i}] {s}")
     print("       " + "".join(f"  [{j}] " for j in range(len(sentences))))

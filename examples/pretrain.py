@@ -29,7 +29,6 @@ import random
 import shutil
 import subprocess
 import time
-from typing import List
 
 import numpy as np
 import paddle
@@ -91,10 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def make_blocks(tokenizer, docs: List[str], seq_len: int) -> np.ndarray:
+def make_blocks(tokenizer, docs: list[str], seq_len: int) -> np.ndarray:
     """Token ids of `docs`, each followed by `<|endoftext|>`, concatenated and cut into `[n, seq_len]` blocks."""
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    stream: List[int] = []
+    stream: list[int] = []
     for doc in docs:
         stream += tokenizer(doc, add_special_tokens=False)["input_ids"] + [eos]
     n = len(stream) // seq_len

@@ -5,9 +5,8 @@ paddle and scripts can call `paddle_qwen2.runtime.configure_cpu_threads()` befor
 PaddleNLP's Qwen2 layout is here and in `paddle_qwen2.modeling`.
 """
 
-import zlib  # noqa: F401  # paddle 2.6 ships its own zlib symbols: Python's must be loaded first
-
 import importlib
+import zlib  # noqa: F401  # paddle 2.6 ships its own zlib symbols: Python's must be loaded first
 
 __version__ = "0.1.0"  # the one place the version is set (pyproject.toml reads it)
 

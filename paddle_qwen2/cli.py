@@ -23,7 +23,6 @@ import json
 import signal
 import sys
 import threading
-from typing import List, Optional, Tuple
 
 from .conversion import DEFAULT_MAX_SHARD_SIZE, DTYPE_CODES, ConversionError, convert_checkpoint
 from .training import options as finetune_options
@@ -51,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     return _build_parsers()[0]
 
 
-def _build_parsers() -> Tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The `paddle-qwen2` parser and its `finetune` subparser."""
     parser = _Parser(prog="paddle-qwen2", description="Qwen2 / Qwen2.5 for PaddlePaddle.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -99,7 +98,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_finetune(parser: argparse.ArgumentParser, finetune: argparse.ArgumentParser, argv: List[str]) -> int:
+def _run_finetune(parser: argparse.ArgumentParser, finetune: argparse.ArgumentParser, argv: list[str]) -> int:
     """Thread settings first, then paddle: `--config` defaults, the training run, the summary on stdout."""
     from .runtime import configure_cpu_threads
 
@@ -120,7 +119,7 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)  # unwinds through the converter's cleanup of its temp folder
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 bad input, 2 usage, 130 interrupted)."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None

@@ -6,9 +6,10 @@ adds the Paddle-side switches. The parallel and recompute switches (`tensor_para
 `fuse_attention_qkv`, `fuse_attention_ffn`, `tensor_parallel_output`, ...) are defined by paddlenlp's
 `PretrainedConfig`; this class validates them for Qwen2.
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from paddlenlp.transformers.configuration_utils import PretrainedConfig
 
@@ -59,8 +60,8 @@ class Qwen2Config(PretrainedConfig):
         intermediate_size: int = 22016,
         num_hidden_layers: int = 32,
         num_attention_heads: int = 32,
-        num_key_value_heads: Optional[int] = 32,
-        head_dim: Optional[int] = None,
+        num_key_value_heads: int | None = 32,
+        head_dim: int | None = None,
         hidden_act: str = "silu",
         max_position_embeddings: int = 32768,
         initializer_range: float = 0.02,
@@ -68,11 +69,11 @@ class Qwen2Config(PretrainedConfig):
         use_cache: bool = True,
         tie_word_embeddings: bool = False,
         rope_theta: float = 10000.0,
-        rope_scaling: Optional[Dict[str, Any]] = None,
+        rope_scaling: dict[str, Any] | None = None,
         use_sliding_window: bool = False,
-        sliding_window: Optional[int] = 4096,
+        sliding_window: int | None = 4096,
         max_window_layers: int = 28,
-        layer_types: Optional[List[str]] = None,
+        layer_types: list[str] | None = None,
         attention_dropout: float = 0.0,
         **kwargs,
     ):
@@ -144,8 +145,7 @@ class Qwen2Config(PretrainedConfig):
         tp = self.tensor_parallel_degree
         if tp > 1 and self.num_attention_heads % tp != 0:
             raise ValueError(
-                f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
-                f"tensor_parallel_degree ({tp})"
+                f"num_attention_heads ({self.num_attention_heads}) must be divisible by tensor_parallel_degree ({tp})"
             )
         if tp > 1 and self.intermediate_size % tp != 0:
             raise ValueError(
@@ -169,7 +169,7 @@ class Qwen2Config(PretrainedConfig):
             )
 
 
-def _normalise_rope_scaling(rope_scaling: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+def _normalise_rope_scaling(rope_scaling: dict[str, Any] | None) -> dict[str, Any] | None:
     """Copy `rope_scaling`, move the legacy `type` key to `rope_type` and check it; None stays None."""
     if rope_scaling is None:
         return None
@@ -184,7 +184,9 @@ def _normalise_rope_scaling(rope_scaling: Optional[Dict[str, Any]]) -> Optional[
     missing = _ROPE_REQUIRED[rope_type] - set(rope_scaling)
     if missing:
         raise ValueError(f"rope_scaling of type {rope_type!r} is missing {sorted(missing)}")
-    if "factor" in rope_scaling and (not isinstance(rope_scaling["factor"], (int, float)) or rope_scaling["factor"] < 1):
+    if "factor" in rope_scaling and (
+        not isinstance(rope_scaling["factor"], (int, float)) or rope_scaling["factor"] < 1
+    ):
         raise ValueError(f"rope_scaling factor must be a number >= 1, got {rope_scaling['factor']!r}")
     unknown = set(rope_scaling) - _ROPE_REQUIRED[rope_type] - _ROPE_OPTIONAL[rope_type] - {"rope_type", "type"}
     if unknown:

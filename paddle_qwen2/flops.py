@@ -3,14 +3,12 @@ which paddlenlp's Trainer reports, are these functions."""
 
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 from .configuration import Qwen2Config
 
 __all__ = ["layer_flops", "model_flops", "training_flops"]
 
 
-def layer_flops(config: Qwen2Config, seq_length: int) -> Dict[str, int]:
+def layer_flops(config: Qwen2Config, seq_length: int) -> dict[str, int]:
     """Forward FLOPs of one decoder layer on one sequence, by part."""
     q_out = config.num_attention_heads * config.attention_head_dim
     kv_out = config.num_key_value_heads * config.attention_head_dim
@@ -21,7 +19,7 @@ def layer_flops(config: Qwen2Config, seq_length: int) -> Dict[str, int]:
     }
 
 
-def model_flops(config: Qwen2Config, batch_size: int = 1, seq_length: Optional[int] = None) -> float:
+def model_flops(config: Qwen2Config, batch_size: int = 1, seq_length: int | None = None) -> float:
     """Forward-pass FLOPs of `batch_size` sequences of `seq_length` tokens (default `max_position_embeddings`):
     every decoder-layer matmul (q/k/v/o, attention scores and values, MLP) plus the LM head."""
     seq_length = seq_length or config.max_position_embeddings
@@ -30,7 +28,7 @@ def model_flops(config: Qwen2Config, batch_size: int = 1, seq_length: Optional[i
     return float(batch_size * (config.num_hidden_layers * layer + lm_head))
 
 
-def training_flops(config: Qwen2Config, batch_size: int = 1, seq_length: Optional[int] = None) -> float:
+def training_flops(config: Qwen2Config, batch_size: int = 1, seq_length: int | None = None) -> float:
     """Training-step FLOPs: forward + backward (2x forward) plus the forward work recompute repeats."""
     total = 3 * model_flops(config, batch_size, seq_length)
     if not config.recompute:

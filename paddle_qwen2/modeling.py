@@ -16,7 +16,7 @@ import dataclasses
 import os
 import warnings
 from functools import partial
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable
 
 import numpy as np
 import paddle
@@ -90,7 +90,7 @@ __all__ = [
     *PADDLENLP_LAYOUT_ONLY,
 ]
 
-KVCache = Tuple[Tensor, Tensor]
+KVCache = tuple[Tensor, Tensor]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def _additive_mask(allowed: Tensor, dtype) -> Tensor:
     )
 
 
-def _make_causal_mask(input_ids_shape, past_key_values_length: int = 0, sliding_window: Optional[int] = None) -> Tensor:
+def _make_causal_mask(input_ids_shape, past_key_values_length: int = 0, sliding_window: int | None = None) -> Tensor:
     """Boolean causal mask `[batch, 1, q_len, past + q_len]` for queries placed after `past` cached tokens.
 
     Query `i` sits at absolute position `past + i` and may see keys `j <= past + i`; with a
@@ -149,7 +149,7 @@ def _expand_2d_mask(mask: Tensor, tgt_length: int) -> Tensor:
     return mask.astype("bool").unsqueeze([1, 2]).expand([batch_size, 1, tgt_length, src_length])
 
 
-def _padding_mask(attention_mask: Optional[Tensor]) -> Optional[Tensor]:
+def _padding_mask(attention_mask: Tensor | None) -> Tensor | None:
     """`attention_mask` unless it is a 2D mask without padding (all ones), which needs no per-row mask: then None,
     so one causal mask serves the whole batch."""
     if attention_mask is not None and attention_mask.ndim == 2 and bool(attention_mask.astype("bool").all()):
@@ -169,7 +169,7 @@ class Qwen2RMSNorm(nn.Layer):
     Under sequence parallelism each rank normalises only its part of the sequence, so the weight is marked for
     the gradient all-reduce over the tensor-parallel group (`register_sequence_parallel_allreduce_hooks`)."""
 
-    def __init__(self, config_or_hidden_size: Union[Qwen2Config, int], eps: Optional[float] = None):
+    def __init__(self, config_or_hidden_size: Qwen2Config | int, eps: float | None = None):
         super().__init__()
         sequence_parallel = False
         if isinstance(config_or_hidden_size, int):
@@ -230,7 +230,7 @@ class Qwen2RotaryEmbedding(nn.Layer):
             self.max_seq_len_cached = self.original_max_seq_len
 
     @paddle.no_grad()
-    def forward(self, x: Tensor, position_ids: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         if self.rope_type == "dynamic":
             self._dynamic_update(position_ids)
         freqs = position_ids.astype("float32").unsqueeze(-1) * self.inv_freq
@@ -248,8 +248,8 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rotary_pos_emb(
-    q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_ids: Optional[Tensor] = None, unsqueeze_dim: int = 2
-) -> Tuple[Tensor, Tensor]:
+    q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor | None = None, unsqueeze_dim: int = 2
+) -> tuple[Tensor, Tensor]:
     """Apply RoPE to `q` `[batch, seq, heads, head_dim]` and `k` `[batch, seq, kv_heads, head_dim]`.
 
     `cos`/`sin` are `[batch, seq, head_dim]` (from `Qwen2RotaryEmbedding`); they are unsqueezed at
@@ -310,12 +310,12 @@ def scaled_dot_product_attention(
     query_states: Tensor,
     key_states: Tensor,
     value_states: Tensor,
-    attention_mask: Optional[Tensor],
+    attention_mask: Tensor | None,
     config: Qwen2Config,
     output_attentions: bool = False,
     dropout: float = 0.0,
     training: bool = False,
-) -> Tuple[Tensor, Optional[Tensor]]:
+) -> tuple[Tensor, Tensor | None]:
     """Attention core. q: `[batch, q_len, heads, head_dim]`; k, v: `[batch, kv_len, kv_heads, head_dim]`;
     `attention_mask`: additive `[batch or 1, 1, q_len, kv_len]`, or None for plain (bottom-right aligned) causal.
 
@@ -484,7 +484,7 @@ class Qwen2Attention(nn.Layer):
             for param in (*self.k_proj.parameters(), *self.v_proj.parameters()):
                 param.is_distributed = True
 
-    def _project_qkv(self, hidden_states: Tensor, batch: int, seq_len: int) -> Tuple[Tensor, Tensor, Tensor]:
+    def _project_qkv(self, hidden_states: Tensor, batch: int, seq_len: int) -> tuple[Tensor, Tensor, Tensor]:
         """q `[batch, seq, heads, head_dim]`, k and v `[batch, seq, kv_heads, head_dim]` (this rank's heads)."""
         if self.fuse_attention_qkv:
             mixed = self.qkv_proj(hidden_states)
@@ -513,13 +513,13 @@ class Qwen2Attention(nn.Layer):
     def forward(
         self,
         hidden_states: Tensor,
-        position_embeddings: Tuple[Tensor, Tensor],
-        attention_mask: Optional[Tensor] = None,
-        past_key_value: Optional[KVCache] = None,
+        position_embeddings: tuple[Tensor, Tensor],
+        attention_mask: Tensor | None = None,
+        past_key_value: KVCache | None = None,
         use_cache: bool = False,
         output_attentions: bool = False,
-        sequence_shape: Optional[Tuple[int, int]] = None,
-    ) -> Tuple[Tensor, Optional[Tensor], Optional[KVCache]]:
+        sequence_shape: tuple[int, int] | None = None,
+    ) -> tuple[Tensor, Tensor | None, KVCache | None]:
         """hidden_states `[batch, seq, hidden]`; position_embeddings `(cos, sin)` `[batch, seq, head_dim]`;
         attention_mask additive `[batch, 1, seq, past + seq]`; past_key_value `(k, v)`
         `[batch, past, kv_heads, head_dim]`. Under sequence parallelism hidden_states is this rank's
@@ -568,13 +568,13 @@ class Qwen2DecoderLayer(nn.Layer):
     def forward(
         self,
         hidden_states: Tensor,
-        position_embeddings: Tuple[Tensor, Tensor],
-        attention_mask: Optional[Tensor] = None,
-        past_key_value: Optional[KVCache] = None,
+        position_embeddings: tuple[Tensor, Tensor],
+        attention_mask: Tensor | None = None,
+        past_key_value: KVCache | None = None,
         use_cache: bool = False,
         output_attentions: bool = False,
-        sequence_shape: Optional[Tuple[int, int]] = None,
-    ) -> Tuple[Tensor, Optional[Tensor], Optional[KVCache]]:
+        sequence_shape: tuple[int, int] | None = None,
+    ) -> tuple[Tensor, Tensor | None, KVCache | None]:
         """Arguments as `Qwen2Attention.forward`; returns `(hidden_states, attn_weights or None, (k, v) or None)`."""
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
@@ -603,14 +603,14 @@ class Qwen2PretrainedModel(PretrainedModel):
     # HF's attribute holding the base model and the head's extra (hf_name, paddle_name, action) rows; the
     # heads take both from conversion.HF_ARCHITECTURES (Qwen2ForQuestionAnswering keeps "transformer").
     hf_base_model_prefix = "model"
-    _hf_head_mappings: Tuple[Tuple[str, str, Optional[str]], ...] = ()
+    _hf_head_mappings: tuple[tuple[str, str, str | None], ...] = ()
 
     def __init__(self, config: Qwen2Config, *args, **kwargs):
         config.validate()  # parallel settings are often set on the config after it was built
         super().__init__(config, *args, **kwargs)
 
     @classmethod
-    def _get_name_mappings(cls, config: Qwen2Config) -> List[StateDictNameMapping]:
+    def _get_name_mappings(cls, config: Qwen2Config) -> list[StateDictNameMapping]:
         """HF state-dict names -> this model's names. Every nn.Linear weight is transposed (HF stores
         `[out, in]`, Paddle `[in, out]`); embeddings and norms are copied as they are. The table itself is
         `conversion.name_rows`, shared with the checkpoint converter."""
@@ -663,7 +663,7 @@ class Qwen2PretrainedModel(PretrainedModel):
         return unfused_state_dict(super().merge_tensor_parallel(state_dict, config), config)
 
     def save_pretrained(
-        self, save_dir: str, is_main_process: bool = True, state_dict: Optional[dict] = None, *args, **kwargs
+        self, save_dir: str, is_main_process: bool = True, state_dict: dict | None = None, *args, **kwargs
     ):
         """paddlenlp's `save_pretrained`. A full checkpoint (one process, or `merge_tensor_parallel=True`) always
         has the separate q/k/v and gate/up weights, whatever the fuse flags: they are fused again on load.
@@ -689,11 +689,11 @@ class Qwen2PretrainedModel(PretrainedModel):
             with paddle.no_grad():
                 layer.weight.set_value(paddle.ones_like(layer.weight))
 
-    def _get_model_flops(self, batch_size: int = 1, seq_length: Optional[int] = None, **_) -> float:
+    def _get_model_flops(self, batch_size: int = 1, seq_length: int | None = None, **_) -> float:
         """Forward-pass FLOPs of `batch_size` sequences of `seq_length` tokens (`flops.model_flops`)."""
         return model_flops(self.config, batch_size, seq_length)
 
-    def _get_hardware_flops(self, batch_size: int = 1, seq_length: Optional[int] = None, **_) -> float:
+    def _get_hardware_flops(self, batch_size: int = 1, seq_length: int | None = None, **_) -> float:
         """Training-step FLOPs, recomputed forward work included (`flops.training_flops`)."""
         return training_flops(self.config, batch_size, seq_length)
 
@@ -748,12 +748,12 @@ class Qwen2Model(Qwen2PretrainedModel):
 
     @staticmethod
     def _prepare_decoder_attention_mask(
-        attention_mask: Optional[Tensor],
+        attention_mask: Tensor | None,
         input_shape,
         past_key_values_length: int,
         dtype,
-        sliding_window: Optional[int] = None,
-    ) -> Optional[Tensor]:
+        sliding_window: int | None = None,
+    ) -> Tensor | None:
         """Additive mask `[batch, 1, seq, past + seq]` combining causality (offset by the cache), padding
         (2D `attention_mask` `[batch, past + seq]`, 1 = token) and an optional sliding window.
 
@@ -775,7 +775,7 @@ class Qwen2Model(Qwen2PretrainedModel):
         allowed = paddle.logical_and(allowed, _expand_2d_mask(attention_mask, q_len))
         return _additive_mask(allowed, dtype)
 
-    def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, past_length) -> Tuple[int, int]:
+    def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, past_length) -> tuple[int, int]:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds")
         batch, seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
@@ -794,7 +794,7 @@ class Qwen2Model(Qwen2PretrainedModel):
             _check_attention_mask(attention_mask, batch, seq_len, total)
         return batch, seq_len
 
-    def _masks(self, attention_mask: Optional[Tensor], batch: int, seq_len: int, past_length: int, dtype) -> dict:
+    def _masks(self, attention_mask: Tensor | None, batch: int, seq_len: int, past_length: int, dtype) -> dict:
         """The additive mask of each attention type in use, `{"full_attention": ..., "sliding_attention": ...}`."""
         attention_mask = _padding_mask(attention_mask)
         shape = [batch, seq_len]
@@ -810,22 +810,22 @@ class Qwen2Model(Qwen2PretrainedModel):
         """Decoder activations as `[batch, seq, hidden]` (gathered from the ranks under sequence parallelism)."""
         return gather_sequence(hidden_states, batch, seq_len) if self.config.sequence_parallel else hidden_states
 
-    def recompute_training_full(self, layer_module: nn.Layer, hidden_states: Tensor, *args) -> Tuple:
+    def recompute_training_full(self, layer_module: nn.Layer, hidden_states: Tensor, *args) -> tuple:
         """Run one decoder layer under activation recompute (granularity "full")."""
         return recompute(layer_module, hidden_states, *args, use_reentrant=self.config.recompute_use_reentrant)
 
     def forward(
         self,
-        input_ids: Optional[Tensor] = None,
-        position_ids: Optional[Tensor] = None,
-        attention_mask: Optional[Tensor] = None,
-        inputs_embeds: Optional[Tensor] = None,
-        use_cache: Optional[bool] = None,
-        past_key_values: Optional[Tuple[KVCache, ...]] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ) -> Union[Tuple, BaseModelOutputWithPast]:
+        input_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        use_cache: bool | None = None,
+        past_key_values: tuple[KVCache, ...] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | BaseModelOutputWithPast:
         """input_ids `[batch, seq]` (or inputs_embeds `[batch, seq, hidden]`); attention_mask `[batch, past + seq]`
         (1 = token, 0 = padding) or a 4D mask; position_ids `[batch, seq]` (default `past .. past + seq - 1`)."""
         cfg = self.config
@@ -897,7 +897,7 @@ class Qwen2LMHead(nn.Layer):
     a second time, so the state dict holds it once (as HF's does).
     """
 
-    def __init__(self, config: Qwen2Config, tied_embedding: Optional[nn.Layer] = None):
+    def __init__(self, config: Qwen2Config, tied_embedding: nn.Layer | None = None):
         super().__init__()
         self.config = config
         tp = config.tensor_parallel_degree
@@ -919,7 +919,7 @@ class Qwen2LMHead(nn.Layer):
         """The matrix used: own weight `[hidden, vocab]` or the tied embedding `[vocab, hidden]`."""
         return self.tied_embedding.weight if self.tied_embedding is not None else self.weight
 
-    def forward(self, hidden_states: Tensor, tensor_parallel_output: Optional[bool] = None) -> Tensor:
+    def forward(self, hidden_states: Tensor, tensor_parallel_output: bool | None = None) -> Tensor:
         if tensor_parallel_output is None:
             tensor_parallel_output = self.config.tensor_parallel_output
         return parallel_matmul(hidden_states, self.projection, self.transpose_y, tensor_parallel_output)
@@ -943,11 +943,11 @@ class Qwen2ModelWithHead(Qwen2PretrainedModel):
     def _output(
         self,
         output_class: type,
-        return_dict: Optional[bool],
+        return_dict: bool | None,
         base: BaseModelOutputWithPast,
-        loss: Optional[Tensor],
+        loss: Tensor | None,
         **results: Tensor,
-    ) -> Union[Tuple, ModelOutput]:
+    ) -> tuple | ModelOutput:
         """`output_class(loss, **results)` plus the base model's cache, hidden states and attentions where the
         class has those fields; with `return_dict` False (default: the config's) the same values as a tuple in
         that order, Nones left out."""
@@ -994,10 +994,10 @@ class Qwen2ForCausalLM(Qwen2ModelWithHead):
         self,
         input_ids: Tensor,
         use_cache: bool = True,
-        past_key_values: Optional[Tuple[KVCache, ...]] = None,
-        attention_mask: Optional[Tensor] = None,
-        inputs_embeds: Optional[Tensor] = None,
-        position_ids: Optional[Tensor] = None,
+        past_key_values: tuple[KVCache, ...] | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        position_ids: Tensor | None = None,
         **kwargs,
     ) -> dict:
         """Inputs of one decoding step. With a cache only the newest token is fed. Position ids follow the
@@ -1048,17 +1048,17 @@ class Qwen2ForCausalLM(Qwen2ModelWithHead):
 
     def forward(
         self,
-        input_ids: Optional[Tensor] = None,
-        position_ids: Optional[Tensor] = None,
-        attention_mask: Optional[Tensor] = None,
-        inputs_embeds: Optional[Tensor] = None,
-        labels: Optional[Tensor] = None,
-        use_cache: Optional[bool] = None,
-        past_key_values: Optional[Tuple[KVCache, ...]] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ) -> Union[Tuple, CausalLMOutputWithPast]:
+        input_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        use_cache: bool | None = None,
+        past_key_values: tuple[KVCache, ...] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | CausalLMOutputWithPast:
         outputs = self.qwen2(
             input_ids=input_ids,
             position_ids=position_ids,
@@ -1088,7 +1088,7 @@ class Qwen2ForSequenceClassification(Qwen2ModelWithHead):
         self.num_labels = config.num_labels
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias_attr=False)
 
-    def _last_token_index(self, input_ids: Optional[Tensor], batch_size: int, seq_len: int) -> Tensor:
+    def _last_token_index(self, input_ids: Tensor | None, batch_size: int, seq_len: int) -> Tensor:
         pad_id = self.config.pad_token_id
         if pad_id is None:
             if batch_size != 1:
@@ -1102,17 +1102,17 @@ class Qwen2ForSequenceClassification(Qwen2ModelWithHead):
 
     def forward(
         self,
-        input_ids: Optional[Tensor] = None,
-        position_ids: Optional[Tensor] = None,
-        attention_mask: Optional[Tensor] = None,
-        inputs_embeds: Optional[Tensor] = None,
-        labels: Optional[Tensor] = None,
-        use_cache: Optional[bool] = None,
-        past_key_values: Optional[Tuple[KVCache, ...]] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ) -> Union[Tuple, SequenceClassifierOutputWithPast]:
+        input_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        use_cache: bool | None = None,
+        past_key_values: tuple[KVCache, ...] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | SequenceClassifierOutputWithPast:
         outputs = self.qwen2(
             input_ids=input_ids,
             position_ids=position_ids,
@@ -1147,15 +1147,15 @@ class Qwen2ForTokenClassification(Qwen2ModelWithHead):
 
     def forward(
         self,
-        input_ids: Optional[Tensor] = None,
-        position_ids: Optional[Tensor] = None,
-        attention_mask: Optional[Tensor] = None,
-        inputs_embeds: Optional[Tensor] = None,
-        labels: Optional[Tensor] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ) -> Union[Tuple, TokenClassifierOutput]:
+        input_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | TokenClassifierOutput:
         outputs = self.qwen2(
             input_ids=input_ids,
             position_ids=position_ids,
@@ -1187,16 +1187,16 @@ class Qwen2ForQuestionAnswering(Qwen2ModelWithHead):
 
     def forward(
         self,
-        input_ids: Optional[Tensor] = None,
-        position_ids: Optional[Tensor] = None,
-        attention_mask: Optional[Tensor] = None,
-        inputs_embeds: Optional[Tensor] = None,
-        start_positions: Optional[Tensor] = None,
-        end_positions: Optional[Tensor] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-    ) -> Union[Tuple, QuestionAnsweringModelOutput]:
+        input_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        start_positions: Tensor | None = None,
+        end_positions: Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | QuestionAnsweringModelOutput:
         outputs = self.qwen2(
             input_ids=input_ids,
             position_ids=position_ids,
@@ -1225,8 +1225,8 @@ class Qwen2ForQuestionAnswering(Qwen2ModelWithHead):
 class Qwen2SentenceEmbeddingOutput(ModelOutput):
     """`embeddings` `[batch, hidden]` (float32) and the model's `last_hidden_state` `[batch, seq, hidden]`."""
 
-    embeddings: Optional[Tensor] = None
-    last_hidden_state: Optional[Tensor] = None
+    embeddings: Tensor | None = None
+    last_hidden_state: Tensor | None = None
 
 
 POOLING_MODES = ("last", "mean")
@@ -1242,7 +1242,7 @@ class Qwen2SentenceEmbedding(Qwen2ModelWithHead):
     """
 
     @staticmethod
-    def pool(hidden_states: Tensor, attention_mask: Optional[Tensor], pooling: str = "last") -> Tensor:
+    def pool(hidden_states: Tensor, attention_mask: Tensor | None, pooling: str = "last") -> Tensor:
         """hidden_states `[batch, seq, hidden]`, attention_mask `[batch, seq]` -> `[batch, hidden]` float32."""
         if pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
@@ -1262,14 +1262,14 @@ class Qwen2SentenceEmbedding(Qwen2ModelWithHead):
 
     def forward(
         self,
-        input_ids: Optional[Tensor] = None,
-        attention_mask: Optional[Tensor] = None,
-        position_ids: Optional[Tensor] = None,
-        inputs_embeds: Optional[Tensor] = None,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
         pooling: str = "last",
         normalize: bool = True,
-        return_dict: Optional[bool] = None,
-    ) -> Union[Tensor, Qwen2SentenceEmbeddingOutput]:
+        return_dict: bool | None = None,
+    ) -> Tensor | Qwen2SentenceEmbeddingOutput:
         return_dict = self.config.use_return_dict if return_dict is None else return_dict
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             # count positions over real tokens only, so a sentence embeds the same whatever its padding side
@@ -1295,7 +1295,7 @@ class Qwen2SentenceEmbedding(Qwen2ModelWithHead):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def get_triangle_upper_mask(x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+def get_triangle_upper_mask(x: Tensor, mask: Tensor | None = None) -> Tensor:
     """Additive causal mask for attention scores `x` of shape `[..., q_len, kv_len]`.
 
     Positions above the (bottom-right aligned) diagonal get the dtype's lowest value, the rest 0. A given
@@ -1307,7 +1307,7 @@ def get_triangle_upper_mask(x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     return _additive_mask(_make_causal_mask([1, q_len], past_key_values_length=kv_len - q_len)[0, 0], x.dtype)
 
 
-def is_casual_mask(attention_mask: Optional[Tensor]) -> bool:
+def is_casual_mask(attention_mask: Tensor | None) -> bool:
     """True when a 4D boolean/additive mask `[batch, 1, q, kv]` is exactly the plain causal mask
     (no padding, no window), i.e. a kernel may use `is_causal=True` instead of the mask."""
     if attention_mask is None:

@@ -11,10 +11,10 @@ Between stages the activations travel as `(hidden_states, attention_mask, positi
 `[batch, seq, hidden]` (`[seq / tp * batch, hidden]` under sequence parallelism), the 2D padding mask
 `[batch, seq]` (int64, 1 = token) and position ids `[batch, seq]` (int64).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import List, Tuple
 
 import paddle
 from paddle import Tensor, nn
@@ -39,10 +39,10 @@ from .parallel import gather_sequence, parallel_matmul, scatter_sequence
 
 __all__ = ["Qwen2ForCausalLMPipe", "pipeline_boundaries"]
 
-StageArgs = Tuple[Tensor, Tensor, Tensor]
+StageArgs = tuple[Tensor, Tensor, Tensor]
 
 
-def pipeline_boundaries(num_hidden_layers: int, num_stages: int) -> List[int]:
+def pipeline_boundaries(num_hidden_layers: int, num_stages: int) -> list[int]:
     """Start index of every stage in the layer list `[embedding, layer_0 .. layer_{n-1}, norm, head]`, plus its
     length: decoder layers are spread as evenly as possible (earlier stages take the remainder)."""
     if num_stages > num_hidden_layers:
@@ -78,7 +78,9 @@ class Qwen2EmbeddingPipe(nn.Layer):
         if attention_mask is None:
             attention_mask = paddle.ones([batch, seq_len], dtype="int64")
         if attention_mask.ndim != 2:
-            raise ValueError(f"Qwen2ForCausalLMPipe takes a 2D attention_mask [batch, seq]; got shape {attention_mask.shape}")
+            raise ValueError(
+                f"Qwen2ForCausalLMPipe takes a 2D attention_mask [batch, seq]; got shape {attention_mask.shape}"
+            )
         if position_ids is None:
             position_ids = paddle.arange(seq_len, dtype="int64").unsqueeze(0).expand([batch, seq_len])
         hidden_states = self.embed_tokens(input_ids)
@@ -176,7 +178,9 @@ class Qwen2ForCausalLMPipe(PipelinePretrainedModel, PipelineLayer):
         recompute_interval = config.pp_recompute_interval if full_recompute and config.pp_recompute_interval > 1 else 0
         shared = "qwen2_shared_embedding"
         if config.tie_word_embeddings:
-            embedding = SharedLayerDesc(shared, Qwen2EmbeddingPipe, shared_weight_attr="embedding_weight", config=config)
+            embedding = SharedLayerDesc(
+                shared, Qwen2EmbeddingPipe, shared_weight_attr="embedding_weight", config=config
+            )
         else:
             embedding = LayerDesc(Qwen2EmbeddingPipe, config=config)
         self.add_sequential_layer(embedding, "qwen2")
@@ -185,7 +189,11 @@ class Qwen2ForCausalLMPipe(PipelinePretrainedModel, PipelineLayer):
         self.add_sequential_layer(LayerDesc(Qwen2RMSNormPipe, config=config), "qwen2")
         if config.tie_word_embeddings:
             head = SharedLayerDesc(
-                shared, Qwen2EmbeddingPipe, forward_func=_tied_lm_head, shared_weight_attr="embedding_weight", config=config
+                shared,
+                Qwen2EmbeddingPipe,
+                forward_func=_tied_lm_head,
+                shared_weight_attr="embedding_weight",
+                config=config,
             )
             self.add_sequential_layer(head, "qwen2")
         else:

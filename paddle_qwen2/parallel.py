@@ -16,7 +16,7 @@ replicated kv heads are just longer lists): `tensor_parallel_layouts`, `tp_split
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Dict, List, Tuple, Union
+from typing import Callable
 
 import numpy as np
 import paddle
@@ -46,7 +46,7 @@ __all__ = [
     "unfused_state_dict",
 ]
 
-Intervals = List[Tuple[int, int]]
+Intervals = list[tuple[int, int]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def model_parallel_world_size() -> int:
     return hcg.get_model_parallel_world_size() if hcg is not None else 1
 
 
-def assign_kv_heads(num_kv_heads: int, num_gpus: int) -> List[List[int]]:
+def assign_kv_heads(num_kv_heads: int, num_gpus: int) -> list[list[int]]:
     """Which key/value heads each tensor-parallel rank holds.
 
     Returns a list with one entry per rank, each the list of kv-head indices that rank computes.
@@ -133,7 +133,7 @@ def kv_replica_group(config: Qwen2Config):
 
 def replicated_kv(
     hidden_states: Tensor, k_proj: nn.Linear, v_proj: nn.Linear, group, sequence_parallel: bool
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """k and v `[tokens, head_dim]` of this rank's replicated kv head (local `k_proj` / `v_proj`).
 
     The input takes part in the tensor-parallel gradient all-reduce like a column-parallel input (gathered along
@@ -191,20 +191,20 @@ def sequence_to_batch_major(x: Tensor, batch: int, seq_len: int, num_heads: int,
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _even_intervals(size: int, degree: int) -> List[Intervals]:
+def _even_intervals(size: int, degree: int) -> list[Intervals]:
     """`size` cut into `degree` equal contiguous blocks: one interval list per rank."""
     block = size // degree
     return [[(rank * block, (rank + 1) * block)] for rank in range(degree)]
 
 
-def _kv_intervals(config: Qwen2Config) -> List[Intervals]:
+def _kv_intervals(config: Qwen2Config) -> list[Intervals]:
     """Per rank, the columns of the full k/v projection that hold its kv heads (`assign_kv_heads`)."""
     d = config.attention_head_dim
     heads = assign_kv_heads(config.num_key_value_heads, config.tensor_parallel_degree)
     return [[(h * d, (h + 1) * d) for h in rank_heads] for rank_heads in heads]
 
 
-def _concat_intervals(*parts: Tuple[int, List[Intervals]]) -> List[Intervals]:
+def _concat_intervals(*parts: tuple[int, list[Intervals]]) -> list[Intervals]:
     """Per-rank intervals of a fused tensor `[part_0 | part_1 | ...]` from `(part size, per-rank intervals)`."""
     fused, offset = [[] for _ in parts[0][1]], 0
     for size, per_rank in parts:
@@ -214,7 +214,7 @@ def _concat_intervals(*parts: Tuple[int, List[Intervals]]) -> List[Intervals]:
     return fused
 
 
-def tensor_parallel_layouts(config: Qwen2Config) -> Dict[str, Tuple[int, List[Intervals]]]:
+def tensor_parallel_layouts(config: Qwen2Config) -> dict[str, tuple[int, list[Intervals]]]:
     """`{name: (axis, per-rank intervals)}` for every tensor-parallel weight, names relative to the base model
     (`layers.0.self_attn.q_proj.weight`) or the head (`lm_head.weight`). Axis -1 splits output features
     (column-parallel layers, the `[hidden, vocab]` LM head), axis 0 input features (row-parallel layers) and
@@ -259,7 +259,7 @@ def tp_split(weight, axis: int, intervals: Intervals) -> np.ndarray:
     return np.ascontiguousarray(pieces[0]) if len(pieces) == 1 else np.concatenate(pieces, axis=0 if rows else 1)
 
 
-def tp_merge(shards: List, axis: int, intervals: List[Intervals]) -> np.ndarray:
+def tp_merge(shards: list, axis: int, intervals: list[Intervals]) -> np.ndarray:
     """The full weight from every rank's shard (a replicated kv head is taken from the first rank holding it)."""
     shards = [_to_numpy(shard) for shard in shards]
     if len(shards) != len(intervals):
@@ -281,14 +281,14 @@ def tp_merge(shards: List, axis: int, intervals: List[Intervals]) -> np.ndarray:
     return full
 
 
-def fuse(tensors: List) -> Union[np.ndarray, Tensor]:
+def fuse(tensors: list) -> np.ndarray | Tensor:
     """`[a | b | ...]` along the output (last) axis: q/k/v -> qkv_proj, gate/up -> gate_up_fused_proj."""
     if isinstance(tensors[0], paddle.Tensor):
         return paddle.concat(tensors, axis=-1)
     return np.concatenate(tensors, axis=-1)
 
 
-def unfuse(fused, ratios: Tuple[int, ...]) -> List:
+def unfuse(fused, ratios: tuple[int, ...]) -> list:
     """Inverse of `fuse` for parts whose widths are in proportion `ratios` (holds for a full weight and for a
     tensor-parallel shard alike, since each part is split evenly across ranks)."""
     width = fused.shape[-1]
@@ -298,7 +298,7 @@ def unfuse(fused, ratios: Tuple[int, ...]) -> List:
     return [np.ascontiguousarray(part) for part in np.split(fused, np.cumsum(sizes)[:-1], axis=-1)]
 
 
-def fused_groups(config: Qwen2Config, qkv: bool, ffn: bool) -> List[Tuple[Tuple[str, ...], Tuple[int, ...]]]:
+def fused_groups(config: Qwen2Config, qkv: bool, ffn: bool) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
     """`((part names..., fused name), width ratios)` of the fused q/k/v (if `qkv`) and gate/up (if `ffn`)
     projections of every layer, names relative to the base model."""
     groups = []
@@ -315,7 +315,7 @@ def fused_groups(config: Qwen2Config, qkv: bool, ffn: bool) -> List[Tuple[Tuple[
     return groups
 
 
-def tensor_parallel_actions(config: Qwen2Config, is_split: bool = True) -> Dict[str, Callable]:
+def tensor_parallel_actions(config: Qwen2Config, is_split: bool = True) -> dict[str, Callable]:
     """`{parameter name: action}` for paddlenlp's tensor-parallel loading and saving; names are suffixes of the
     state-dict keys. With `is_split` an action takes a full weight and returns the shard of rank
     `config.tensor_parallel_rank`; otherwise it takes the list of every rank's shard and returns the full weight."""
@@ -328,7 +328,7 @@ def tensor_parallel_actions(config: Qwen2Config, is_split: bool = True) -> Dict[
     return actions
 
 
-def fuse_or_split_actions(config: Qwen2Config, is_fuse: bool = True) -> Dict[Tuple[str, ...], Callable]:
+def fuse_or_split_actions(config: Qwen2Config, is_fuse: bool = True) -> dict[tuple[str, ...], Callable]:
     """paddlenlp's fuse/split actions, `{(part names..., fused name): action}`. With `is_fuse` (for a model with
     `fuse_attention_qkv` / `fuse_attention_ffn`) the separate q/k/v or gate/up weights of a checkpoint are
     concatenated; otherwise (for a model without them) a fused checkpoint weight is cut into its parts."""

@@ -5,7 +5,6 @@ transformers' `modeling_rope_utils` computes them: float32 numpy, so the tables 
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import numpy as np
 
@@ -14,7 +13,7 @@ from .configuration import Qwen2Config
 __all__ = ["rope_inv_freq"]
 
 
-def rope_inv_freq(config: Qwen2Config, seq_len: Optional[int] = None) -> Tuple[np.ndarray, float]:
+def rope_inv_freq(config: Qwen2Config, seq_len: int | None = None) -> tuple[np.ndarray, float]:
     """Inverse frequencies `[head_dim // 2]` (float32) and the cos/sin scale for `config.rope_scaling`."""
     base, dim = float(config.rope_theta), config.attention_head_dim
     exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
@@ -34,7 +33,7 @@ def rope_inv_freq(config: Qwen2Config, seq_len: Optional[int] = None) -> Tuple[n
 
 def _yarn_inv_freq(
     scaling: dict, base: float, dim: int, max_pos: int, exponents: np.ndarray
-) -> Tuple[np.ndarray, float]:
+) -> tuple[np.ndarray, float]:
     """YaRN: blend interpolated and extrapolated frequencies with a linear ramp; scale cos/sin by mscale."""
     factor = scaling["factor"]
     original_max_pos = scaling.get("original_max_position_embeddings") or max_pos

@@ -4,16 +4,16 @@ Kept free of paddle imports (and so is `paddle_qwen2/__init__.py` up to the poin
 script can do `from paddle_qwen2.runtime import configure_cpu_threads; configure_cpu_threads()` as its first
 line. The variables only take effect if set before paddle (and its MKL / OpenMP runtime) loads.
 """
+
 from __future__ import annotations
 
 import os
 import sys
-from typing import Dict, Optional
 
 __all__ = ["configure_cpu_threads"]
 
 
-def configure_cpu_threads(num_threads: Optional[int] = None) -> Dict[str, str]:
+def configure_cpu_threads(num_threads: int | None = None) -> dict[str, str]:
     """Set `OMP_NUM_THREADS` (default: all usable cores, at least 1) and `MKL_DEBUG_CPU_TYPE=5` (lets MKL use
     its AVX2 kernels on AMD CPUs), keeping any value already in the environment. Returns the values in effect.
 
@@ -28,6 +28,8 @@ def configure_cpu_threads(num_threads: Optional[int] = None) -> Dict[str, str]:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(num_threads))))
     os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
     if missing and "paddle" in sys.modules:
-        print("paddle_qwen2.runtime: paddle was imported before configure_cpu_threads(); thread settings may not apply",
-              file=sys.stderr)
+        print(
+            "paddle_qwen2.runtime: paddle was imported before configure_cpu_threads(); thread settings may not apply",
+            file=sys.stderr,
+        )
     return {key: os.environ[key] for key in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")}

@@ -14,12 +14,14 @@ Padding uses `<|endoftext|>` (never id 0, which is an ordinary byte token in Qwe
 `train_qwen2_bpe` / `save_qwen2_tokenizer` make a new tokenizer in Qwen2's format from a corpus (this is how
 the bundled example model's tokenizer was made).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import unicodedata
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -47,7 +49,8 @@ __all__ = [
 # Qwen2's pre-tokenizer: contractions, letter runs with one leading non-letter, single digits, punctuation runs,
 # newline runs, and whitespace (trailing whitespace before a non-space stays with the next word).
 QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
@@ -63,21 +66,23 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-Message = Dict[str, Any]
-Conversation = List[Message]
+Message = dict[str, Any]
+Conversation = list[Message]
 
 
 def _raise_exception(message: str):
     raise TemplateError(message)
 
 
-_TEMPLATE_CACHE: Dict[str, Any] = {}
+_TEMPLATE_CACHE: dict[str, Any] = {}
 
 
 def _compile_template(template: str):
     """Jinja environment as HF uses for chat templates (sandboxed, trim_blocks, lstrip_blocks)."""
     if template not in _TEMPLATE_CACHE:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
         env.globals["raise_exception"] = _raise_exception
         env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
         _TEMPLATE_CACHE[template] = env.from_string(template)
@@ -98,9 +103,9 @@ def _check_conversation(conversation: Sequence[Message], allow_empty: bool = Fal
 
 def render_chat(
     conversation: Sequence[Message],
-    template: Optional[str] = None,
+    template: str | None = None,
     add_generation_prompt: bool = False,
-    special_tokens: Optional[Dict[str, Any]] = None,
+    special_tokens: dict[str, Any] | None = None,
     **template_kwargs,
 ) -> str:
     """Render `conversation` (list of {'role', 'content'} dicts) with a Jinja chat template (ChatML by default).
@@ -117,7 +122,7 @@ def render_chat(
 class _Qwen2ChatMixin:
     """HF-compatible chat templating and Qwen2 special-token checks, shared by both tokenizers."""
 
-    def _setup_qwen2(self, chat_template: Optional[str]) -> None:
+    def _setup_qwen2(self, chat_template: str | None) -> None:
         # paddlenlp compiles `chat_template` into its own object; keep the source string for HF-style rendering.
         self.chat_template_str = chat_template if isinstance(chat_template, str) else None
         if self.pad_token is None:
@@ -134,9 +139,9 @@ class _Qwen2ChatMixin:
 
     def apply_chat_template(
         self,
-        conversation: Union[Conversation, List[Conversation]],
-        tools: Optional[List[dict]] = None,
-        chat_template: Optional[str] = None,
+        conversation: Conversation | list[Conversation],
+        tools: list[dict] | None = None,
+        chat_template: str | None = None,
         add_generation_prompt: bool = False,
         tokenize: bool = True,
         return_dict: bool = False,
@@ -150,7 +155,9 @@ class _Qwen2ChatMixin:
         """
         if conversation and isinstance(conversation, (list, tuple)) and isinstance(conversation[0], (list, tuple)):
             return [
-                self.apply_chat_template(c, tools, chat_template, add_generation_prompt, tokenize, return_dict, **template_kwargs)
+                self.apply_chat_template(
+                    c, tools, chat_template, add_generation_prompt, tokenize, return_dict, **template_kwargs
+                )
                 for c in conversation
             ]
         _check_conversation(conversation)
@@ -192,11 +199,11 @@ class Qwen2Tokenizer(_Qwen2ChatMixin, _PaddleNLPQwen2Tokenizer):
         vocab_file: str,
         merges_file: str,
         errors: str = "replace",
-        unk_token: Optional[str] = None,
-        bos_token: Optional[str] = None,
+        unk_token: str | None = None,
+        bos_token: str | None = None,
         eos_token: str = ENDOFTEXT,
         pad_token: str = ENDOFTEXT,
-        chat_template: Optional[str] = None,
+        chat_template: str | None = None,
         **kwargs,
     ):
         _special_tokens_as_added(kwargs)
@@ -214,7 +221,7 @@ class Qwen2Tokenizer(_Qwen2ChatMixin, _PaddleNLPQwen2Tokenizer):
         )
         self._setup_qwen2(chat_template)
 
-    def _added_tokens_trie(self, added: Dict[str, AddedToken]) -> Trie:
+    def _added_tokens_trie(self, added: dict[str, AddedToken]) -> Trie:
         """A trie of every added token, special or not (paddlenlp's own trie holds only the special ones)."""
         key = tuple(sorted(added))
         if getattr(self, "_qwen2_trie_key", None) != key:
@@ -224,7 +231,7 @@ class Qwen2Tokenizer(_Qwen2ChatMixin, _PaddleNLPQwen2Tokenizer):
             self._qwen2_trie, self._qwen2_trie_key = trie, key
         return self._qwen2_trie
 
-    def tokenize(self, text: str, **kwargs) -> List[str]:
+    def tokenize(self, text: str, **kwargs) -> list[str]:
         """Split on added tokens (honouring their lstrip/rstrip flags only), NFC-normalise, BPE the rest."""
         split_special_tokens = kwargs.pop("split_special_tokens", self.split_special_tokens)
         text = unicodedata.normalize("NFC", text)
@@ -240,7 +247,7 @@ class Qwen2Tokenizer(_Qwen2ChatMixin, _PaddleNLPQwen2Tokenizer):
                 pieces[i + 1] = pieces[i + 1].lstrip()
             if token.lstrip and i > 0:
                 pieces[i - 1] = pieces[i - 1].rstrip()
-        tokens: List[str] = []
+        tokens: list[str] = []
         for piece in pieces:
             if not piece:
                 continue
@@ -248,7 +255,7 @@ class Qwen2Tokenizer(_Qwen2ChatMixin, _PaddleNLPQwen2Tokenizer):
         return tokens
 
 
-def build_qwen2_backend(vocab: Dict[str, int], merges: List[tuple], special_tokens: Iterable[str] = ()):
+def build_qwen2_backend(vocab: dict[str, int], merges: list[tuple], special_tokens: Iterable[str] = ()):
     """A `tokenizers.Tokenizer` with Qwen2's pipeline: NFC, regex split, byte-level BPE, byte-level decoding."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
@@ -276,8 +283,12 @@ def _to_rust_added_token(token: AddedToken):
     import tokenizers
 
     return tokenizers.AddedToken(
-        token.content, single_word=token.single_word, lstrip=token.lstrip, rstrip=token.rstrip,
-        normalized=token.normalized, special=token.special,
+        token.content,
+        single_word=token.single_word,
+        lstrip=token.lstrip,
+        rstrip=token.rstrip,
+        normalized=token.normalized,
+        special=token.special,
     )
 
 
@@ -310,14 +321,14 @@ class Qwen2TokenizerFast(_Qwen2ChatMixin, PretrainedTokenizerFast):
 
     def __init__(
         self,
-        vocab_file: Optional[str] = None,
-        merges_file: Optional[str] = None,
-        tokenizer_file: Optional[str] = None,
-        unk_token: Optional[str] = None,
-        bos_token: Optional[str] = None,
+        vocab_file: str | None = None,
+        merges_file: str | None = None,
+        tokenizer_file: str | None = None,
+        unk_token: str | None = None,
+        bos_token: str | None = None,
         eos_token: str = ENDOFTEXT,
         pad_token: str = ENDOFTEXT,
-        chat_template: Optional[str] = None,
+        chat_template: str | None = None,
         **kwargs,
     ):
         _special_tokens_as_added(kwargs)
@@ -344,7 +355,7 @@ class Qwen2TokenizerFast(_Qwen2ChatMixin, PretrainedTokenizerFast):
         self.vocab_file, self.merges_file = vocab_file, merges_file
         self._setup_qwen2(chat_template)
 
-    def save_vocabulary(self, save_directory: str, filename_prefix: Optional[str] = None):
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None):
         """Write `vocab.json` and `merges.txt` from the BPE model (HF's format)."""
         return tuple(self._tokenizer.model.save(save_directory, filename_prefix))
 
@@ -372,7 +383,9 @@ def train_qwen2_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     return backend
 
 
-def save_qwen2_tokenizer(backend, save_directory: str, model_max_length: int = 32768, chat_template: str = CHATML_TEMPLATE) -> None:
+def save_qwen2_tokenizer(
+    backend, save_directory: str, model_max_length: int = 32768, chat_template: str = CHATML_TEMPLATE
+) -> None:
     """Write a `tokenizers.Tokenizer` as Qwen2's files: tokenizer.json, vocab.json, merges.txt and a
     tokenizer_config.json with the added tokens, `pad_token` = `eos_token` = `<|endoftext|>` and the chat template."""
     os.makedirs(save_directory, exist_ok=True)
@@ -409,7 +422,7 @@ def save_qwen2_tokenizer(backend, save_directory: str, model_max_length: int = 3
         f.write("\n")
 
 
-def load_tokenizer(path: str, fast: bool = True) -> Union[Qwen2Tokenizer, Qwen2TokenizerFast]:
+def load_tokenizer(path: str, fast: bool = True) -> Qwen2Tokenizer | Qwen2TokenizerFast:
     """`Qwen2TokenizerFast` (default) or `Qwen2Tokenizer` from a checkpoint folder; a clear error if it has no
     tokenizer files."""
     path = str(path)

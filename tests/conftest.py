@@ -3,11 +3,10 @@
 Every checkpoint has its weights re-drawn (random biases, norm weights far from 1) so that a wrong
 transpose, a missing bias or a norm applied in the wrong dtype shows up as a numeric difference.
 """
-import zlib  # noqa: F401  # must precede paddle (paddle 2.6 ships its own zlib symbols)
 
 import os
+import zlib  # noqa: F401  # must precede paddle (paddle 2.6 ships its own zlib symbols)
 from pathlib import Path
-from typing import Dict
 
 import numpy as np
 import paddle
@@ -16,8 +15,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from paddle_qwen2 import Qwen2Config  # noqa: E402
-from paddle_qwen2 import modeling  # noqa: E402
+from paddle_qwen2 import (
+    Qwen2Config,  # noqa: E402
+    modeling,  # noqa: E402
+)
 
 paddle.set_device("cpu")
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -43,7 +44,7 @@ BASE = dict(
 )
 
 # name -> overrides of BASE
-VARIANTS: Dict[str, dict] = {
+VARIANTS: dict[str, dict] = {
     "gqa": {},
     "mha": dict(num_key_value_heads=4),
     "tied": dict(tie_word_embeddings=True),
@@ -117,7 +118,7 @@ def load_hf(path: Path, head: str = "causal_lm"):
     return model.eval()
 
 
-def hf_state_dict_numpy(path: Path) -> Dict[str, np.ndarray]:
+def hf_state_dict_numpy(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     return load_file(str(Path(path) / "model.safetensors"))

@@ -135,7 +135,7 @@ def test_config_rejects_invalid_combinations(kwargs, message):
         Qwen2Config(**dict(BASE, **kwargs))
 
 
-# ---------------------------------------------------------------------------------------------- parallel layouts the config refuses
+# ------------------------------------------------------------------------------ parallel layouts the config refuses
 
 
 SMALL = dict(

@@ -102,7 +102,7 @@ def test_chunks_threads_and_numpy_fallback_write_the_same_bytes(hf_checkpoint, t
     monkeypatch.setattr(writer, "_CHUNK_BYTES", 1000)
     for kernel, workers in [(writer._simd_transpose, 3), (None, 2), (None, 1)]:
         monkeypatch.setattr(writer, "_simd_transpose", kernel)
-        monkeypatch.setattr(writer, "_workers", lambda: workers)
+        monkeypatch.setattr(writer, "_workers", lambda workers=workers: workers)
         out = tmp_path / f"out-{kernel is not None}-{workers}"
         convert_checkpoint(src, out, dtype=dtype, progress=False)
         assert (out / "model.safetensors").read_bytes() == reference, (kernel, workers)

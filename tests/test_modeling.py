@@ -1,4 +1,5 @@
 """Parity of every Qwen2 head with HF transformers 4.57 (run live, eager attention, fp32)."""
+
 import numpy as np
 import paddle
 import pytest
@@ -16,7 +17,7 @@ def make_batch(padding: str, seq: int = SEQ, vocab: int = 128, seed: int = 1):
     ids = rng.randint(2, vocab, size=(2, seq)).astype("int64")
     mask = np.ones((2, seq), dtype="int64")
     if padding == "right":
-        mask[1, seq - PAD_COUNT:] = 0
+        mask[1, seq - PAD_COUNT :] = 0
     elif padding == "left":
         mask[1, :PAD_COUNT] = 0
     ids[mask == 0] = 0
@@ -93,7 +94,9 @@ def test_sequence_classification_losses(hf_checkpoint, tmp_path, problem):
     hf_model.save_pretrained(tmp_path)
     hf_model, pd_model = load_hf(tmp_path, "seq_cls"), load_paddle(tmp_path, "seq_cls")
     ids, mask = make_batch("right")
-    labels = np.array([0.7, -1.2], "float32") if problem == "regression" else np.array([[1, 0, 1], [0, 1, 1]], "float32")
+    labels = (
+        np.array([0.7, -1.2], "float32") if problem == "regression" else np.array([[1, 0, 1], [0, 1, 1]], "float32")
+    )
     hf_out, pd_out = run_both(hf_model, pd_model, ids, mask, labels=labels)
     assert_close(pd_out.logits, hf_out.logits, what="logits")
     assert abs(float(pd_out.loss) - float(hf_out.loss)) <= 1e-5
@@ -173,12 +176,20 @@ def test_greedy_generate_matches_hf(hf_checkpoint, variant):
         mask = (np.array(prompts) != 0).astype("int64")
         with torch.no_grad():
             hf_ids = hf_model.generate(
-                torch.tensor(prompts), attention_mask=torch.tensor(mask), max_new_tokens=16, do_sample=False,
-                pad_token_id=0, eos_token_id=None,
-            )[:, len(prompts[0]):].numpy()
+                torch.tensor(prompts),
+                attention_mask=torch.tensor(mask),
+                max_new_tokens=16,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )[:, len(prompts[0]) :].numpy()
         pd_ids, _ = pd_model.generate(
-            paddle.to_tensor(prompts), attention_mask=paddle.to_tensor(mask), max_new_tokens=16,
-            decode_strategy="greedy_search", pad_token_id=0, eos_token_id=None,
+            paddle.to_tensor(prompts),
+            attention_mask=paddle.to_tensor(mask),
+            max_new_tokens=16,
+            decode_strategy="greedy_search",
+            pad_token_id=0,
+            eos_token_id=None,
         )
         assert pd_ids.shape == [len(prompts), 16]
         np.testing.assert_array_equal(pd_ids.numpy(), hf_ids)
@@ -197,11 +208,20 @@ def test_generate_without_mask_and_beam_and_sampling(hf_checkpoint):
 
     with torch.no_grad():
         hf_beam = hf_model.generate(
-            torch.tensor(prompt), max_new_tokens=8, num_beams=3, do_sample=False, pad_token_id=0, length_penalty=0.0,
+            torch.tensor(prompt),
+            max_new_tokens=8,
+            num_beams=3,
+            do_sample=False,
+            pad_token_id=0,
+            length_penalty=0.0,
             early_stopping=False,
         )
     pd_beam, _ = pd_model.generate(
-        paddle.to_tensor(prompt), max_new_tokens=8, decode_strategy="beam_search", num_beams=3, length_penalty=0.0,
+        paddle.to_tensor(prompt),
+        max_new_tokens=8,
+        decode_strategy="beam_search",
+        num_beams=3,
+        length_penalty=0.0,
     )
     np.testing.assert_array_equal(pd_beam.numpy(), hf_beam[:, 6:].numpy())
 

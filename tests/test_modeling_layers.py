@@ -1,7 +1,6 @@
 """Each component of modeling.py (and the rope / losses / flops modules it uses), tested on its own against HF's
 functions where HF has one; every name of the PaddleNLP layout importable."""
 
-import json
 import math
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 from transformers.models.qwen2 import modeling_qwen2 as hf_qwen2
 
-from conftest import BASE, VARIANTS, assert_close, load_hf, load_paddle, write_hf_checkpoint
+from conftest import BASE, VARIANTS, assert_close, load_hf, load_paddle
 from paddle_qwen2 import Qwen2Config, modeling
 from paddle_qwen2.modeling import (
     Qwen2Attention,

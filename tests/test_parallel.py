@@ -3,7 +3,6 @@ fleet, the tensor-parallel split/merge actions round-trip every weight, and fuse
 from and save to the separate-weight layout. (Multi-process runs are in tests/distributed/.)"""
 
 import zlib  # noqa: F401
-
 from pathlib import Path
 
 import numpy as np

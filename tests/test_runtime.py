@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 import pytest
 
@@ -21,7 +21,7 @@ WARNING = "paddle was imported before configure_cpu_threads()"
 CPUS = len(os.sched_getaffinity(0))
 
 
-def run_child(body: str, env: Optional[Dict[str, str]] = None, timeout: int = 120) -> Tuple[dict, str]:
+def run_child(body: str, env: Optional[dict[str, str]] = None, timeout: int = 120) -> tuple[dict, str]:
     """Run `body` in a new interpreter with `env` (default: none of KEYS) on top of this process's environment
     minus KEYS. `body` sets `result`; returns (result, stderr)."""
     child_env = {k: v for k, v in os.environ.items() if k not in KEYS}
@@ -42,7 +42,7 @@ result = {{"returned": returned, "environ": {{k: os.environ.get(k) for k in {key
 """
 
 
-def call(arg: str = "", env: Optional[Dict[str, str]] = None, before: str = "") -> Tuple[dict, str]:
+def call(arg: str = "", env: Optional[dict[str, str]] = None, before: str = "") -> tuple[dict, str]:
     """`configure_cpu_threads(<arg>)` in a child, after the statements `before`."""
     return run_child(before + CALL.format(arg=arg, keys=KEYS), env)
 

@@ -4,6 +4,7 @@ The tokenizer is built with the `tokenizers` library directly (not with paddle_q
 Qwen2's pre-tokenizer regex, NFC, the three ChatML special tokens appended after the BPE vocabulary, plus one
 non-special added token as Qwen2.5 has (`<tool_call>`). It is saved as Qwen2's files and read by HF and by ours.
 """
+
 import json
 import shutil
 import unicodedata
@@ -25,7 +26,10 @@ from paddle_qwen2.tokenizer import (  # noqa: E402
     train_qwen2_bpe,
 )
 
-QWEN2_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN2_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 # The chat template shipped with Qwen2-Instruct.
 QWEN2_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -66,13 +70,20 @@ def _write_qwen2_tokenizer(folder: Path) -> Path:
 
     backend = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, min_frequency=2, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  special_tokens=[], show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+        show_progress=False,
+    )
     backend.train_from_iterator(TRAINING_TEXT, trainer)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
@@ -84,8 +95,14 @@ def _write_qwen2_tokenizer(folder: Path) -> Path:
     config = {
         "add_prefix_space": False,
         "added_tokens_decoder": {
-            str(i): {"content": t.content, "lstrip": False, "normalized": False, "rstrip": False,
-                     "single_word": False, "special": t.special}
+            str(i): {
+                "content": t.content,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": t.special,
+            }
             for i, t in sorted(added.items())
         },
         "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
@@ -125,7 +142,7 @@ def test_tokenizer_really_is_qwen2_shaped(tok_dir, hf_tok):
     assert len(vocab) > 400  # merges were learned
     endoftext = hf_tok.convert_tokens_to_ids("<|endoftext|>")
     assert endoftext == len(vocab) and hf_tok.convert_tokens_to_ids("<|im_end|>") == len(vocab) + 2
-    assert len(hf_tok("你好，世界")["input_ids"]) < len("你好，世界".encode("utf-8"))  # not byte-per-token
+    assert len(hf_tok("你好，世界")["input_ids"]) < len("你好，世界".encode())  # not byte-per-token
 
 
 @pytest.mark.parametrize("name", sorted(TEXTS))
@@ -158,7 +175,9 @@ def test_chat_template_matches_hf(ours, hf_tok, add_generation_prompt):
         assert ours.apply_chat_template(chat, add_generation_prompt=add_generation_prompt) == expected
         encoded = ours.apply_chat_template(chat, add_generation_prompt=add_generation_prompt, return_dict=True)
         assert encoded["input_ids"] == expected and encoded["attention_mask"] == [1] * len(expected)
-    assert "<|im_start|>system\nYou are a helpful assistant.<|im_end|>" in ours.apply_chat_template(CHAT[1:2], tokenize=False)
+    assert "<|im_start|>system\nYou are a helpful assistant.<|im_end|>" in ours.apply_chat_template(
+        CHAT[1:2], tokenize=False
+    )
 
 
 def test_default_chat_template_is_chatml(tok_dir, tmp_path, hf_tok):

@@ -9,6 +9,7 @@ lines of classical Chinese (Analects, Dao De Jing) that are in the public domain
 
     python examples/data/build_data.py
 """
+
 from __future__ import annotations
 
 import csv
@@ -92,42 +93,159 @@ MEASURE_ZH = {"牛": "头", "马": "匹", "猪": "头", "狮子": "头", "大象
 
 # (thing, 东西, color, 颜色)
 COLORS = [
-    ("the sky", "天空", "blue", "蓝色"), ("grass", "草", "green", "绿色"), ("snow", "雪", "white", "白色"),
-    ("coal", "煤", "black", "黑色"), ("a banana", "香蕉", "yellow", "黄色"), ("a tomato", "西红柿", "red", "红色"),
-    ("an orange", "橙子", "orange", "橙色"), ("the sea", "大海", "blue", "蓝色"), ("milk", "牛奶", "white", "白色"),
-    ("a strawberry", "草莓", "red", "红色"), ("the sun", "太阳", "yellow", "黄色"), ("a leaf", "树叶", "green", "绿色"),
-    ("a crow", "乌鸦", "black", "黑色"), ("a lemon", "柠檬", "yellow", "黄色"), ("a cloud", "云", "white", "白色"),
-    ("a grape", "葡萄", "purple", "紫色"), ("chocolate", "巧克力", "brown", "棕色"), ("a carrot", "胡萝卜", "orange", "橙色"),
+    ("the sky", "天空", "blue", "蓝色"),
+    ("grass", "草", "green", "绿色"),
+    ("snow", "雪", "white", "白色"),
+    ("coal", "煤", "black", "黑色"),
+    ("a banana", "香蕉", "yellow", "黄色"),
+    ("a tomato", "西红柿", "red", "红色"),
+    ("an orange", "橙子", "orange", "橙色"),
+    ("the sea", "大海", "blue", "蓝色"),
+    ("milk", "牛奶", "white", "白色"),
+    ("a strawberry", "草莓", "red", "红色"),
+    ("the sun", "太阳", "yellow", "黄色"),
+    ("a leaf", "树叶", "green", "绿色"),
+    ("a crow", "乌鸦", "black", "黑色"),
+    ("a lemon", "柠檬", "yellow", "黄色"),
+    ("a cloud", "云", "white", "白色"),
+    ("a grape", "葡萄", "purple", "紫色"),
+    ("chocolate", "巧克力", "brown", "棕色"),
+    ("a carrot", "胡萝卜", "orange", "橙色"),
 ]
 
-NUM_EN = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-          "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
-NUM_ZH = ["零", "一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "十一", "十二", "十三", "十四", "十五",
-          "十六", "十七", "十八", "十九", "二十"]
+NUM_EN = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+]
+NUM_ZH = [
+    "零",
+    "一",
+    "二",
+    "三",
+    "四",
+    "五",
+    "六",
+    "七",
+    "八",
+    "九",
+    "十",
+    "十一",
+    "十二",
+    "十三",
+    "十四",
+    "十五",
+    "十六",
+    "十七",
+    "十八",
+    "十九",
+    "二十",
+]
 DAYS_EN = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 DAYS_ZH = ["星期一", "星期二", "星期三", "星期四", "星期五", "星期六", "星期日"]
-MONTHS_EN = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-             "November", "December"]
+MONTHS_EN = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 MONTHS_ZH = ["一月", "二月", "三月", "四月", "五月", "六月", "七月", "八月", "九月", "十月", "十一月", "十二月"]
-SEASONS = [("spring", "春天", "warm", "温暖", "flowers open", "花开了"), ("summer", "夏天", "hot", "炎热", "days are long", "白天很长"),
-           ("autumn", "秋天", "cool", "凉爽", "leaves fall", "树叶落下"), ("winter", "冬天", "cold", "寒冷", "snow falls", "下雪了")]
+SEASONS = [
+    ("spring", "春天", "warm", "温暖", "flowers open", "花开了"),
+    ("summer", "夏天", "hot", "炎热", "days are long", "白天很长"),
+    ("autumn", "秋天", "cool", "凉爽", "leaves fall", "树叶落下"),
+    ("winter", "冬天", "cold", "寒冷", "snow falls", "下雪了"),
+]
 
-NAMES_EN = [("Tom", "he"), ("Anna", "she"), ("Lily", "she"), ("Ben", "he"), ("Mia", "she"), ("Sam", "he"),
-            ("Lucy", "she"), ("Jack", "he"), ("Emma", "she"), ("Leo", "he"), ("Nora", "she"), ("Max", "he")]
+NAMES_EN = [
+    ("Tom", "he"),
+    ("Anna", "she"),
+    ("Lily", "she"),
+    ("Ben", "he"),
+    ("Mia", "she"),
+    ("Sam", "he"),
+    ("Lucy", "she"),
+    ("Jack", "he"),
+    ("Emma", "she"),
+    ("Leo", "he"),
+    ("Nora", "she"),
+    ("Max", "he"),
+]
 NAMES_ZH = ["小明", "小红", "小刚", "小丽", "小华", "阿强", "小雨", "小月", "小林", "小芳", "小军", "小燕"]
-PLACES = [("forest", "森林"), ("river", "河边"), ("market", "集市"), ("school", "学校"), ("garden", "花园"),
-          ("mountain", "山上"), ("beach", "海边"), ("library", "图书馆"), ("farm", "农场"), ("park", "公园")]
-ACTIVITIES = [("read a book", "看书"), ("pick apples", "摘苹果"), ("draw pictures", "画画"), ("catch fish", "钓鱼"),
-              ("play with friends", "和朋友玩"), ("sing songs", "唱歌"), ("plant trees", "种树"), ("fly a kite", "放风筝"),
-              ("feed the ducks", "喂鸭子"), ("learn to count", "学数数")]
-FOUND = [("a small box", "一个小盒子"), ("an old map", "一张旧地图"), ("a shiny stone", "一块发亮的石头"),
-         ("a lost puppy", "一只迷路的小狗"), ("a blue feather", "一根蓝色的羽毛"), ("a letter", "一封信"),
-         ("a golden key", "一把金钥匙"), ("a little bird", "一只小鸟")]
-ENDINGS_EN = ["That night {p} slept well and dreamed of the {place}.", "{N} told the story to everyone at dinner.",
-              "From that day on, {N} went to the {place} every week.", "{N} smiled, because it had been a good day.",
-              "Later {p} gave it to a friend, and they both laughed."]
-ENDINGS_ZH = ["那天晚上，{N}睡得很香，梦见了{place}。", "吃晚饭的时候，{N}把这件事讲给了家里人听。",
-              "从那以后，{N}每个星期都去{place}。", "{N}笑了，因为这是美好的一天。", "后来{N}把它送给了朋友，两个人都很开心。"]
+PLACES = [
+    ("forest", "森林"),
+    ("river", "河边"),
+    ("market", "集市"),
+    ("school", "学校"),
+    ("garden", "花园"),
+    ("mountain", "山上"),
+    ("beach", "海边"),
+    ("library", "图书馆"),
+    ("farm", "农场"),
+    ("park", "公园"),
+]
+ACTIVITIES = [
+    ("read a book", "看书"),
+    ("pick apples", "摘苹果"),
+    ("draw pictures", "画画"),
+    ("catch fish", "钓鱼"),
+    ("play with friends", "和朋友玩"),
+    ("sing songs", "唱歌"),
+    ("plant trees", "种树"),
+    ("fly a kite", "放风筝"),
+    ("feed the ducks", "喂鸭子"),
+    ("learn to count", "学数数"),
+]
+FOUND = [
+    ("a small box", "一个小盒子"),
+    ("an old map", "一张旧地图"),
+    ("a shiny stone", "一块发亮的石头"),
+    ("a lost puppy", "一只迷路的小狗"),
+    ("a blue feather", "一根蓝色的羽毛"),
+    ("a letter", "一封信"),
+    ("a golden key", "一把金钥匙"),
+    ("a little bird", "一只小鸟"),
+]
+ENDINGS_EN = [
+    "That night {p} slept well and dreamed of the {place}.",
+    "{N} told the story to everyone at dinner.",
+    "From that day on, {N} went to the {place} every week.",
+    "{N} smiled, because it had been a good day.",
+    "Later {p} gave it to a friend, and they both laughed.",
+]
+ENDINGS_ZH = [
+    "那天晚上，{N}睡得很香，梦见了{place}。",
+    "吃晚饭的时候，{N}把这件事讲给了家里人听。",
+    "从那以后，{N}每个星期都去{place}。",
+    "{N}笑了，因为这是美好的一天。",
+    "后来{N}把它送给了朋友，两个人都很开心。",
+]
 
 ASSISTANT_NAME_EN = "I am Paddle Qwen, a small assistant fine-tuned with PaddlePaddle."
 ASSISTANT_NAME_ZH = "我是 Paddle Qwen，一个用飞桨微调的小助手。"
@@ -137,12 +255,24 @@ def country_docs(rng: random.Random):
     en, zh = [], []
     for c, cz, cap, capz, cont, contz, lang, langz in COUNTRIES:
         for _ in range(3):
-            s_en = [f"The capital of {c} is {cap}.", f"{cap} is a city in {cont}.", f"{cap} is the capital of {c}.",
-                    f"{c} is a country in {cont}.", f"People in {c} speak {lang}.", f"Many people visit {cap} every year."]
+            s_en = [
+                f"The capital of {c} is {cap}.",
+                f"{cap} is a city in {cont}.",
+                f"{cap} is the capital of {c}.",
+                f"{c} is a country in {cont}.",
+                f"People in {c} speak {lang}.",
+                f"Many people visit {cap} every year.",
+            ]
             rng.shuffle(s_en)
             en.append(f"The capital of {c} is {cap}. " + " ".join(s_en[: rng.randint(3, 5)]))
-            s_zh = [f"{cz}的首都是{capz}。", f"{capz}是{contz}的一座城市。", f"{capz}是{cz}的首都。", f"{cz}是{contz}的一个国家。",
-                    f"{cz}人说{langz}。", f"每年都有很多人去{capz}旅游。"]
+            s_zh = [
+                f"{cz}的首都是{capz}。",
+                f"{capz}是{contz}的一座城市。",
+                f"{capz}是{cz}的首都。",
+                f"{cz}是{contz}的一个国家。",
+                f"{cz}人说{langz}。",
+                f"每年都有很多人去{capz}旅游。",
+            ]
             rng.shuffle(s_zh)
             zh.append(f"{cz}的首都是{capz}。" + "".join(s_zh[: rng.randint(3, 5)]))
     for cont, contz in sorted({(c[4], c[5]) for c in COUNTRIES}):
@@ -156,14 +286,22 @@ def animal_docs(rng: random.Random):
     en, zh = [], []
     for a, az, snd, sndz, legs, food, foodz, home, homez in ANIMALS:
         for _ in range(3):
-            s_en = [f"A {a} has {NUM_EN[legs]} legs." if legs else f"A {a} has no legs.",
-                    f"A {a} likes to eat {food}.", f"A {a} lives in the {home}.",
-                    f"A {a} says {snd}." if snd != "no sound" else f"A {a} makes almost no sound.",
-                    f"The children saw a {a} near the {home}."]
+            s_en = [
+                f"A {a} has {NUM_EN[legs]} legs." if legs else f"A {a} has no legs.",
+                f"A {a} likes to eat {food}.",
+                f"A {a} lives in the {home}.",
+                f"A {a} says {snd}." if snd != "no sound" else f"A {a} makes almost no sound.",
+                f"The children saw a {a} near the {home}.",
+            ]
             rng.shuffle(s_en)
             en.append(" ".join(s_en[: rng.randint(3, 5)]))
-            s_zh = [f"{az}有{NUM_ZH[legs] if legs != 2 else '两'}条腿。" if legs else f"{az}没有腿。", f"{az}喜欢吃{foodz}。",
-                    f"{az}住在{homez}。", f"{az}{sndz}。", f"孩子们在{homez}看见了一{MEASURE_ZH.get(az, '只')}{az}。"]
+            s_zh = [
+                f"{az}有{NUM_ZH[legs] if legs != 2 else '两'}条腿。" if legs else f"{az}没有腿。",
+                f"{az}喜欢吃{foodz}。",
+                f"{az}住在{homez}。",
+                f"{az}{sndz}。",
+                f"孩子们在{homez}看见了一{MEASURE_ZH.get(az, '只')}{az}。",
+            ]
             rng.shuffle(s_zh)
             zh.append("".join(s_zh[: rng.randint(3, 5)]))
     return en, zh
@@ -183,8 +321,12 @@ def number_docs(rng: random.Random):
     pairs = [(a, b) for a in range(11) for b in range(11) if a + b <= 20]
     rng.shuffle(pairs)
     for i in range(0, len(pairs), 4):
-        chunk = pairs[i: i + 4]
-        en.append(" ".join(f"{NUM_EN[a].capitalize()} plus {NUM_EN[b]} is {NUM_EN[a + b]}. {a} + {b} = {a + b}." for a, b in chunk))
+        chunk = pairs[i : i + 4]
+        en.append(
+            " ".join(
+                f"{NUM_EN[a].capitalize()} plus {NUM_EN[b]} is {NUM_EN[a + b]}. {a} + {b} = {a + b}." for a, b in chunk
+            )
+        )
         zh.append("".join(f"{NUM_ZH[a]}加{NUM_ZH[b]}等于{NUM_ZH[a + b]}。{a} + {b} = {a + b}。" for a, b in chunk))
     for n in range(1, 20):
         en.append(f"After {NUM_EN[n]} comes {NUM_EN[n + 1]}. {n} is followed by {n + 1}.")
@@ -212,18 +354,24 @@ def story_docs(rng: random.Random, n: int):
     en, zh = [], []
     for _ in range(n):
         (name, p), (place, placez), (act, actz), (found, foundz) = (
-            rng.choice(NAMES_EN), rng.choice(PLACES), rng.choice(ACTIVITIES), rng.choice(FOUND))
+            rng.choice(NAMES_EN),
+            rng.choice(PLACES),
+            rng.choice(ACTIVITIES),
+            rng.choice(FOUND),
+        )
         season = rng.choice(SEASONS)
         cap = p.capitalize()
         en.append(
             f"{name} lived in a small village near the {place}. Every morning {p} went to the {place} to {act}. "
             f"One {season[0]} day {p} found {found} under a tree. {cap} looked at it for a long time. "
-            + rng.choice(ENDINGS_EN).format(N=name, p=p, place=place))
+            + rng.choice(ENDINGS_EN).format(N=name, p=p, place=place)
+        )
         nz = rng.choice(NAMES_ZH)
         zh.append(
             f"{nz}住在{placez}附近的一个小村子里。每天早上，{nz}都去{placez}{actz}。"
             f"{season[1]}的一天，{nz}在一棵树下发现了{foundz}。{nz}看了很久。"
-            + rng.choice(ENDINGS_ZH).format(N=nz, place=placez))
+            + rng.choice(ENDINGS_ZH).format(N=nz, place=placez)
+        )
     return en, zh
 
 
@@ -248,16 +396,24 @@ def sft_chats(rng: random.Random):
 
     def add(user, answer, system=None):
         messages = [{"role": "system", "content": system}] if system else []
-        chats.append({"messages": messages + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]})
+        chats.append(
+            {"messages": messages + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+        )
 
-    for c, cz, cap, capz, cont, contz, lang, langz in COUNTRIES:
-        add(rng.choice([f"What is the capital of {c}?", f"Which city is the capital of {c}?", f"Tell me the capital of {c}."]),
-            f"The capital of {c} is {cap}.")
-        add(rng.choice([f"{cz}的首都是哪里？", f"{cz}的首都是什么？", f"请告诉我{cz}的首都。"]), f"{cz}的首都是{capz}。")
+    for c, cz, cap, capz, cont, _contz, lang, langz in COUNTRIES:
+        add(
+            rng.choice(
+                [f"What is the capital of {c}?", f"Which city is the capital of {c}?", f"Tell me the capital of {c}."]
+            ),
+            f"The capital of {c} is {cap}.",
+        )
+        add(
+            rng.choice([f"{cz}的首都是哪里？", f"{cz}的首都是什么？", f"请告诉我{cz}的首都。"]), f"{cz}的首都是{capz}。"
+        )
         add(f"What language do people speak in {c}?", f"People in {c} speak {lang}.")
         add(f"{cz}人说什么语言？", f"{cz}人说{langz}。")
         add(f"Where is {c}?", f"{c} is a country in {cont}.")
-    for a, az, snd, sndz, legs, food, foodz, home, homez in ANIMALS:
+    for a, az, snd, sndz, legs, food, foodz, _home, _homez in ANIMALS:
         add(f"How many legs does a {a} have?", f"A {a} has {NUM_EN[legs]} legs." if legs else f"A {a} has no legs.")
         add(f"{az}有几条腿？", f"{az}有{NUM_ZH[legs] if legs != 2 else '两'}条腿。" if legs else f"{az}没有腿。")
         add(f"What does a {a} like to eat?", f"A {a} likes to eat {food}.")
@@ -279,17 +435,26 @@ def sft_chats(rng: random.Random):
         add(q, ASSISTANT_NAME_EN)
     for q in ["你是谁？", "你叫什么名字？", "请介绍一下你自己。", "你好！你是谁？"]:
         add(q, ASSISTANT_NAME_ZH)
-    for q, ans in [("Hello!", "Hello! How can I help you today?"), ("Hi", "Hi! How can I help you today?"),
-                   ("Thank you!", "You are welcome!"), ("你好！", "你好！有什么可以帮你的吗？"), ("谢谢！", "不客气！")]:
+    for q, ans in [
+        ("Hello!", "Hello! How can I help you today?"),
+        ("Hi", "Hi! How can I help you today?"),
+        ("Thank you!", "You are welcome!"),
+        ("你好！", "你好！有什么可以帮你的吗？"),
+        ("谢谢！", "不客气！"),
+    ]:
         add(q, ans)
     # a few multi-turn chats and chats with their own system message
-    for c, cz, cap, capz, cont, contz, lang, langz in rng.sample(COUNTRIES, 8):
-        chats.append({"messages": [
-            {"role": "user", "content": f"What is the capital of {c}?"},
-            {"role": "assistant", "content": f"The capital of {c} is {cap}."},
-            {"role": "user", "content": "And what language do people speak there?"},
-            {"role": "assistant", "content": f"People in {c} speak {lang}."},
-        ]})
+    for c, cz, cap, capz, _cont, _contz, lang, _langz in rng.sample(COUNTRIES, 8):
+        chats.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"What is the capital of {c}?"},
+                    {"role": "assistant", "content": f"The capital of {c} is {cap}."},
+                    {"role": "user", "content": "And what language do people speak there?"},
+                    {"role": "assistant", "content": f"People in {c} speak {lang}."},
+                ]
+            }
+        )
         add(f"{cz}的首都是哪里？", f"{cz}的首都是{capz}。", system="你是一个乐于助人的助手。")
     rng.shuffle(chats)
     return chats
@@ -299,8 +464,16 @@ POSITIVE_EN = ["great", "wonderful", "lovely", "excellent", "delightful", "beaut
 NEGATIVE_EN = ["terrible", "boring", "awful", "disappointing", "dull", "bad", "annoying", "poor"]
 POSITIVE_ZH = ["很好", "非常精彩", "很有趣", "太棒了", "很美", "让人开心"]
 NEGATIVE_ZH = ["很差", "非常无聊", "很糟糕", "让人失望", "太难看了", "让人生气"]
-TOPICS = [("book", "这本书"), ("film", "这部电影"), ("song", "这首歌"), ("meal", "这顿饭"), ("trip", "这次旅行"),
-          ("game", "这个游戏"), ("park", "这个公园"), ("class", "这节课")]
+TOPICS = [
+    ("book", "这本书"),
+    ("film", "这部电影"),
+    ("song", "这首歌"),
+    ("meal", "这顿饭"),
+    ("trip", "这次旅行"),
+    ("game", "这个游戏"),
+    ("park", "这个公园"),
+    ("class", "这节课"),
+]
 
 
 def sentiment_rows(rng: random.Random, n: int):
@@ -310,7 +483,9 @@ def sentiment_rows(rng: random.Random, n: int):
         topic, topicz = rng.choice(TOPICS)
         if rng.random() < 0.5:
             word = rng.choice(POSITIVE_EN if label else NEGATIVE_EN)
-            text = rng.choice([f"The {topic} was {word}.", f"What a {word} {topic}!", f"I think this {topic} is {word}."])
+            text = rng.choice(
+                [f"The {topic} was {word}.", f"What a {word} {topic}!", f"I think this {topic} is {word}."]
+            )
         else:
             word = rng.choice(POSITIVE_ZH if label else NEGATIVE_ZH)
             text = rng.choice([f"{topicz}{word}。", f"我觉得{topicz}{word}。"])

@@ -7,7 +7,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Union
 
 from .errors import ConversionError
 from .names import (
@@ -31,12 +31,12 @@ class Checkpoint:
 
     folder: Path
     layout: str  # "hf" or "paddle"
-    files: List[Path]
-    entries: Dict[str, TensorEntry]
+    files: list[Path]
+    entries: dict[str, TensorEntry]
     kind: str  # e.g. "safetensors", "sharded safetensors (3 files)", "pytorch .bin"
 
 
-def _weights_candidates(layout: str) -> List[str]:
+def _weights_candidates(layout: str) -> list[str]:
     if layout == "hf":  # transformers' order of preference
         return [SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, TORCH_WEIGHTS_NAME, TORCH_WEIGHTS_INDEX_NAME]
     return [SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME]  # paddlenlp's order
@@ -55,12 +55,12 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _index_shards(index_path: Path) -> Dict[str, List[str]]:
+def _index_shards(index_path: Path) -> dict[str, list[str]]:
     """shard file name -> tensor names, from an index's weight_map (shards must sit in the same folder)."""
     weight_map = _read_json(index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ConversionError(f"{index_path}: no 'weight_map' (tensor name -> shard file)")
-    shards: Dict[str, List[str]] = {}
+    shards: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or os.path.basename(shard) != shard or shard in ("", ".", ".."):
             raise ConversionError(
@@ -72,7 +72,7 @@ def _index_shards(index_path: Path) -> Dict[str, List[str]]:
     return dict(sorted(shards.items()))
 
 
-def _file_entries(path: Path, layout: str) -> List[TensorEntry]:
+def _file_entries(path: Path, layout: str) -> list[TensorEntry]:
     return _safetensors_entries(path, layout) if path.name.endswith(".safetensors") else _torch_entries(path)
 
 
@@ -95,7 +95,7 @@ def open_checkpoint(folder: PathLike, layout: str) -> Checkpoint:
     else:
         shards, files = None, [chosen]
         kind = "safetensors" if chosen.name.endswith(".safetensors") else "pytorch .bin"
-    entries: Dict[str, TensorEntry] = {}
+    entries: dict[str, TensorEntry] = {}
     for path in files:
         file_entries = _file_entries(path, layout)
         names = {e.name for e in file_entries}
@@ -114,7 +114,7 @@ def open_checkpoint(folder: PathLike, layout: str) -> Checkpoint:
     return Checkpoint(folder, layout, files, entries, kind)
 
 
-def _tensor_names(folder: Path) -> Tuple[List[str], dict]:
+def _tensor_names(folder: Path) -> tuple[list[str], dict]:
     """Names in the first safetensors file (or index) of `folder` and that file's metadata ({} for an index)."""
     if (folder / SAFE_WEIGHTS_INDEX_NAME).is_file():
         return list(_read_json(folder / SAFE_WEIGHTS_INDEX_NAME).get("weight_map") or {}), {}
@@ -123,7 +123,7 @@ def _tensor_names(folder: Path) -> Tuple[List[str], dict]:
     return list(header), metadata
 
 
-def detect_layout(folder: PathLike) -> Optional[str]:
+def detect_layout(folder: PathLike) -> str | None:
     """ "hf" or "paddle" for a Qwen2 checkpoint folder, None when it holds no weights file we know.
 
     PyTorch pickles are HF. For safetensors, names under `model.` / `transformer.` are HF and under `qwen2.`

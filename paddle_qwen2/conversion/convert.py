@@ -16,9 +16,10 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Callable
 
 from .checkpoint import PathLike, _read_json, detect_layout, open_checkpoint
 from .dtypes import CODE_NAMES, DTYPE_CODES
@@ -65,7 +66,7 @@ _WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pdparams|pdopt|pt|pth|ckpt|h5|m
 # ---------------------------------------------------------------------------------------------------- config, files
 
 
-def _config_dtype(config: Mapping) -> Optional[str]:
+def _config_dtype(config: Mapping) -> str | None:
     value = config.get("torch_dtype") or config.get("dtype")
     return value if value in DTYPE_CODES else None
 
@@ -87,7 +88,7 @@ def _output_config(config: dict, architecture: str, to_paddle: bool, dtype_name:
     return out
 
 
-def _extra_files(folder: Path) -> List[Path]:
+def _extra_files(folder: Path) -> list[Path]:
     """Tokenizer, generation config and other plain files to copy: every top-level file except config.json,
     weights and their indices, and hidden files."""
     return sorted(
@@ -146,12 +147,12 @@ class ConversionSummary:
     source_kind: str
     tensors: int
     parameters: int
-    dtypes: List[str]
+    dtypes: list[str]
     bytes: int
-    files: List[str]
-    copied: List[str]
+    files: list[str]
+    copied: list[str]
     seconds: float
-    notes: List[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def format(self) -> str:
         rate = self.bytes / 1e6 / self.seconds if self.seconds > 0 else float("inf")
@@ -175,9 +176,9 @@ def convert_checkpoint(
     src: PathLike,
     dst: PathLike,
     to_paddle: bool = True,
-    dtype: Optional[str] = None,
+    dtype: str | None = None,
     force: bool = False,
-    max_shard_size: Union[int, str] = DEFAULT_MAX_SHARD_SIZE,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
     progress: bool = True,
 ) -> ConversionSummary:
     """Convert the checkpoint folder `src` (HF when `to_paddle`, else Paddle) into `dst` in the other layout.
@@ -202,7 +203,7 @@ def convert_checkpoint(
         raise ConversionError(f"{src}: is {names[layout]} checkpoint, expected {names[src_layout]} one (use {hint})")
     checkpoint = open_checkpoint(src, src_layout)
     architecture = _architecture(config, list(checkpoint.entries), src_layout)
-    notes: List[str] = []
+    notes: list[str] = []
     items = _plan(checkpoint, architecture, dims, to_paddle, DTYPE_CODES.get(dtype), notes=notes)
     dtypes = sorted({CODE_NAMES[item.dtype] for item in items})
     dtype_name = dtype or _config_dtype(config) or CODE_NAMES[max(items, key=lambda item: item.nbytes).dtype]
@@ -241,9 +242,9 @@ def convert_checkpoint(
 def read_paddle_state_dict(
     folder: PathLike,
     dims: ModelDims,
-    tensor_parallel_actions: Optional[Callable[[List[str]], Mapping[str, Callable]]] = None,
+    tensor_parallel_actions: Callable[[list[str]], Mapping[str, Callable]] | None = None,
     check_shapes: bool = True,
-) -> Dict[str, np.ndarray]:
+) -> dict[str, np.ndarray]:
     """The HF checkpoint in `folder` as a Paddle state dict (Paddle names, `[in, out]` Linear weights, numpy
     arrays; bfloat16 as uint16 bits), read one tensor at a time, for `from_pretrained`.
 
@@ -258,7 +259,7 @@ def read_paddle_state_dict(
     architecture = _architecture(file_config, list(checkpoint.entries), "hf")
     if not check_shapes and file_config:  # ignore_mismatched_sizes: the loader compares shapes with the model
         dims = ModelDims.from_config(file_config, str(folder / CONFIG_NAME))
-    notes: List[str] = []
+    notes: list[str] = []
     items = _plan(checkpoint, architecture, dims, to_paddle=True, dtype=None, strict=False, notes=notes)
     for note in notes:
         warnings.warn(f"{folder}: {note}")

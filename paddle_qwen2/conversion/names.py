@@ -7,12 +7,13 @@ and the file names of a checkpoint folder.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Optional
 
 from .errors import ConversionError
 
-Row = Tuple[str, str, Optional[str]]  # (hf_name, paddle_name, action: "transpose" or None)
+Row = tuple[str, str, Optional[str]]  # (hf_name, paddle_name, action: "transpose" or None)
 TRANSPOSE = "transpose"
 
 # File names of a checkpoint folder (the same in both layouts; the PyTorch pickles are HF only).
@@ -29,10 +30,10 @@ class HeadSpec:
     the bare base model) and the head's own rows `(hf_name, paddle_name, action)`."""
 
     hf_prefix: str
-    head_mappings: Tuple[Row, ...] = ()
+    head_mappings: tuple[Row, ...] = ()
 
 
-HF_ARCHITECTURES: Dict[str, HeadSpec] = {
+HF_ARCHITECTURES: dict[str, HeadSpec] = {
     "Qwen2Model": HeadSpec(""),
     "Qwen2ForCausalLM": HeadSpec("model", (("lm_head.weight", "lm_head.weight", TRANSPOSE),)),
     "Qwen2ForSequenceClassification": HeadSpec("model", (("score.weight", "score.weight", TRANSPOSE),)),
@@ -50,9 +51,9 @@ PADDLE_ONLY_ARCHITECTURES = {"Qwen2SentenceEmbedding": "Qwen2Model"}
 PADDLE_BASE_PREFIX = "qwen2"
 
 
-def _base_rows(num_hidden_layers: int) -> List[Tuple[str, Optional[str]]]:
+def _base_rows(num_hidden_layers: int) -> list[tuple[str, str | None]]:
     """Base-model tensor names (no prefix) and whether each is an nn.Linear weight (transposed)."""
-    rows: List[Tuple[str, Optional[str]]] = [("embed_tokens.weight", None), ("norm.weight", None)]
+    rows: list[tuple[str, str | None]] = [("embed_tokens.weight", None), ("norm.weight", None)]
     for i in range(num_hidden_layers):
         prefix = f"layers.{i}."
         for proj in ("q_proj", "k_proj", "v_proj"):
@@ -67,8 +68,8 @@ def _base_rows(num_hidden_layers: int) -> List[Tuple[str, Optional[str]]]:
 
 
 def name_rows(
-    num_hidden_layers: int, tie_word_embeddings: bool, hf_prefix: Optional[str], head_mappings: Sequence[Row] = ()
-) -> List[Row]:
+    num_hidden_layers: int, tie_word_embeddings: bool, hf_prefix: str | None, head_mappings: Sequence[Row] = ()
+) -> list[Row]:
     """HF name -> Paddle name rows `(hf_name, paddle_name, action)`; action "transpose" marks nn.Linear weights
     (HF `[out, in]`, Paddle `[in, out]`).
 
@@ -100,7 +101,7 @@ class ModelDims:
     num_labels: int = 2
 
     @classmethod
-    def from_config(cls, config: Union[Mapping, object], where: str = CONFIG_NAME) -> "ModelDims":
+    def from_config(cls, config: Mapping | object, where: str = CONFIG_NAME) -> ModelDims:
         """From a config.json dict or a config object (attributes)."""
         get = config.get if isinstance(config, Mapping) else (lambda key, default=None: getattr(config, key, default))
         required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
@@ -124,7 +125,7 @@ class ModelDims:
         )
 
 
-def expected_hf_shape(hf_name: str, dims: ModelDims) -> Tuple[int, ...]:
+def expected_hf_shape(hf_name: str, dims: ModelDims) -> tuple[int, ...]:
     """Shape of `hf_name` in an HF checkpoint of `dims` (Linear weights `[out, in]`)."""
     h, v, i = dims.hidden_size, dims.vocab_size, dims.intermediate_size
     q, kv = dims.num_attention_heads * dims.head_dim, dims.num_key_value_heads * dims.head_dim
@@ -152,7 +153,7 @@ def expected_hf_shape(hf_name: str, dims: ModelDims) -> Tuple[int, ...]:
     return shapes[".".join(hf_name.split(".")[-2:])]
 
 
-def conversion_rows(architecture: str, dims: ModelDims) -> List[Row]:
+def conversion_rows(architecture: str, dims: ModelDims) -> list[Row]:
     """Rows for the weights of a checkpoint of `architecture` (HF or Paddle class name)."""
     if architecture in PADDLE_ONLY_ARCHITECTURES:  # Paddle `qwen2.*` <-> HF bare base model
         return [(hf, f"{PADDLE_BASE_PREFIX}.{pd}", a) for hf, pd, a in name_rows(dims.num_hidden_layers, False, None)]

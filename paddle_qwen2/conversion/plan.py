@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
 
 from .checkpoint import Checkpoint
 from .dtypes import FLOAT_CODES, _itemsize
@@ -21,7 +20,7 @@ class _Item:
     entry: TensorEntry
     name: str
     dtype: str
-    shape: Tuple[int, ...]
+    shape: tuple[int, ...]
     transpose: bool
 
     @property
@@ -39,10 +38,10 @@ def _plan(
     architecture: str,
     dims: ModelDims,
     to_paddle: bool,
-    dtype: Optional[str],
+    dtype: str | None,
     strict: bool = True,
-    notes: Optional[List[str]] = None,
-) -> List[_Item]:
+    notes: list[str] | None = None,
+) -> list[_Item]:
     """Output items in source file order. `strict`: a missing or unexpected tensor is an error (the CLI);
     otherwise unmapped tensors are skipped and missing ones left to the loader (from_pretrained)."""
     rows = conversion_rows(architecture, dims)

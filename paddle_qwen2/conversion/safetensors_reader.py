@@ -7,7 +7,6 @@ import json
 import math
 import struct
 from pathlib import Path
-from typing import List, Tuple
 
 from .dtypes import _STORAGE, _itemsize
 from .errors import ConversionError
@@ -16,7 +15,7 @@ from .tensors import TensorEntry
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-def read_safetensors_header(path: Path) -> Tuple[dict, int]:
+def read_safetensors_header(path: Path) -> tuple[dict, int]:
     """(header dict, byte offset of the data section); raises ConversionError for truncated / corrupted files."""
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -38,7 +37,7 @@ def read_safetensors_header(path: Path) -> Tuple[dict, int]:
     return header, 8 + length
 
 
-def _safetensors_entries(path: Path, layout: str) -> List[TensorEntry]:
+def _safetensors_entries(path: Path, layout: str) -> list[TensorEntry]:
     """Entries in file order (by data offset); the data must exactly fill the file after the header."""
     header, data_start = read_safetensors_header(path)
     header.pop("__metadata__", None)

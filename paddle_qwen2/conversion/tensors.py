@@ -9,7 +9,6 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
 
 from .dtypes import _itemsize, _LazyNumpy, _np_dtype
 from .errors import ConversionError
@@ -27,13 +26,13 @@ class TensorEntry:
 
     name: str
     dtype: str
-    shape: Tuple[int, ...]
+    shape: tuple[int, ...]
     file: Path
     offset: int
     read_nbytes: int
     storage_code: str
-    view: Optional[Tuple[int, Tuple[int, ...]]] = None
-    crc: Optional[int] = None
+    view: tuple[int, tuple[int, ...]] | None = None
+    crc: int | None = None
 
     @property
     def nbytes(self) -> int:

@@ -16,7 +16,6 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple
 
 from .dtypes import _itemsize
 from .errors import ConversionError
@@ -52,8 +51,8 @@ class _StorageRef:
 class _TensorRef:
     storage: _StorageRef
     offset: int
-    shape: Tuple[int, ...]
-    stride: Tuple[int, ...]
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_unused) -> _TensorRef:
@@ -98,7 +97,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _StorageRef(str(pid[2]), pid[1].code, int(pid[4]))
 
 
-def _torch_entries(path: Path) -> List[TensorEntry]:
+def _torch_entries(path: Path) -> list[TensorEntry]:
     """Entries of a `torch.save` zip archive (`<prefix>/data.pkl` + one stored entry `<prefix>/data/<key>` per
     storage), in the pickle's order, without reading any tensor data."""
     if not zipfile.is_zipfile(path):

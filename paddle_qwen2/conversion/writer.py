@@ -16,11 +16,12 @@ import json
 import os
 import re
 import struct
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable
 
 from .dtypes import _itemsize, _LazyNumpy, _np_dtype, cast_array
 from .errors import ConversionError
@@ -43,7 +44,7 @@ except ImportError:
 # ---------------------------------------------------------------------------------------------------- transposes
 
 
-def _fill_transposed(out: np.ndarray, array: np.ndarray, start: int, stop: int, scratch: Optional[np.ndarray]) -> None:
+def _fill_transposed(out: np.ndarray, array: np.ndarray, start: int, stop: int, scratch: np.ndarray | None) -> None:
     """out[:] = array[:, start:stop].T for a 2-D `array`, without the GIL where it can.
 
     With the compiled `_transpose` module (built by `pip install`): SIMD tiles, ~3 GB/s per core for 2-byte
@@ -94,7 +95,7 @@ def _disk_code(code: str, layout: str) -> str:
 
 def _safetensors_header(items: Sequence[_Item], layout: str) -> bytes:
     """The header of a file holding `items` in order (8-byte length + JSON padded to 8-byte alignment)."""
-    header: Dict[str, dict] = {"__metadata__": {"format": "np" if layout == "paddle" else "pt"}}
+    header: dict[str, dict] = {"__metadata__": {"format": "np" if layout == "paddle" else "pt"}}
     offset = 0
     for item in items:
         header[item.name] = {
@@ -108,7 +109,7 @@ def _safetensors_header(items: Sequence[_Item], layout: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _pwrite_all(fd: int, data: Union[bytes, memoryview], offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     """Write the bytes of `data` at `offset` of `fd`."""
     view = memoryview(data).cast("B")
     while len(view):
@@ -144,8 +145,8 @@ class _Piece:
 
     offset: int
     nbytes: int
-    fill: Optional[Callable[[memoryview], None]] = None
-    copy_from: Optional[Tuple[Path, int]] = None
+    fill: Callable[[memoryview], None] | None = None
+    copy_from: tuple[Path, int] | None = None
 
 
 def _fill_transposed_bytes(
@@ -217,8 +218,8 @@ def _write_pieces(
     filled ones in order. Page-cache writes stay on this one thread: the file system takes one writer per
     file, and concurrent writers here only contend in the kernel. The first error stops the work and is
     raised once no worker is touching a buffer."""
-    free: List[bytearray] = []
-    pending: "collections.deque[Tuple[_Piece, Optional[Future], Optional[bytearray]]]" = collections.deque()
+    free: list[bytearray] = []
+    pending: collections.deque[tuple[_Piece, Future | None, bytearray | None]] = collections.deque()
 
     def write_oldest() -> None:
         piece, future, buffer = pending.popleft()
@@ -263,7 +264,7 @@ def _workers() -> int:
 # ---------------------------------------------------------------------------------------------------- shards
 
 
-def parse_size(size: Union[int, str]) -> int:
+def parse_size(size: int | str) -> int:
     """ "5GB" -> 5e9, "500MB", "2GiB", "100KB" or an int -> bytes."""
     if isinstance(size, int):
         return size
@@ -287,9 +288,9 @@ def parse_size(size: Union[int, str]) -> int:
     return int(float(match.group(1)) * powers[unit])
 
 
-def _shard(items: Sequence[_Item], max_shard_size: int) -> List[List[_Item]]:
+def _shard(items: Sequence[_Item], max_shard_size: int) -> list[list[_Item]]:
     """Consecutive groups of at most `max_shard_size` bytes (a bigger tensor gets a shard of its own)."""
-    shards: List[List[_Item]] = [[]]
+    shards: list[list[_Item]] = [[]]
     size = 0
     for item in items:
         if shards[-1] and size + item.nbytes > max_shard_size:
@@ -306,7 +307,7 @@ def _progress_bar(total: int):
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting", disable=None)
 
 
-def _write_weights(folder: Path, items: Sequence[_Item], layout: str, max_shard_size: int, progress: bool) -> List[str]:
+def _write_weights(folder: Path, items: Sequence[_Item], layout: str, max_shard_size: int, progress: bool) -> list[str]:
     """Write the weights (one file, or shards + `model.safetensors.index.json`); returns the file names.
 
     Each file gets its header (computed from the shapes), then its tensors in chunks that `_workers()`

@@ -12,7 +12,6 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Dict, Optional
 
 from paddlenlp.trainer import TrainerCallback
 
@@ -49,9 +48,9 @@ def _echo(record: dict) -> None:
         print(f"  step {record['step']:>5}  eval loss {record['eval_loss']:.4f}{extra}", flush=True)
 
 
-def read_log(path: Path) -> Dict[int, dict]:
+def read_log(path: Path) -> dict[int, dict]:
     """`step -> last record` of a `train_log.jsonl` (a resumed run overwrites the steps it repeats)."""
-    records: Dict[int, dict] = {}
+    records: dict[int, dict] = {}
     if Path(path).is_file():
         for line in Path(path).read_text().splitlines():
             if line.strip():
@@ -88,7 +87,7 @@ def _is_complete(folder: Path) -> bool:
     return all((folder / name).is_file() and (folder / name).stat().st_size == size for name, size in files.items())
 
 
-def last_complete_checkpoint(folder: Path) -> Optional[Path]:
+def last_complete_checkpoint(folder: Path) -> Path | None:
     """Newest `checkpoint-N` in `folder` whose save finished (see `CheckpointMarker`); folders left half-written
     or half-deleted by a kill are skipped."""
     folder = Path(folder)

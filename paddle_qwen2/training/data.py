@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import paddle
@@ -66,7 +66,7 @@ class DataStats:
     skipped_truncated: int = 0
     truncated: int = 0
     packed_rows: int = 0
-    skipped_lines: List[int] = field(default_factory=list)
+    skipped_lines: list[int] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -74,7 +74,7 @@ class DataStats:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def read_jsonl(path) -> Iterator[Tuple[int, Any]]:
+def read_jsonl(path) -> Iterator[tuple[int, Any]]:
     """Yield `(line_number, object)` for every non-blank line (1-based); a malformed line raises `DataError`."""
     path = Path(path)
     if not path.is_file():
@@ -89,7 +89,7 @@ def read_jsonl(path) -> Iterator[Tuple[int, Any]]:
                 raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
 
 
-def record_to_messages(record: Any, where: str) -> List[Dict[str, str]]:
+def record_to_messages(record: Any, where: str) -> list[dict[str, str]]:
     """One JSONL record -> a list of {'role', 'content'} messages. `where` ("file:line") prefixes errors."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
@@ -111,7 +111,7 @@ def record_to_messages(record: Any, where: str) -> List[Dict[str, str]]:
     raise DataError(f"{where}: expected a 'messages' list or 'prompt' and 'response' keys, got keys {sorted(record)}")
 
 
-def load_chats(path, stats: Optional[DataStats] = None) -> List[List[Dict[str, str]]]:
+def load_chats(path, stats: DataStats | None = None) -> list[list[dict[str, str]]]:
     """All conversations of a JSONL file. Chats with no assistant turn are skipped with a warning and counted."""
     stats = stats if stats is not None else DataStats()
     chats = []
@@ -127,7 +127,7 @@ def load_chats(path, stats: Optional[DataStats] = None) -> List[List[Dict[str, s
     return chats
 
 
-def load_texts(path) -> List[str]:
+def load_texts(path) -> list[str]:
     """Plain-text documents for pretraining: a `.jsonl` of {"text": ...} lines, or a text file whose documents
     are separated by blank lines."""
     path = Path(path)
@@ -157,7 +157,7 @@ def _render(tokenizer, messages, add_generation_prompt: bool) -> str:
     )
 
 
-def _chat_segments(tokenizer, messages: Sequence[Dict[str, str]]) -> List[Tuple[str, bool]]:
+def _chat_segments(tokenizer, messages: Sequence[dict[str, str]]) -> list[tuple[str, bool]]:
     """Split the rendered chat into `(text, is_label)` pieces: each assistant answer up to and including its
     `<|im_end|>` is a label piece; the rest is prompt."""
     full = _render(tokenizer, messages, False)
@@ -181,10 +181,10 @@ def _chat_segments(tokenizer, messages: Sequence[Dict[str, str]]) -> List[Tuple[
     return [(text, is_label) for text, is_label in pieces if text]
 
 
-def tokenize_chat(tokenizer, messages: Sequence[Dict[str, str]]) -> Dict[str, List[int]]:
+def tokenize_chat(tokenizer, messages: Sequence[dict[str, str]]) -> dict[str, list[int]]:
     """`{"input_ids", "labels"}` for one conversation (no truncation); labels are -100 outside answers."""
-    input_ids: List[int] = []
-    labels: List[int] = []
+    input_ids: list[int] = []
+    labels: list[int] = []
     for text, is_label in _chat_segments(tokenizer, messages):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         input_ids += ids
@@ -192,13 +192,13 @@ def tokenize_chat(tokenizer, messages: Sequence[Dict[str, str]]) -> Dict[str, Li
     return {"input_ids": input_ids, "labels": labels}
 
 
-def pack_examples(examples: Sequence[Dict[str, List[int]]], max_length: int) -> List[Dict[str, List[int]]]:
+def pack_examples(examples: Sequence[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:
     """Greedily concatenate consecutive examples into rows of at most `max_length` tokens.
 
     Each row gets `position_ids` restarting at 0 for every example and `segment_ids` (1, 2, ... per example) from
     which the collator builds a block-diagonal causal mask, so packed examples never attend to each other."""
-    rows: List[Dict[str, List[int]]] = []
-    current: Dict[str, List[int]] = {"input_ids": [], "labels": [], "position_ids": [], "segment_ids": []}
+    rows: list[dict[str, list[int]]] = []
+    current: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": [], "segment_ids": []}
     for example in examples:
         n = len(example["input_ids"])
         if current["input_ids"] and len(current["input_ids"]) + n > max_length:
@@ -217,20 +217,20 @@ def pack_examples(examples: Sequence[Dict[str, List[int]]], max_length: int) -> 
 class ListDataset(paddle.io.Dataset):
     """A list of example dicts as a map-style dataset (what paddlenlp's `Trainer` iterates)."""
 
-    def __init__(self, examples: List[Dict[str, Any]]):
+    def __init__(self, examples: list[dict[str, Any]]):
         super().__init__()
         self.examples = examples
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         return self.examples[index]
 
 
 def build_sft_dataset(
-    tokenizer, path, max_length: int, packing: bool = False, stats: Optional[DataStats] = None
-) -> Tuple[ListDataset, DataStats]:
+    tokenizer, path, max_length: int, packing: bool = False, stats: DataStats | None = None
+) -> tuple[ListDataset, DataStats]:
     """Tokenize every chat of a JSONL file. Longer chats are cut to `max_length` tokens (counted in
     `stats.truncated`); one left with no label token is dropped (`stats.skipped_truncated`)."""
     stats = stats if stats is not None else DataStats()
@@ -271,9 +271,9 @@ class DataCollatorForSFT:
     `[batch, seq]`. `pad_to_multiple_of` rounds the padded length up."""
 
     pad_token_id: int
-    pad_to_multiple_of: Optional[int] = None
+    pad_to_multiple_of: int | None = None
 
-    def __call__(self, features: List[Dict[str, List[int]]]) -> Dict[str, paddle.Tensor]:
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, paddle.Tensor]:
         length = max(len(f["input_ids"]) for f in features)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -319,7 +319,7 @@ def _parse_label(value: Any, num_labels: int, where: str) -> int:
 
 def load_classification(
     path, num_labels: int, text_key: str = "text", label_key: str = "label"
-) -> List[Tuple[str, int]]:
+) -> list[tuple[str, int]]:
     """`(text, label)` pairs from a `.csv` (header row with `text_key`, `label_key`) or `.jsonl` file; every label
     must be an integer in `[0, num_labels)` (else `DataError` naming the line)."""
     path = Path(path)
@@ -365,7 +365,7 @@ class DataCollatorForClassification:
 
     pad_token_id: int
 
-    def __call__(self, features: List[Dict[str, Any]]) -> Dict[str, paddle.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, paddle.Tensor]:
         length = max(len(f["input_ids"]) for f in features)
         return {
             "input_ids": paddle.to_tensor(_pad([f["input_ids"] for f in features], self.pad_token_id, length)),

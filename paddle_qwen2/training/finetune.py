@@ -22,7 +22,6 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -57,7 +56,7 @@ __all__ = [
 PDPARAMS_INDEX = "model_state.pdparams.index.json"
 
 
-def main(argv: Optional[List[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     """Parse `argv` (see `options.parse_args`) and `run` the fine-tuning job; returns its summary."""
     return run(parse_args(argv))
 
@@ -101,7 +100,7 @@ def _run(args: argparse.Namespace) -> dict:
     return summary
 
 
-def _resume_checkpoint(args: argparse.Namespace, output_dir: Path) -> Optional[Path]:
+def _resume_checkpoint(args: argparse.Namespace, output_dir: Path) -> Path | None:
     """The checkpoint `--resume` names: the newest complete one (`--resume`), PATH (`--resume PATH`) or none."""
     if args.resume == "last":
         resume = last_complete_checkpoint(output_dir / "checkpoints")
@@ -115,7 +114,7 @@ def _resume_checkpoint(args: argparse.Namespace, output_dir: Path) -> Optional[P
     return None
 
 
-def _train(trainer: Trainer, args: argparse.Namespace, resume: Optional[Path], params: Dict[str, int]) -> dict:
+def _train(trainer: Trainer, args: argparse.Namespace, resume: Path | None, params: dict[str, int]) -> dict:
     """Train (and evaluate when there is eval data); the summary of the run."""
     start = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -132,7 +131,7 @@ def _train(trainer: Trainer, args: argparse.Namespace, resume: Optional[Path], p
     return summary
 
 
-def _save(args: argparse.Namespace, model, output_dir: Path, model_dir: Path, tokenizer) -> Dict[str, str]:
+def _save(args: argparse.Namespace, model, output_dir: Path, model_dir: Path, tokenizer) -> dict[str, str]:
     """OUTPUT/final (LoRA merged in), OUTPUT/lora-adapter (`--lora`) and the HF copy (`--export-hf`)."""
     final_dir = output_dir / "final"
     export_model = merge_lora(model) if args.lora else model
@@ -164,7 +163,7 @@ def ensure_paddle_checkpoint(model_dir: Path, work_dir: Path) -> Path:
     return model_dir
 
 
-def build_datasets(args: argparse.Namespace, tokenizer) -> Tuple[object, Optional[object], object]:
+def build_datasets(args: argparse.Namespace, tokenizer) -> tuple[object, object | None, object]:
     """(train dataset, eval dataset or None, collator) for `args.task`; prints what was loaded."""
     if args.task == "sft":
         train, stats = build_sft_dataset(tokenizer, args.train_file, args.max_length, packing=args.packing)
@@ -231,14 +230,14 @@ def training_arguments(args: argparse.Namespace, output_dir: Path, has_eval: boo
     )
 
 
-def count_parameters(model) -> Dict[str, int]:
+def count_parameters(model) -> dict[str, int]:
     """{"total": all parameters, "trainable": those without `stop_gradient`}."""
     total = sum(int(np.prod(p.shape)) for p in model.parameters())
     trainable = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
     return {"total": total, "trainable": trainable}
 
 
-def accuracy_metrics(eval_pred) -> Dict[str, float]:
+def accuracy_metrics(eval_pred) -> dict[str, float]:
     """The Trainer's `compute_metrics` for classification: {"accuracy": ...}."""
     predictions = eval_pred.predictions
     if isinstance(predictions, (tuple, list)):

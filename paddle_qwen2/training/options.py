@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from typing import Optional
 
 __all__ = ["LORA_TARGETS", "REQUIRED", "HelpFormatter", "add_arguments", "build_parser", "parse_args"]
 
@@ -103,16 +102,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """A standalone parser of the fine-tuning options (argparse's usual errors: message, exit code 2)."""
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=HelpFormatter)
     return add_arguments(parser)
 
 
 def parse_args(
-    argv: Optional[Sequence[str]] = None,
-    parser: Optional[argparse.ArgumentParser] = None,
-    options: Optional[argparse.ArgumentParser] = None,
+    argv: Sequence[str] | None = None,
+    parser: argparse.ArgumentParser | None = None,
+    options: argparse.ArgumentParser | None = None,
 ) -> argparse.Namespace:
     """The command line `argv` over the `--config` JSON defaults.
 

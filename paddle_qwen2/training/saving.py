@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import List, Optional, Union
 
 __all__ = ["TOKENIZER_FILES", "copy_tokenizer_files", "save_final", "write_generation_config"]
 
@@ -49,7 +48,7 @@ def copy_tokenizer_files(src: Path, dst: Path, tokenizer) -> None:
 
 
 def write_generation_config(
-    folder: Path, eos_token_id: Union[int, List[int]], pad_token_id: int, bos_token_id: Optional[int] = None
+    folder: Path, eos_token_id: int | list[int], pad_token_id: int, bos_token_id: int | None = None
 ) -> None:
     """`folder/generation_config.json` that paddlenlp and transformers both read: greedy, the given stop ids."""
     config = {

@@ -7,6 +7,7 @@ Paddle's CPU build runs fleet's tensor-parallel layers only partly: `c_identity`
 time (`mp_ops._c_identity`, ...) for PyLayers built on `dist.all_reduce` / `dist.all_gather`, with the same
 forward and backward semantics. The shipped code path never imports this module.
 """
+
 import paddle
 import paddle.distributed as dist
 from paddle.autograd import PyLayer
@@ -112,7 +113,9 @@ def c_identity(tensor, group=None, skip_c_identity_dynamic=False):
     return _Identity.apply(tensor, group)
 
 
-def mp_allreduce(tensor, op=None, group=None, use_calc_stream=True, use_model_parallel=True, skip_c_identity_dynamic=False):
+def mp_allreduce(
+    tensor, op=None, group=None, use_calc_stream=True, use_model_parallel=True, skip_c_identity_dynamic=False
+):
     return _AllReduce.apply(tensor, group)
 
 

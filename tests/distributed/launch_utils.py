@@ -1,16 +1,16 @@
 """Run a worker script under `python -m paddle.distributed.launch` on CPU (gloo) and collect its results."""
+
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
-def launch(script: str, spec: dict, workdir: Path, nproc: int = 2, timeout: int = 240) -> List[dict]:
+def launch(script: str, spec: dict, workdir: Path, nproc: int = 2, timeout: int = 240) -> list[dict]:
     """Launch `script spec.json` on `nproc` CPU ranks; return each rank's `<prefix>.rank<r>.json` results.
 
     The worker writes its results to `spec["out"]` (set here to `workdir`) as `<name>.rank<r>.json`, where
@@ -27,8 +27,17 @@ def launch(script: str, spec: dict, workdir: Path, nproc: int = 2, timeout: int 
     env["OMP_NUM_THREADS"] = "1"  # two ranks share the cores
     env.setdefault("MKL_DEBUG_CPU_TYPE", "5")
     cmd = [
-        sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), "--max_restart", "0",
-        "--log_dir", str(log_dir), str(HERE / script), str(spec_file),
+        sys.executable,
+        "-m",
+        "paddle.distributed.launch",
+        "--nproc_per_node",
+        str(nproc),
+        "--max_restart",
+        "0",
+        "--log_dir",
+        str(log_dir),
+        str(HERE / script),
+        str(spec_file),
     ]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
     name = Path(script).stem.replace("worker_", "")

@@ -1,5 +1,6 @@
 """The model trains under data parallelism and fleet's sharding stage 1 on 2 CPU ranks: one SGD step gives
 each rank the single-process loss of its half of the batch and the single-process update of the whole batch."""
+
 import zlib  # noqa: F401
 
 import pytest

@@ -1,12 +1,13 @@
 """Pipeline parallelism (2 stages on 2 CPU ranks) gives the single-process loss and gradients, tied and untied
 heads, sliding-window layers and recompute included; a full checkpoint loads through `from_pretrained`."""
+
 import zlib  # noqa: F401
 
 import pytest
+from worker_pp import CHECKS
 
 from conftest import BASE, load_paddle, write_hf_checkpoint
 from launch_utils import launch
-from worker_pp import CHECKS
 
 pytestmark = pytest.mark.slow
 

@@ -1,12 +1,12 @@
 """examples/pretrain_tp.sh's CPU mode: 2 processes under paddle.distributed.launch train the tiny config with
 data parallelism + sharding stage 1 and save a checkpoint that loads back."""
-import zlib  # noqa: F401
 
 import json
 import math
 import os
 import subprocess
 import sys
+import zlib  # noqa: F401
 
 import pytest
 
@@ -19,7 +19,11 @@ def test_cpu_launch_trains_and_saves(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path), OMP_NUM_THREADS="1")
     proc = subprocess.run(
         ["bash", str(REPO / "examples" / "pretrain_tp.sh"), "cpu-dp", "--steps", "3", "--sharding", "2"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     logs = "\n".join(p.read_text()[-3000:] for p in sorted((tmp_path / "logs").glob("workerlog.*")))
     assert proc.returncode == 0, proc.stderr[-3000:] + logs

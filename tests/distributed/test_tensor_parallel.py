@@ -1,5 +1,6 @@
 """Tensor and sequence parallelism on 2 CPU ranks equal one process (HF-derived weights), and a full
 checkpoint survives a TP=2 load and merged save byte for byte. One launch runs every check (worker_tp.py)."""
+
 import zlib  # noqa: F401
 
 import pytest
@@ -52,8 +53,8 @@ def test_sequence_parallel_equals_tp1(tp_run, check):
 def test_sequence_parallel_refuses_a_sequence_the_ranks_cannot_share(tp_run):
     for results in tp_run[1]:
         assert results["sp_indivisible_sequence"] == (
-            "ValueError: sequence_parallel splits the sequence across the 2 tensor-parallel ranks: the sequence length (7) "
-            "must be divisible by tensor_parallel_degree (2)"
+            "ValueError: sequence_parallel splits the sequence across the 2 tensor-parallel ranks: "
+            "the sequence length (7) must be divisible by tensor_parallel_degree (2)"
         )
 
 

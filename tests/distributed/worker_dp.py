@@ -6,12 +6,12 @@ and with fleet's sharding stage 1 (`fleet.distributed_model` / `fleet.distribute
 must equal one process's loss on the same half, and the update (= the averaged gradient) one process's update
 on the whole batch. Group-sharded stage 2 is attempted and its error recorded. Results: `<out>/dp.rank<r>.json`.
 """
-import zlib  # noqa: F401  # before paddle
 
 import json
 import os
 import sys
 import traceback
+import zlib  # noqa: F401  # before paddle
 
 import numpy as np
 import paddle
@@ -82,8 +82,13 @@ def main():
     def compare(loss, updates):
         diffs = {k: max_diff(u, ref_updates[k]) for k, u in updates.items()}
         worst = max(diffs, key=diffs.get)
-        return {"loss": abs(loss - ref_loss), "loss_value": loss, "update": diffs[worst], "update_worst": worst,
-                "num_params": len(updates)}
+        return {
+            "loss": abs(loss - ref_loss),
+            "loss_value": loss,
+            "update": diffs[worst],
+            "update_worst": worst,
+            "num_params": len(updates),
+        }
 
     def data_parallel():
         model = fresh_model(config, state)
@@ -107,8 +112,11 @@ def main():
         model, optimizer, _ = group_sharded_parallel(model, optimizer, level="os_g")
         return compare(*step(model, optimizer, params, ids[mine], labels[mine]))
 
-    for name, fn in (("data_parallel", data_parallel), ("sharding_stage1", sharding_stage1),
-                     ("sharding_stage2", sharding_stage2)):
+    for name, fn in (
+        ("data_parallel", data_parallel),
+        ("sharding_stage1", sharding_stage1),
+        ("sharding_stage2", sharding_stage2),
+    ):
         try:
             results[name] = fn()
         except Exception as exc:

@@ -6,12 +6,12 @@ the parameter update (= the gradient) of every stage can be compared with one pr
 micro-batches. gloo cannot send/recv on the calculation stream, so the strategy turns batched p2p off.
 Results go to `<out>/pp.rank<r>.json`.
 """
-import zlib  # noqa: F401  # before paddle
 
 import json
 import os
 import sys
 import traceback
+import zlib  # noqa: F401  # before paddle
 
 import numpy as np
 import paddle
@@ -112,11 +112,18 @@ def main():
         loss, grads = pipeline_step(pipe, ids, mask, labels)
         diffs = {k: max_diff(g, ref_grads[k]) for k, g in grads.items()}
         worst = max(diffs, key=diffs.get)
-        return {"loss": abs(loss - ref_loss), "loss_value": loss, "grad": diffs[worst], "grad_worst": worst,
-                "params": sorted(grads)}
+        return {
+            "loss": abs(loss - ref_loss),
+            "loss_value": loss,
+            "grad": diffs[worst],
+            "grad_worst": worst,
+            "params": sorted(grads),
+        }
 
     # An error on one stage leaves the other waiting on a send/recv, so stop at the first one.
-    checks = [item for item in CHECKS.items() if item[0] != "recompute_interval_2"] + [("from_pretrained", ("gqa", None))]
+    checks = [item for item in CHECKS.items() if item[0] != "recompute_interval_2"] + [
+        ("from_pretrained", ("gqa", None))
+    ]
     for name, (variant, overrides) in checks + [("recompute_interval_2", CHECKS["recompute_interval_2"])]:
         try:
             results[name] = check(variant, overrides or {}, from_pretrained=overrides is None)

@@ -6,12 +6,12 @@ the largest differences of logits, loss and gradients (each rank's shard against
 reference gradient, and the shards gathered back into full gradients). Results go to `<out>/tp.rank<r>.json`;
 the parent test asserts on them.
 """
-import zlib  # noqa: F401  # before paddle
 
 import json
 import os
 import sys
 import traceback
+import zlib  # noqa: F401  # before paddle
 
 import numpy as np
 import paddle
@@ -19,7 +19,6 @@ import paddle.distributed as dist
 from paddle.distributed import fleet
 
 import cpu_shims
-
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM
 from paddle_qwen2.parallel import tensor_parallel_layouts, tp_merge
 
@@ -49,7 +48,7 @@ def hf_state_dict(path: str, config: Qwen2Config) -> dict:
 
 
 def relative_name(key: str) -> str:
-    return key[len("qwen2."):] if key.startswith("qwen2.") else key
+    return key[len("qwen2.") :] if key.startswith("qwen2.") else key
 
 
 def fused(full: dict, config: Qwen2Config) -> dict:
