@@ -152,7 +152,6 @@ def timed_convert(src: Path, dst: Path) -> tuple:
 
 def check_output(src: Path, dst: Path) -> None:
     """Spot check: a transposed projection and the embedding are bit-exact."""
-    sys.path.insert(0, str(ROOT))
     from paddle_qwen2.conversion import open_checkpoint
 
     hf, pd = open_checkpoint(src, "hf").entries, open_checkpoint(dst, "paddle").entries

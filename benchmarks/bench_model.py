@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from paddle_qwen2.runtime import configure_cpu_threads  # noqa: E402  (sets threads before paddle loads)
 

@@ -1,7 +1,7 @@
 """Writes the bundled example data (deterministic; run from anywhere):
 
     corpus/en.txt, corpus/zh.txt   pretraining text: documents separated by blank lines
-    chat_sft.jsonl                 chat SFT data (ChatML messages) for examples/finetune.py and `make demo`
+    chat_sft.jsonl                 chat SFT data (ChatML messages) for `paddle-qwen2 finetune` and `make demo`
     sentiment_{train,eval}.csv     text,label (0 = negative, 1 = positive) for sequence classification
 
 All text here is written for this project (facts, templates and the prose paragraphs in prose.py), plus a few
@@ -15,12 +15,11 @@ from __future__ import annotations
 import csv
 import json
 import random
-import sys
 from pathlib import Path
 
+from prose import CLASSICAL_ZH, PROSE_EN, PROSE_ZH  # the script's own folder is on sys.path
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from prose import CLASSICAL_ZH, PROSE_EN, PROSE_ZH  # noqa: E402
 
 SEED = 1234
 
