@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from model_configs import config_path, load_config
 from safetensors import TensorSpec, serialize_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,21 +41,9 @@ DEFAULT_CONFIG = ROOT / "configs" / "bench-convert-1b.json"
 SPEED_TARGET, MEMORY_TARGET = 0.5, 1.5
 
 
-def config_path(name: str) -> Path:
-    """`name` as a path if that file exists, else `configs/<name>.json`."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    shipped = ROOT / "configs" / f"{name}.json"
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(p.stem for p in (ROOT / "configs").glob("*.json") if '"model_type"' in p.read_text()))
-    raise SystemExit(f"--config {name}: no such file, and not a config in configs/ ({names})")
-
-
-def load_config(name: str, layers: int | None = None) -> dict:
+def model_config(name: str, layers: int | None = None) -> dict:
     """The HF config.json `name` (see `config_path`), with `num_hidden_layers` replaced by `layers` if given."""
-    config = json.loads(config_path(name).read_text())
+    config = load_config(name)
     if layers is not None:
         config["num_hidden_layers"] = layers
     return config
@@ -178,7 +167,7 @@ def main() -> int:
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--generate", metavar="DIR", help=argparse.SUPPRESS)  # child: write the checkpoint only
     args = parser.parse_args()
-    config = load_config(args.config, args.layers)
+    config = model_config(args.config, args.layers)
     if args.generate:
         write_checkpoint(Path(args.generate), config, args.shards)
         return 0

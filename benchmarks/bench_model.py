@@ -38,6 +38,7 @@ import zlib  # noqa: E402,F401
 
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
+from model_configs import load_config  # noqa: E402
 
 WORKLOADS = ["prefill_1x512", "prefill_4x256", "decode_16+64", "train_4x256", "embed_32x64"]
 UNITS_PER_RUN = {"embed_32x64": 32}  # the embedding workload reports sentences
@@ -47,21 +48,9 @@ IMPLS = ["ours", "paddlenlp", "hf_eager", "hf_sdpa"]
 # ------------------------------------------------------------------------------------------------ models
 
 
-def config_path(name: str) -> Path:
-    """`name` as a path if that file exists, else `configs/<name>.json` (`small`, `tiny`, `qwen2.5-0.5b`, ...)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    shipped = ROOT / "configs" / f"{name}.json"
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(p.stem for p in (ROOT / "configs").glob("*.json") if '"model_type"' in p.read_text()))
-    raise SystemExit(f"--config {name}: no such file, and not a config in configs/ ({names})")
-
-
 def config_dict(name: str) -> dict:
     """The model fields of the HF config.json `name` (see `config_path`), as keyword arguments of a Qwen2Config."""
-    raw = json.loads(config_path(name).read_text())
+    raw = load_config(name)
     return {k: v for k, v in raw.items() if k not in ("architectures", "torch_dtype", "dtype", "transformers_version")}
 
 

@@ -43,6 +43,19 @@ BASE = dict(
     tie_word_embeddings=False,
 )
 
+# Parallel layouts (tests of parallel.py and of the config's layout checks): 8 heads, 4 kv heads, intermediate 96
+# divide by tensor-parallel degrees 2, 4 and 8.
+PARALLEL_BASE = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=8,
+)
+FUSED = dict(fuse_attention_qkv=True, fuse_attention_ffn=True)
+
 # name -> overrides of BASE
 VARIANTS: dict[str, dict] = {
     "gqa": {},

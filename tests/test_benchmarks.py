@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -15,13 +16,16 @@ RESULTS = BENCH / "results"
 
 
 def load_script(name: str) -> ModuleType:
-    """Import benchmarks/<name>.py as a module, restoring os.environ afterwards (bench_model sets thread variables)."""
+    """Import benchmarks/<name>.py as a module, as `python benchmarks/<name>.py` would (its folder first on sys.path,
+    for `model_configs`), restoring sys.path and os.environ afterwards (bench_model sets thread variables)."""
     saved = dict(os.environ)
+    sys.path.insert(0, str(BENCH))
     try:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
+        sys.path.remove(str(BENCH))
         os.environ.clear()
         os.environ.update(saved)
     return module
@@ -33,12 +37,17 @@ def bench_convert() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
+def model_configs() -> ModuleType:
+    return load_script("model_configs")
+
+
+@pytest.fixture(scope="module")
 def bench_model() -> ModuleType:
     return load_script("bench_model")
 
 
 def test_convert_default_config_is_the_recorded_1gb_checkpoint(bench_convert):
-    config = bench_convert.load_config(str(bench_convert.DEFAULT_CONFIG))
+    config = bench_convert.model_config(str(bench_convert.DEFAULT_CONFIG))
     assert bench_convert.DEFAULT_CONFIG == REPO / "configs" / "bench-convert-1b.json"
     recorded = json.loads((RESULTS / "convert.json").read_text())["checkpoint"]
     assert {k: v for k, v in config.items() if k != "architectures"} == recorded["config"]
@@ -52,12 +61,11 @@ def test_convert_default_config_is_the_recorded_1gb_checkpoint(bench_convert):
 
 @pytest.mark.parametrize("layers, count", [(None, 9), (1, 1), (2, 2)])
 def test_convert_layers_override_the_config(bench_convert, layers, count):
-    config = bench_convert.load_config("bench-convert-1b", layers)
+    config = bench_convert.model_config("bench-convert-1b", layers)
     assert config["num_hidden_layers"] == count
     assert sum(name.endswith("q_proj.weight") for name, _ in bench_convert.hf_tensors(config)) == count
 
 
-@pytest.mark.parametrize("script", ["bench_convert", "bench_model"])
 @pytest.mark.parametrize(
     "name, expected",
     [
@@ -67,15 +75,14 @@ def test_convert_layers_override_the_config(bench_convert, layers, count):
         (str(REPO / "configs" / "qwen2.5-0.5b.json"), "configs/qwen2.5-0.5b.json"),
     ],
 )
-def test_config_names_and_paths_resolve_to_configs(request, script, name, expected):
-    module = request.getfixturevalue(script)
-    assert module.config_path(name).resolve() == REPO / expected
+def test_config_names_and_paths_resolve_to_configs(model_configs, name, expected):
+    assert model_configs.config_path(name).resolve() == REPO / expected
 
 
 @pytest.mark.parametrize("name", ["no-such-config", "configs/missing.json", ""])
-def test_unknown_config_is_a_clear_error(bench_convert, name):
+def test_unknown_config_is_a_clear_error(model_configs, name):
     with pytest.raises(SystemExit, match="no such file, and not a config in configs/ .*small"):
-        bench_convert.config_path(name)
+        model_configs.config_path(name)
 
 
 # the shapes the README's benchmark tables describe; `tiny` is the quick-look config

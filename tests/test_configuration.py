@@ -9,7 +9,7 @@ import paddle
 import pytest
 import transformers
 
-from conftest import BASE
+from conftest import BASE, FUSED, PARALLEL_BASE
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -138,18 +138,6 @@ def test_config_rejects_invalid_combinations(kwargs, message):
 # ------------------------------------------------------------------------------ parallel layouts the config refuses
 
 
-SMALL = dict(
-    vocab_size=128,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    head_dim=8,
-)
-FUSED = dict(fuse_attention_qkv=True, fuse_attention_ffn=True)
-
-
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -175,22 +163,22 @@ FUSED = dict(fuse_attention_qkv=True, fuse_attention_ffn=True)
 )
 def test_impossible_layout_is_refused_by_the_config(overrides, message):
     with pytest.raises(ValueError, match=message):
-        Qwen2Config(**dict(SMALL, **overrides))
+        Qwen2Config(**dict(PARALLEL_BASE, **overrides))
 
 
 def test_sequence_parallel_without_tensor_parallel_is_refused():
     with pytest.raises(AssertionError, match="only works in tensor parallel"):  # paddlenlp's own PretrainedConfig check
-        Qwen2Config(**SMALL, sequence_parallel=True)
+        Qwen2Config(**PARALLEL_BASE, sequence_parallel=True)
 
 
 def test_impossible_layout_set_after_the_config_is_refused_by_the_model():
     """paddlenlp's from_pretrained(..., tensor_parallel_degree=...) and the Trainer set parallel flags on a built
     config: the model validates again before building any layer."""
-    config = Qwen2Config(**SMALL)
+    config = Qwen2Config(**PARALLEL_BASE)
     config.tensor_parallel_degree = 3
     with pytest.raises(ValueError, match=r"num_attention_heads \(8\) must be divisible by tensor_parallel_degree"):
         Qwen2ForCausalLM(config)
-    config = Qwen2Config(**SMALL)
+    config = Qwen2Config(**PARALLEL_BASE)
     config.sequence_parallel = True
     with pytest.raises(ValueError, match="sequence_parallel=True needs tensor_parallel_degree > 1"):
         Qwen2ForCausalLM(config)

@@ -11,20 +11,9 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from conftest import assert_close, load_paddle
+from conftest import FUSED, PARALLEL_BASE, assert_close, load_paddle
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM
 from paddle_qwen2.parallel import assign_kv_heads, parallel_matmul, tensor_parallel_layouts, tp_merge, tp_split
-
-SMALL = dict(
-    vocab_size=128,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    head_dim=8,
-)
-FUSED = dict(fuse_attention_qkv=True, fuse_attention_ffn=True)
 
 
 def rand(*shape, seed=0):
@@ -194,7 +183,7 @@ def test_split_reads_lazily_from_safetensors(hf_checkpoint, tmp_path):
 
 
 def test_merge_rejects_a_wrong_number_of_shards():
-    config = Qwen2Config(**SMALL, tensor_parallel_degree=2)
+    config = Qwen2Config(**PARALLEL_BASE, tensor_parallel_degree=2)
     axis, intervals = tensor_parallel_layouts(config)["layers.0.self_attn.q_proj.weight"]
     with pytest.raises(ValueError, match="expected 2 tensor-parallel shards, got 3"):
         tp_merge([np.zeros([64, 32], "float32")] * 3, axis, intervals)
