@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers.models.qwen2 import modeling_qwen2 as hf_qwen2
 
+import paddle_qwen2
 from conftest import BASE, VARIANTS, assert_close, load_hf, load_paddle
 from paddle_qwen2 import Qwen2Config, modeling
 from paddle_qwen2.modeling import (
@@ -76,11 +77,15 @@ def rand(*shape, seed=0):
 
 
 def test_every_layout_name_importable():
+    """From paddle_qwen2.modeling and from the top-level package alike (the same objects)."""
     for name in LAYOUT_NAMES:
-        owner = Qwen2Model if name == "recompute_training_full" else modeling
-        assert hasattr(owner, name), name
+        if name == "recompute_training_full":
+            assert hasattr(Qwen2Model, name)
+        elif name != "__all__":
+            assert getattr(paddle_qwen2, name) is getattr(modeling, name), name
     for name in modeling.__all__:
         assert hasattr(modeling, name), name
+    assert set(modeling.PADDLENLP_LAYOUT_ONLY) <= set(LAYOUT_NAMES) & set(modeling.__all__)
     for method in ("config_class", "_get_name_mappings", "_init_weights", "_get_model_flops"):
         assert hasattr(Qwen2PretrainedModel, method)
     assert hasattr(Qwen2Model, "_prepare_decoder_attention_mask")
