@@ -8,6 +8,12 @@ import os
 import zlib  # noqa: F401  # must precede paddle (paddle 2.6 ships its own zlib symbols)
 from pathlib import Path
 
+from paddle_qwen2.runtime import configure_cpu_threads
+
+# The CPU settings every entry point uses (the CLI, examples, benchmarks), set before paddle loads, so the test
+# process and the CLI processes it starts compute alike however pytest was started.
+configure_cpu_threads()
+
 import numpy as np
 import paddle
 import pytest
