@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -24,9 +23,7 @@ import paddle.nn.functional as F
 from paddle import Tensor, nn
 from paddle.distributed import fleet
 from paddle.distributed.fleet.utils import recompute
-from paddlenlp.generation import GenerationConfig
 from paddlenlp.transformers.activations import ACT2FN
-from paddlenlp.transformers.configuration_utils import PretrainedConfig
 from paddlenlp.transformers.conversion_utils import StateDictNameMapping
 from paddlenlp.transformers.model_outputs import (
     BaseModelOutputWithPast,
@@ -39,8 +36,9 @@ from paddlenlp.transformers.model_outputs import (
 from paddlenlp.transformers.model_utils import PretrainedModel, register_base_model
 
 from .configuration import Qwen2Config
-from .conversion import HF_ARCHITECTURES, ModelDims, detect_layout, name_rows, read_paddle_state_dict
+from .conversion import HF_ARCHITECTURES, detect_layout, name_rows
 from .flops import model_flops, training_flops
+from .loading import load_pretrained
 from .losses import Qwen2PretrainingCriterion, classification_loss, cross_entropy_mean
 from .parallel import (
     assign_kv_heads,
@@ -620,30 +618,17 @@ class Qwen2PretrainedModel(PretrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """paddlenlp's `from_pretrained`; an HF checkpoint folder (safetensors or pytorch_model.bin, single or
-        sharded) also loads: it is detected by its tensor names and converted in memory, tensor by tensor,
-        without torch. With `tensor_parallel_degree > 1` each tensor is cut to this rank's slice as it is read
-        (paddlenlp's `get_tensor_parallel_convert_actions`, i.e. `_get_tensor_parallel_mappings`)."""
+        """A checkpoint folder, HF (safetensors or pytorch_model.bin, single or sharded; converted as it is read,
+        without torch) or paddlenlp (safetensors), loads without drawing random weights: the model is built empty
+        and each parameter takes its tensor from the memory-mapped files (`loading.load_pretrained`), cut to this
+        rank's slice with `tensor_parallel_degree > 1`. Anything else goes to paddlenlp's `from_pretrained`. On
+        CPU, with no `dtype` given, the model is float32 (Paddle has no bfloat16 matmul on CPU)."""
         path = pretrained_model_name_or_path
         if "dtype" not in kwargs and paddle.get_device() == "cpu":
-            # Released Qwen2 checkpoints are bf16, and Paddle has no bf16 matmul on CPU: compute in float32
-            # there unless the caller asks for a dtype.
             kwargs["dtype"] = "float32"
-        if not (isinstance(path, (str, os.PathLike)) and os.path.isdir(path) and detect_layout(path) == "hf"):
-            return super().from_pretrained(path, *args, **kwargs)
-        kwargs.pop("low_cpu_mem_usage", None)  # already read tensor by tensor
-        config = kwargs.pop("config", None)
-        if not isinstance(config, PretrainedConfig):
-            config, kwargs = cls.config_class.from_pretrained(config or path, return_unused_kwargs=True, **kwargs)
-        split = None  # else: names -> {name: action} giving this rank's slice, as paddlenlp cuts a full checkpoint
-        if config.tensor_parallel_degree > 1:
-            split = partial(cls.get_tensor_parallel_convert_actions, config, is_split=True, ignore_error=True)
-        check_shapes = not kwargs.get("ignore_mismatched_sizes", False)
-        state_dict = read_paddle_state_dict(path, ModelDims.from_config(config), split, check_shapes)
-        model = super().from_pretrained(None, *args, config=config, state_dict=state_dict, **kwargs)
-        if model.can_generate() and os.path.isfile(os.path.join(path, "generation_config.json")):
-            model.generation_config = GenerationConfig.from_pretrained(path)
-        return model
+        if isinstance(path, (str, os.PathLike)) and os.path.isdir(path) and detect_layout(path) is not None:
+            return load_pretrained(cls, path, *args, **kwargs)
+        return super().from_pretrained(path, *args, **kwargs)
 
     @classmethod
     def _get_tensor_parallel_mappings(cls, config: Qwen2Config, is_split: bool = True) -> dict:

@@ -14,6 +14,7 @@ Between stages the activations travel as `(hidden_states, attention_mask, positi
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import paddle
@@ -23,6 +24,8 @@ from paddle.distributed.fleet.meta_parallel import LayerDesc, PipelineLayer, Sha
 from paddlenlp.transformers.model_utils import PipelinePretrainedModel
 
 from .configuration import Qwen2Config
+from .conversion import detect_layout
+from .loading import load_pretrained
 from .losses import Qwen2PretrainingCriterion
 from .modeling import (
     Qwen2DecoderLayer,
@@ -208,7 +211,21 @@ class Qwen2ForCausalLMPipe(PipelinePretrainedModel, PipelineLayer):
             recompute_interval=recompute_interval,
             recompute_ctx={"mp_group": hcg.get_model_parallel_group(), "offload": False, "partition": False},
         )
-        self.apply(self._init_weights)
+        # paddlenlp's PretrainedModel runs `init_weights()` after __init__ (skipped under `no_init_weights`, as
+        # when `from_pretrained` fills the model from a checkpoint) and synchronises the shared embedding.
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As `Qwen2PretrainedModel.from_pretrained`: a checkpoint folder fills the stage's parameters straight from
+        the files (names as `Qwen2ForCausalLM`'s), then the tied embedding is synchronised between stages."""
+        path = pretrained_model_name_or_path
+        if "dtype" not in kwargs and paddle.get_device() == "cpu":
+            kwargs["dtype"] = "float32"
+        if not (isinstance(path, (str, os.PathLike)) and os.path.isdir(path) and detect_layout(path) is not None):
+            return super().from_pretrained(path, *args, **kwargs)
+        model = load_pretrained(cls, path, *args, **kwargs)
+        model._synchronize_shared_weights()
+        return model
 
     def _prepare_pipeline_inputs_func(self, inputs):
         """A batch dict (or list of dicts) -> `[(input_ids, attention_mask, position_ids), labels]` as

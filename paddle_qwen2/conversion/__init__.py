@@ -31,12 +31,15 @@ Files, in the order a conversion uses them:
 - `writer.py`: the transposes (the optional C kernel `_transpose.c`, else numpy), pieces written by worker
   threads, headers and shards.
 - `convert.py`: `convert_checkpoint`, `read_paddle_state_dict`, the output config and publishing the output.
+- `loading.py`: `checkpoint_tensors`, the tensors of an HF or Paddle folder in the Paddle layout, each read on
+  demand in the dtype asked for (what `from_pretrained` fills the model from).
 """
 
 from .checkpoint import detect_layout, open_checkpoint
 from .convert import DEFAULT_MAX_SHARD_SIZE, ConversionSummary, convert_checkpoint, read_paddle_state_dict
 from .dtypes import DTYPE_CODES, cast_array
 from .errors import ConversionError
+from .loading import SourceTensor, checkpoint_tensors
 from .names import HF_ARCHITECTURES, HeadSpec, ModelDims, expected_hf_shape, name_rows
 from .writer import parse_size
 
@@ -51,6 +54,8 @@ __all__ = [
     "detect_layout",
     "open_checkpoint",
     "read_paddle_state_dict",
+    "checkpoint_tensors",
+    "SourceTensor",
     "convert_checkpoint",
     "parse_size",
     "cast_array",

@@ -1,5 +1,5 @@
 """The entry points: `convert_checkpoint` (a folder to a folder, the `paddle-qwen2 convert` CLI) and
-`read_paddle_state_dict` (an HF folder as a Paddle state dict, for `from_pretrained`); plus the config and the
+`read_paddle_state_dict` (a checkpoint folder as a Paddle state dict of numpy arrays); plus the config and the
 other files of a folder, the checks on the paths and publishing the finished output.
 
 Output goes to a temporary folder beside DST that is renamed into place at the end, so an interrupted run
@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Callable
 from .checkpoint import PathLike, _read_json, detect_layout, open_checkpoint
 from .dtypes import CODE_NAMES, DTYPE_CODES
 from .errors import ConversionError
+from .loading import checkpoint_tensors
 from .names import CONFIG_NAME, PADDLE_ONLY_ARCHITECTURES, ModelDims, _architecture
 from .plan import _plan
-from .writer import _transpose, _write_weights, parse_size
+from .writer import _write_weights, parse_size
 
 if TYPE_CHECKING:
     import numpy as np
@@ -245,27 +246,20 @@ def read_paddle_state_dict(
     tensor_parallel_actions: Callable[[list[str]], Mapping[str, Callable]] | None = None,
     check_shapes: bool = True,
 ) -> dict[str, np.ndarray]:
-    """The HF checkpoint in `folder` as a Paddle state dict (Paddle names, `[in, out]` Linear weights, numpy
-    arrays; bfloat16 as uint16 bits), read one tensor at a time, for `from_pretrained`.
+    """The checkpoint in `folder` (HF, converted as it is read, or Paddle) as a Paddle state dict (Paddle names,
+    `[in, out]` Linear weights, numpy arrays; bfloat16 as uint16 bits), read one tensor at a time.
 
     Names follow the checkpoint's own architecture (the loader reconciles base / head prefixes); tensors with
     no Paddle counterpart are skipped. `dims` is the config the model is built from (shapes are checked
     against it unless `check_shapes` is False). `tensor_parallel_actions(paddle_names)` returns
     `{name: split function}`; each tensor is cut to this rank's slice as soon as it is read.
     """
-    folder = Path(folder)
-    checkpoint = open_checkpoint(folder, "hf")
-    file_config = _read_json(folder / CONFIG_NAME) if (folder / CONFIG_NAME).is_file() else {}
-    architecture = _architecture(file_config, list(checkpoint.entries), "hf")
-    if not check_shapes and file_config:  # ignore_mismatched_sizes: the loader compares shapes with the model
-        dims = ModelDims.from_config(file_config, str(folder / CONFIG_NAME))
-    notes: list[str] = []
-    items = _plan(checkpoint, architecture, dims, to_paddle=True, dtype=None, strict=False, notes=notes)
+    tensors, notes = checkpoint_tensors(folder, dims, check_shapes)
     for note in notes:
         warnings.warn(f"{folder}: {note}")
-    actions = tensor_parallel_actions([item.name for item in items]) if tensor_parallel_actions else {}
+    actions = tensor_parallel_actions([tensor.name for tensor in tensors]) if tensor_parallel_actions else {}
     state = {}
-    for item in items:
-        array = _transpose(item.entry.read()) if item.transpose else item.entry.read()
-        state[item.name] = actions[item.name](array) if item.name in actions else array
+    for tensor in tensors:
+        array = tensor.read()
+        state[tensor.name] = actions[tensor.name](array) if tensor.name in actions else array
     return state

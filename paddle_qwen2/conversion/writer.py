@@ -67,10 +67,10 @@ def _fill_transposed(out: np.ndarray, array: np.ndarray, start: int, stop: int, 
     np.copyto(out.reshape(nb, b, rows // b, b), tiles.transpose(1, 3, 0, 2))  # (J, jj, I, ii): within L1 tiles
 
 
-def _transpose(array: np.ndarray) -> np.ndarray:
-    """`array.T` (2-D) as a new C-contiguous array."""
+def _transpose(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """`array.T` (2-D) as a new C-contiguous array (or into `out`, C-contiguous `[cols, rows]`)."""
     rows, cols = array.shape
-    out = np.empty((cols, rows), dtype=array.dtype)
+    out = np.empty((cols, rows), dtype=array.dtype) if out is None else out
     step = _transpose_step(rows, array.itemsize, _CHUNK_BYTES)
     scratch = np.empty(min(out.nbytes, step * rows * array.itemsize), np.uint8)
     for start in range(0, cols, step):
