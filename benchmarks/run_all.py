@@ -1,4 +1,5 @@
-"""`make bench`: every benchmark, then a markdown summary of the results (benchmarks/results/summary.md).
+"""`make bench`: every benchmark (model, conversion, loading), then a markdown summary of the results
+(benchmarks/results/summary.md).
 
 `--config` is passed to bench_model.py: a config in configs/ by name or a path to an HF config.json.
 
@@ -69,14 +70,23 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="small", help="a config in configs/ by name (small, tiny, ...) or a path")
     parser.add_argument("--repeats", default="5")
     parser.add_argument("--skip-convert", action="store_true")
+    parser.add_argument("--skip-load", action="store_true", help="leave out bench_load.py (~10 min)")
     args = parser.parse_args(argv)
     run("bench_model.py", "--config", args.config, "--repeats", args.repeats)
-    if not args.skip_convert and (HERE / "bench_convert.py").exists():
+    if not args.skip_convert:
         run("bench_convert.py")
+    if not args.skip_load:
+        run("bench_load.py")
     summary = model_table(RESULTS / f"model_{Path(args.config).stem}_cpu_float32.json")
     convert = RESULTS / "convert.json"
     if convert.exists():
         summary += "\n\nConversion benchmark (`benchmarks/bench_convert.py`):\n\n```\n" + convert.read_text() + "\n```"
+    load = RESULTS / "load.json"
+    if load.exists():
+        from bench_load import table as load_table  # this folder is on sys.path (the script's own)
+
+        data = json.loads(load.read_text())
+        summary += f"\n\nLoad benchmark (`benchmarks/bench_load.py`), {data['date']}:\n\n" + load_table(data)
     (RESULTS / "summary.md").write_text(summary + "\n")
     print("\n" + summary)
     return 0

@@ -7,6 +7,10 @@ the layout asks, cast to the parameter's dtype, cut to this rank's slice under t
 to match `fuse_attention_qkv` / `fuse_attention_ffn`, and handed to its parameter without a further copy. Peak
 memory is the model in its target dtype plus the few tensors in flight. Parameters the checkpoint lacks (a new
 classification head) are initialised as `_init_weights` does, and named in a warning.
+
+`save_weights` is the other direction for `save_pretrained(safe_serialization=True)`: the safetensors files are
+written one tensor at a time (paddlenlp's own writer first copies every tensor of a shard to numpy and builds the
+whole file in memory).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +30,14 @@ from paddlenlp.generation import GenerationConfig
 from paddlenlp.transformers.configuration_utils import PretrainedConfig
 from paddlenlp.transformers.model_utils import dtype_guard, no_init_weights
 
-from .conversion import ModelDims, SourceTensor, checkpoint_tensors
+from .conversion import ModelDims, SourceTensor, checkpoint_tensors, parse_size
+from .conversion.writer import MemoryTensor, write_safetensors
 from .parallel import fuse, fused_groups, tensor_parallel_actions, tensor_parallel_layouts, unfuse
 
-__all__ = ["load_pretrained"]
+__all__ = ["load_pretrained", "save_weights"]
 
 _DTYPE_CODES = {paddle.float32: "F32", paddle.float16: "F16", paddle.bfloat16: "BF16", paddle.float64: "F64"}
+_ALL_DTYPE_CODES = {**_DTYPE_CODES, paddle.int64: "I64", paddle.int32: "I32", paddle.bool: "BOOL", paddle.uint8: "U8"}
 # keyword arguments of paddlenlp's from_pretrained that mean nothing for a local folder read here
 _IGNORED_KWARGS = ("low_cpu_mem_usage", "use_safetensors", "convert_from_torch", "cache_dir", "force_download")
 _BASE_PREFIX = "qwen2."
@@ -230,3 +237,27 @@ def _share(param: paddle.Tensor, array: np.ndarray) -> None:
         else:
             value = paddle.to_tensor(array, place=place)
         param.get_tensor()._share_data_with(value.value().get_tensor())
+
+
+def save_weights(state_dict: dict, folder: str | os.PathLike, max_shard_size: int | str = "10GB") -> list[str] | None:
+    """Write `state_dict` (paddle tensors or numpy arrays) into `folder` as paddlenlp's safetensors files (one file,
+    or shards and the index, the same names and bytes as paddlenlp's writer), one tensor in memory at a time.
+    Returns the file names, or None (nothing written) for a dtype it does not handle."""
+    tensors = []
+    for name, value in state_dict.items():
+        if isinstance(value, np.ndarray):
+            code = {"float32": "F32", "float16": "F16", "uint16": "BF16", "float64": "F64"}.get(value.dtype.name)
+            read = partial(np.ascontiguousarray, value)
+        else:
+            code = _ALL_DTYPE_CODES.get(value.dtype)
+            read = partial(_to_numpy, value)
+        if code is None:
+            return None
+        tensors.append(MemoryTensor(name, code, tuple(value.shape), read))
+    return write_safetensors(Path(folder), tensors, "paddle", parse_size(max_shard_size))
+
+
+def _to_numpy(tensor: paddle.Tensor) -> np.ndarray:
+    """The tensor's values on the host (bfloat16 as its uint16 bits)."""
+    array = tensor.cpu().numpy() if not tensor.place.is_cpu_place() else tensor.numpy()
+    return array.view(np.uint16) if tensor.dtype == paddle.bfloat16 else array

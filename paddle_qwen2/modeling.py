@@ -37,8 +37,9 @@ from paddlenlp.transformers.model_utils import PretrainedModel, register_base_mo
 
 from .configuration import Qwen2Config
 from .conversion import HF_ARCHITECTURES, detect_layout, name_rows
+from .conversion.names import SAFE_WEIGHTS_NAME
 from .flops import model_flops, training_flops
-from .loading import load_pretrained
+from .loading import load_pretrained, save_weights
 from .losses import Qwen2PretrainingCriterion, classification_loss, cross_entropy_mean
 from .parallel import (
     assign_kv_heads,
@@ -652,11 +653,24 @@ class Qwen2PretrainedModel(PretrainedModel):
     ):
         """paddlenlp's `save_pretrained`. A full checkpoint (one process, or `merge_tensor_parallel=True`) always
         has the separate q/k/v and gate/up weights, whatever the fuse flags: they are fused again on load.
-        Tensor-parallel shards saved without merging keep the model's own layout."""
+        Tensor-parallel shards saved without merging keep the model's own layout. With `safe_serialization=True`
+        on one process the weights are written one tensor at a time (`loading.save_weights`): no extra copy of
+        the model in memory."""
         fused = self.config.fuse_attention_qkv or self.config.fuse_attention_ffn
-        if state_dict is None and fused and self.config.tensor_parallel_degree <= 1:
+        single = self.config.tensor_parallel_degree <= 1
+        if state_dict is None and fused and single:
             state_dict = unfused_state_dict(self.state_dict(), self.config)
-        return super().save_pretrained(save_dir, is_main_process, state_dict, *args, **kwargs)
+        if not (kwargs.get("safe_serialization") and single and not args):
+            return super().save_pretrained(save_dir, is_main_process, state_dict, *args, **kwargs)
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        # paddlenlp writes config.json and generation_config.json (and an empty weights file, replaced below)
+        super().save_pretrained(save_dir, is_main_process, {}, **kwargs)
+        if is_main_process:
+            written = save_weights(state_dict, save_dir, kwargs.get("max_shard_size", "10GB"))
+            if written is None:  # a dtype the streaming writer does not handle
+                return super().save_pretrained(save_dir, is_main_process, state_dict, **kwargs)
+            if SAFE_WEIGHTS_NAME not in written:
+                os.remove(os.path.join(save_dir, SAFE_WEIGHTS_NAME))
 
     def _init_weights(self, layer: nn.Layer) -> None:
         """Normal(0, initializer_range) for Linear and Embedding weights, zero biases, ones for RMSNorm."""

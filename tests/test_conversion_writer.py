@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from paddle_qwen2.conversion import cast_array, convert_checkpoint, writer
+from paddle_qwen2.conversion import loading as source_loading
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,11 +47,24 @@ def test_cast_matches_torch_bit_for_bit(src, dst):
 # ---------------------------------------------------------------------------------------------------- transposes
 
 
-def test_transpose_fast_path_is_exact():
+@pytest.mark.parametrize("kernel", ["simd", "numpy"])
+def test_chunked_transpose_is_exact(monkeypatch, kernel):
+    """The chunked transpose that loading uses (C kernel, or numpy's blocked path), plain and fused with the
+    bfloat16 -> float32 cast, on shapes that are and are not multiples of the blocks."""
+    if kernel == "numpy":
+        monkeypatch.setattr(writer, "_simd_transpose", None)
+    monkeypatch.setattr(writer, "_CHUNK_BYTES", 4096)  # several chunks per tensor
+    monkeypatch.setattr(source_loading, "_CHUNK_BYTES", 4096)
     for shape in [(256, 128), (192, 640), (64, 64), (100, 37), (128, 96)]:
         for dtype in (np.uint16, np.float32):
             array = np.random.RandomState(1).randint(0, 60000, size=shape).astype(dtype)
-            assert np.array_equal(writer._transpose(array), array.T), (shape, dtype)
+            out = np.empty(shape[::-1], dtype)
+            source_loading._transpose_into(array, out, source_loading._converter("F32", "F32"))
+            assert np.array_equal(out, array.T), (shape, dtype)
+        bits = np.random.RandomState(2).randint(0, 60000, size=shape).astype(np.uint16)
+        widened = np.empty(shape[::-1], np.float32)
+        source_loading._transpose_into(bits, widened, source_loading._converter("BF16", "F32"))
+        assert np.array_equal(widened.view(np.uint32), cast_array(bits.T, "BF16", "F32").view(np.uint32)), shape
 
 
 def test_transpose_kernel_is_built():

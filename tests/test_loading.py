@@ -12,6 +12,7 @@ import paddle
 import pytest
 import torch
 import transformers
+from safetensors import safe_open
 
 from conftest import PADDLE_HEADS, assert_close, load_hf
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
@@ -201,3 +202,43 @@ def test_qwen25_05b_loads_and_matches_transformers(qwen25_05b, layout):
         assert_close(model(ids, return_dict=True).logits, qwen25_05b["logits"], what=f"Qwen2.5-0.5B from {layout}")
         tokens = model.generate(ids, max_new_tokens=8, decode_strategy="greedy_search")[0]
     np.testing.assert_array_equal(tokens.numpy()[0], qwen25_05b["tokens"])
+
+
+@pytest.mark.slow
+def test_qwen25_05b_sequence_classification_head_is_initialised_and_named(qwen25_05b):
+    with pytest.warns(UserWarning, match=r"1 weight\(s\) not in the checkpoint were initialised: score\.weight"):
+        model = Qwen2ForSequenceClassification.from_pretrained(qwen25_05b["root"] / "hf", num_labels=2)
+    score = model.score.weight.numpy()
+    assert score.shape == (896, 2) and abs(score.std() - 0.02) < 0.003  # Normal(0, initializer_range)
+    embedding = safe_open_tensor(qwen25_05b["root"] / "hf" / "model.safetensors", "model.embed_tokens.weight")
+    np.testing.assert_array_equal(model.qwen2.embed_tokens.weight.numpy(), embedding)
+
+
+def safe_open_tensor(path: Path, name: str) -> np.ndarray:
+    """One tensor of a safetensors file as float32 (bfloat16 widened exactly)."""
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor(name).float().numpy()
+
+
+# ------------------------------------------------------------------------------------------------- saving
+
+
+@pytest.mark.paddle26
+@pytest.mark.parametrize("max_shard_size", ["10GB", "60KB"])
+def test_streaming_save_writes_what_paddlenlp_writes(hf_checkpoint, tmp_path, max_shard_size):
+    """save_pretrained(safe_serialization=True) writes one tensor at a time, and the same files, bytes and index as
+    paddlenlp's own writer (which builds each file in memory); the result loads back exactly."""
+    from paddlenlp.transformers.model_utils import PretrainedModel
+
+    model = Qwen2ForCausalLM.from_pretrained(hf_checkpoint("gqa"))
+    ours, theirs = tmp_path / "ours", tmp_path / "paddlenlp"
+    model.save_pretrained(str(ours), safe_serialization=True, max_shard_size=max_shard_size)
+    PretrainedModel.save_pretrained(model, str(theirs), safe_serialization=True, max_shard_size=max_shard_size)
+    files = sorted(p.name for p in theirs.iterdir())
+    assert sorted(p.name for p in ours.iterdir()) == files
+    assert (len([f for f in files if f.endswith(".safetensors")]) > 1) == (max_shard_size == "60KB")
+    for name in files:
+        assert (ours / name).read_bytes() == (theirs / name).read_bytes(), name
+    reloaded = Qwen2ForCausalLM.from_pretrained(ours)
+    for name, param in model.state_dict().items():
+        np.testing.assert_array_equal(reloaded.state_dict()[name].numpy(), param.numpy(), err_msg=name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .checkpoint import PathLike, _read_json, detect_layout, open_checkpoint
 from .dtypes import _LazyNumpy, _np_dtype, cast_array
@@ -19,7 +20,7 @@ from .errors import ConversionError
 from .names import CONFIG_NAME, ModelDims, _architecture
 from .plan import _plan
 from .tensors import TensorEntry
-from .writer import _transpose
+from .writer import _CHUNK_BYTES, _fill_transposed, _transpose_step
 
 np = _LazyNumpy(globals())
 
@@ -57,21 +58,35 @@ class SourceTensor:
         source = self.entry.map()
         if select is not None:
             source = _select(source, *select, transposed=self.transpose)
-        shape = source.shape[::-1] if self.transpose else source.shape
         target = dtype or self.entry.dtype
+        out = aligned_empty(source.shape[::-1] if self.transpose else source.shape, _np_dtype(target))
+        convert = _converter(self.entry.dtype, target)
         if self.transpose:
-            transposed = aligned_empty(shape, source.dtype) if target == self.entry.dtype else None
-            source = _transpose(source, transposed)
-            if target == self.entry.dtype:
-                return source
-        out = aligned_empty(shape, _np_dtype(target))
-        if target == self.entry.dtype:
-            np.copyto(out, source)
-        elif self.entry.dtype == "BF16" and target == "F32":  # the bits are the top half of the float32
-            np.left_shift(source, np.uint32(16), out=out.view(np.uint32), dtype=np.uint32)
+            _transpose_into(source, out, convert)
         else:
-            np.copyto(out, cast_array(source, self.entry.dtype, target))
+            convert(source, out)
         return out
+
+
+def _converter(src: str, dst: str) -> Callable[[np.ndarray, np.ndarray], None]:
+    """`convert(a, out)`: `out[...] = a` cast from dtype code `src` to `dst` (exact, as `cast_array`)."""
+    if src == dst:
+        return lambda a, out: np.copyto(out, a)
+    if (src, dst) == ("BF16", "F32"):  # the bits are the top half of the float32: one pass
+        return lambda a, out: np.left_shift(a, np.uint32(16), out=out.view(np.uint32), dtype=np.uint32)
+    return lambda a, out: np.copyto(out, cast_array(a, src, dst))
+
+
+def _transpose_into(source: np.ndarray, out: np.ndarray, convert: Callable[[np.ndarray, np.ndarray], None]) -> None:
+    """`out[...] = convert(source.T)`, a chunk of rows of the transpose at a time through one small buffer (it
+    stays in cache, and no transposed copy of the whole tensor is made)."""
+    rows, cols = source.shape
+    step = _transpose_step(rows, source.itemsize, _CHUNK_BYTES)
+    chunk = np.empty((min(step, cols), rows), source.dtype)
+    for start in range(0, cols, step):
+        stop = min(cols, start + step)
+        _fill_transposed(chunk[: stop - start], source, start, stop, None)
+        convert(chunk[: stop - start], out[start:stop])
 
 
 def _select(source: np.ndarray, axis: int, ranges: list[tuple[int, int]], transposed: bool) -> np.ndarray:

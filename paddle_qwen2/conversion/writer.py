@@ -13,6 +13,7 @@ import contextlib
 import functools
 import itertools
 import json
+import math
 import os
 import re
 import struct
@@ -65,18 +66,6 @@ def _fill_transposed(out: np.ndarray, array: np.ndarray, start: int, stop: int, 
     tiles = scratch[: out.nbytes].view(array.dtype).reshape(rows // b, nb, b, b)
     np.copyto(tiles, blocks.transpose(0, 2, 1, 3))  # (I, J, ii, jj): contiguous runs of b
     np.copyto(out.reshape(nb, b, rows // b, b), tiles.transpose(1, 3, 0, 2))  # (J, jj, I, ii): within L1 tiles
-
-
-def _transpose(array: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """`array.T` (2-D) as a new C-contiguous array (or into `out`, C-contiguous `[cols, rows]`)."""
-    rows, cols = array.shape
-    out = np.empty((cols, rows), dtype=array.dtype) if out is None else out
-    step = _transpose_step(rows, array.itemsize, _CHUNK_BYTES)
-    scratch = np.empty(min(out.nbytes, step * rows * array.itemsize), np.uint8)
-    for start in range(0, cols, step):
-        stop = min(cols, start + step)
-        _fill_transposed(out[start:stop], array, start, stop, scratch)
-    return out
 
 
 def _transpose_step(rows: int, itemsize: int, chunk_bytes: int) -> int:
@@ -315,11 +304,7 @@ def _write_weights(folder: Path, items: Sequence[_Item], layout: str, max_shard_
     on plus a few chunk buffers per thread, whatever the model size."""
     shards = _shard(items, max_shard_size)
     total = sum(item.nbytes for item in items)
-    names = (
-        [SAFE_WEIGHTS_NAME]
-        if len(shards) == 1
-        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    )
+    names = _shard_names(len(shards))
     bar = _progress_bar(total) if progress else contextlib.nullcontext()
     on_bytes = bar.update if progress else (lambda n: None)
     workers = _workers()
@@ -334,12 +319,82 @@ def _write_weights(folder: Path, items: Sequence[_Item], layout: str, max_shard_
                 _write_pieces(fd, pieces, pool, _AHEAD * workers, on_bytes)
             finally:
                 os.close(fd)
-    if len(shards) > 1:
-        index = {
-            "metadata": {"total_size": total},
-            "weight_map": {item.name: name for name, shard in zip(names, shards) for item in shard},
-        }
-        with open(folder / SAFE_WEIGHTS_INDEX_NAME, "w", encoding="utf-8") as f:
-            f.write(json.dumps(index, indent=2) + "\n")
-        names.append(SAFE_WEIGHTS_INDEX_NAME)
-    return names
+    return names + _write_index(folder, names, shards)
+
+
+def _shard_names(count: int) -> list[str]:
+    """`model.safetensors`, or `model-0000k-of-0000n.safetensors` (paddlenlp's and transformers' names)."""
+    return (
+        [SAFE_WEIGHTS_NAME] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+    )
+
+
+def _write_index(folder: Path, names: list[str], shards: list[list]) -> list[str]:
+    """`model.safetensors.index.json` for more than one shard; returns the file names written."""
+    if len(shards) < 2:
+        return []
+    index = {
+        "metadata": {"total_size": sum(item.nbytes for shard in shards for item in shard)},
+        "weight_map": {item.name: name for name, shard in zip(names, shards) for item in shard},
+    }
+    with open(folder / SAFE_WEIGHTS_INDEX_NAME, "w", encoding="utf-8") as f:
+        f.write(json.dumps(index, indent=2) + "\n")
+    return [SAFE_WEIGHTS_INDEX_NAME]
+
+
+# safetensors writes a file's tensors by dtype (this order, largest first), then by name
+_SAFETENSORS_DTYPES = [
+    "BOOL",
+    "U8",
+    "I8",
+    "F8_E5M2",
+    "F8_E4M3",
+    "I16",
+    "U16",
+    "F16",
+    "BF16",
+    "I32",
+    "U32",
+    "F32",
+    "F64",
+]
+_SAFETENSORS_DTYPES += ["I64", "U64"]
+
+
+@dataclass
+class MemoryTensor:
+    """A tensor to write from memory: `read()` returns its C-contiguous array (bfloat16 as uint16 bits); it is called
+    once, when the tensor is written, so only one tensor is copied out at a time."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    read: Callable[[], np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * _itemsize(self.dtype)
+
+
+def write_safetensors(folder: Path, tensors: Sequence[MemoryTensor], layout: str, max_shard_size: int) -> list[str]:
+    """Write `tensors` as safetensors files in `folder` (one file, or shards in the given order + the index), the
+    bytes the safetensors library writes for the same tensors, streaming: each file's header first (from the shapes),
+    then one tensor at a time. Returns the file names."""
+    shards = _shard(tensors, max_shard_size)
+    names = _shard_names(len(shards))
+    for name, shard in zip(names, shards):
+        ordered = sorted(shard, key=lambda t: (-_SAFETENSORS_DTYPES.index(_disk_code(t.dtype, layout)), t.name))
+        header = _safetensors_header(ordered, layout)
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            _pwrite_all(fd, header, 0)
+            offset = len(header)
+            for tensor in ordered:
+                array = tensor.read()
+                if array.nbytes != tensor.nbytes:
+                    raise ConversionError(f"tensor {tensor.name!r}: {array.nbytes} bytes, expected {tensor.nbytes}")
+                _pwrite_all(fd, memoryview(np.ascontiguousarray(array)).cast("B"), offset)
+                offset += tensor.nbytes
+        finally:
+            os.close(fd)
+    return names + _write_index(folder, names, shards)
