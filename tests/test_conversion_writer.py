@@ -50,7 +50,8 @@ def test_cast_matches_torch_bit_for_bit(src, dst):
 @pytest.mark.parametrize("kernel", ["simd", "numpy"])
 def test_chunked_transpose_is_exact(monkeypatch, kernel):
     """The chunked transpose that loading uses (C kernel, or numpy's blocked path), plain and fused with the
-    bfloat16 -> float32 cast, on shapes that are and are not multiples of the blocks."""
+    bfloat16 -> float32 cast (one C pass, or transpose then numpy's shift), on shapes that are and are not
+    multiples of the blocks."""
     if kernel == "numpy":
         monkeypatch.setattr(writer, "_simd_transpose", None)
     monkeypatch.setattr(writer, "_CHUNK_BYTES", 4096)  # several chunks per tensor
@@ -59,11 +60,12 @@ def test_chunked_transpose_is_exact(monkeypatch, kernel):
         for dtype in (np.uint16, np.float32):
             array = np.random.RandomState(1).randint(0, 60000, size=shape).astype(dtype)
             out = np.empty(shape[::-1], dtype)
-            source_loading._transpose_into(array, out, source_loading._converter("F32", "F32"))
+            code = "F32" if dtype == np.float32 else "BF16"
+            source_loading._transpose_into(array, out, code, code)
             assert np.array_equal(out, array.T), (shape, dtype)
         bits = np.random.RandomState(2).randint(0, 60000, size=shape).astype(np.uint16)
         widened = np.empty(shape[::-1], np.float32)
-        source_loading._transpose_into(bits, widened, source_loading._converter("BF16", "F32"))
+        source_loading._transpose_into(bits, widened, "BF16", "F32")  # the C kernel's fused path, or numpy's
         assert np.array_equal(widened.view(np.uint32), cast_array(bits.T, "BF16", "F32").view(np.uint32)), shape
 
 
@@ -101,6 +103,15 @@ def test_transpose_kernel_refuses_bad_arguments():
             kernel.transpose_columns(*args)
     with pytest.raises(TypeError):  # a read-only output
         kernel.transpose_columns(bytes(48), array, 4, 6, 0, 6, 2)
+    widened = np.zeros((6, 4), np.float32)
+    for args, message in [
+        ((widened, array, 4, 6, 0, 7), "start <= stop <= cols"),
+        ((widened, array, 5, 6, 0, 6), "src is smaller"),
+        ((widened[:5], array, 4, 6, 0, 6), "out is smaller"),
+        ((out, array, 4, 6, 0, 6), "out is smaller"),  # a bfloat16-sized output: half the bytes needed
+    ]:
+        with pytest.raises(ValueError, match=message):
+            kernel.transpose_columns_bf16_to_f32(*args)
 
 
 # ---------------------------------------------------------------------------------------------------- writing

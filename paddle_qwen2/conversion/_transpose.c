@@ -35,9 +35,17 @@ SCALAR_TILE(uint16_t)
 SCALAR_TILE(uint32_t)
 SCALAR_TILE(uint64_t)
 
+/* dst[c][r] = src[r][c] << 16: bfloat16 bits transposed into float32 bits (exact). */
+static void scalar_tile_bf16_f32(const uint16_t *src, Py_ssize_t ss, uint32_t *dst, Py_ssize_t ds, Py_ssize_t nr,
+                                 Py_ssize_t nc) {
+    for (Py_ssize_t c = 0; c < nc; c++)
+        for (Py_ssize_t r = 0; r < nr; r++) dst[c * ds + r] = (uint32_t)src[r * ss + c] << 16;
+}
+
 #if HAVE_SSE2
-/* One 8x8 tile of 16-bit values: three rounds of interleaving (16-, 32-, 64-bit lanes). */
-static inline void kernel_8x8_u16(const uint16_t *src, Py_ssize_t ss, uint16_t *dst, Py_ssize_t ds) {
+/* One 8x8 tile of 16-bit values into eight registers, one per output row: three rounds of interleaving
+ * (16-, 32-, 64-bit lanes). */
+static inline void transpose_8x8_u16(const uint16_t *src, Py_ssize_t ss, __m128i o[8]) {
     __m128i r0 = _mm_loadu_si128((const __m128i *)(src + 0 * ss));
     __m128i r1 = _mm_loadu_si128((const __m128i *)(src + 1 * ss));
     __m128i r2 = _mm_loadu_si128((const __m128i *)(src + 2 * ss));
@@ -57,14 +65,27 @@ static inline void kernel_8x8_u16(const uint16_t *src, Py_ssize_t ss, uint16_t *
     __m128i b4 = _mm_unpacklo_epi32(a4, a6), b5 = _mm_unpackhi_epi32(a4, a6);
     __m128i b6 = _mm_unpacklo_epi32(a5, a7), b7 = _mm_unpackhi_epi32(a5, a7);
     /* eight rows, one column each */
-    _mm_storeu_si128((__m128i *)(dst + 0 * ds), _mm_unpacklo_epi64(b0, b4));
-    _mm_storeu_si128((__m128i *)(dst + 1 * ds), _mm_unpackhi_epi64(b0, b4));
-    _mm_storeu_si128((__m128i *)(dst + 2 * ds), _mm_unpacklo_epi64(b1, b5));
-    _mm_storeu_si128((__m128i *)(dst + 3 * ds), _mm_unpackhi_epi64(b1, b5));
-    _mm_storeu_si128((__m128i *)(dst + 4 * ds), _mm_unpacklo_epi64(b2, b6));
-    _mm_storeu_si128((__m128i *)(dst + 5 * ds), _mm_unpackhi_epi64(b2, b6));
-    _mm_storeu_si128((__m128i *)(dst + 6 * ds), _mm_unpacklo_epi64(b3, b7));
-    _mm_storeu_si128((__m128i *)(dst + 7 * ds), _mm_unpackhi_epi64(b3, b7));
+    o[0] = _mm_unpacklo_epi64(b0, b4), o[1] = _mm_unpackhi_epi64(b0, b4);
+    o[2] = _mm_unpacklo_epi64(b1, b5), o[3] = _mm_unpackhi_epi64(b1, b5);
+    o[4] = _mm_unpacklo_epi64(b2, b6), o[5] = _mm_unpackhi_epi64(b2, b6);
+    o[6] = _mm_unpacklo_epi64(b3, b7), o[7] = _mm_unpackhi_epi64(b3, b7);
+}
+
+static inline void kernel_8x8_u16(const uint16_t *src, Py_ssize_t ss, uint16_t *dst, Py_ssize_t ds) {
+    __m128i o[8];
+    transpose_8x8_u16(src, ss, o);
+    for (int k = 0; k < 8; k++) _mm_storeu_si128((__m128i *)(dst + k * ds), o[k]);
+}
+
+/* The same tile widened to float32 bits: interleaving zeros below each 16-bit value shifts it left by 16. */
+static inline void kernel_8x8_bf16_f32(const uint16_t *src, Py_ssize_t ss, uint32_t *dst, Py_ssize_t ds) {
+    __m128i o[8];
+    const __m128i zero = _mm_setzero_si128();
+    transpose_8x8_u16(src, ss, o);
+    for (int k = 0; k < 8; k++) {
+        _mm_storeu_si128((__m128i *)(dst + k * ds), _mm_unpacklo_epi16(zero, o[k]));
+        _mm_storeu_si128((__m128i *)(dst + k * ds + 4), _mm_unpackhi_epi16(zero, o[k]));
+    }
 }
 
 /* One 4x4 tile of 32-bit values. */
@@ -99,11 +120,21 @@ static void simd_tile_u32(const uint32_t *src, Py_ssize_t ss, uint32_t *dst, Py_
     if (r4 < nr) scalar_tile_uint32_t(src + r4 * ss, ss, dst + r4, ds, nr - r4, nc);
     if (c4 < nc) scalar_tile_uint32_t(src + c4, ss, dst + c4 * ds, ds, r4, nc - c4);
 }
+static void simd_tile_bf16_f32(const uint16_t *src, Py_ssize_t ss, uint32_t *dst, Py_ssize_t ds, Py_ssize_t nr,
+                               Py_ssize_t nc) {
+    Py_ssize_t r8 = nr & ~(Py_ssize_t)7, c8 = nc & ~(Py_ssize_t)7;
+    for (Py_ssize_t c = 0; c < c8; c += 8)
+        for (Py_ssize_t r = 0; r < r8; r += 8) kernel_8x8_bf16_f32(src + r * ss + c, ss, dst + c * ds + r, ds);
+    if (r8 < nr) scalar_tile_bf16_f32(src + r8 * ss, ss, dst + r8, ds, nr - r8, nc);
+    if (c8 < nc) scalar_tile_bf16_f32(src + c8, ss, dst + c8 * ds, ds, r8, nc - c8);
+}
 #define TILE_U16 simd_tile_u16
 #define TILE_U32 simd_tile_u32
+#define TILE_BF16_F32 simd_tile_bf16_f32
 #else
 #define TILE_U16 scalar_tile_uint16_t
 #define TILE_U32 scalar_tile_uint32_t
+#define TILE_BF16_F32 scalar_tile_bf16_f32
 #endif
 
 /* Walk the source in bands of TILE_ROWS rows, each across the chunk's columns in tiles of TILE_COLS. A band
@@ -111,9 +142,9 @@ static void simd_tile_u32(const uint32_t *src, Py_ssize_t ss, uint32_t *dst, Py_
  * file), so TLB misses stay rare; a tile's output lines stay in L1 until the next band fills them further.
  * Measured on 2-byte projections from the page cache: ~4.2 GB/s per core, against ~2.8 GB/s for square
  * 64 x 64 tiles walked column band by column band. */
-#define TRANSPOSE(T, TILE_FN)                                                                      \
-    static void transpose_##T(const T *src, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t start,    \
-                              Py_ssize_t stop, T *dst) {                                           \
+#define TRANSPOSE(NAME, T, D, TILE_FN)                                                             \
+    static void NAME(const T *src, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t start,             \
+                     Py_ssize_t stop, D *dst) {                                                    \
         for (Py_ssize_t r0 = 0; r0 < rows; r0 += TILE_ROWS) {                                      \
             Py_ssize_t nr = rows - r0 < TILE_ROWS ? rows - r0 : TILE_ROWS;                         \
             for (Py_ssize_t c0 = start; c0 < stop; c0 += TILE_COLS) {                              \
@@ -122,10 +153,11 @@ static void simd_tile_u32(const uint32_t *src, Py_ssize_t ss, uint32_t *dst, Py_
             }                                                                                      \
         }                                                                                          \
     }
-TRANSPOSE(uint8_t, scalar_tile_uint8_t)
-TRANSPOSE(uint16_t, TILE_U16)
-TRANSPOSE(uint32_t, TILE_U32)
-TRANSPOSE(uint64_t, scalar_tile_uint64_t)
+TRANSPOSE(transpose_uint8_t, uint8_t, uint8_t, scalar_tile_uint8_t)
+TRANSPOSE(transpose_uint16_t, uint16_t, uint16_t, TILE_U16)
+TRANSPOSE(transpose_uint32_t, uint32_t, uint32_t, TILE_U32)
+TRANSPOSE(transpose_uint64_t, uint64_t, uint64_t, scalar_tile_uint64_t)
+TRANSPOSE(transpose_bf16_f32, uint16_t, uint32_t, TILE_BF16_F32)
 
 PyDoc_STRVAR(transpose_columns_doc,
              "transpose_columns(out, src, rows, cols, start, stop, itemsize)\n"
@@ -168,8 +200,42 @@ static PyObject *transpose_columns(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(transpose_columns_bf16_to_f32_doc,
+             "transpose_columns_bf16_to_f32(out, src, rows, cols, start, stop)\n"
+             "--\n\n"
+             "out[j - start, i] = float32(src[i, j]) for i < rows, start <= j < stop: `src` a C-contiguous [rows, cols]\n"
+             "matrix of bfloat16 bits, `out` a writable buffer of at least (stop - start) * rows float32 values\n"
+             "(exact: the bits shifted left by 16). Runs without the GIL.");
+
+static PyObject *transpose_columns_bf16_to_f32(PyObject *self, PyObject *args) {
+    Py_buffer out, src;
+    Py_ssize_t rows, cols, start, stop;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "w*y*nnnn", &out, &src, &rows, &cols, &start, &stop)) return NULL;
+    const char *error = NULL;
+    if (rows < 0 || cols < 0 || start < 0 || stop < start || stop > cols)
+        error = "transpose_columns_bf16_to_f32: need 0 <= start <= stop <= cols and rows >= 0";
+    else if (src.len < rows * cols * 2)
+        error = "transpose_columns_bf16_to_f32: src is smaller than rows * cols * 2 bytes";
+    else if (out.len < (stop - start) * rows * 4)
+        error = "transpose_columns_bf16_to_f32: out is smaller than (stop - start) * rows * 4 bytes";
+    if (error == NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        transpose_bf16_f32(src.buf, rows, cols, start, stop, out.buf);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&src);
+    if (error != NULL) {
+        PyErr_SetString(PyExc_ValueError, error);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"transpose_columns", transpose_columns, METH_VARARGS, transpose_columns_doc},
+    {"transpose_columns_bf16_to_f32", transpose_columns_bf16_to_f32, METH_VARARGS, transpose_columns_bf16_to_f32_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import writer
 from .checkpoint import PathLike, _read_json, detect_layout, open_checkpoint
 from .dtypes import _LazyNumpy, _np_dtype, cast_array
 from .errors import ConversionError
@@ -60,11 +61,10 @@ class SourceTensor:
             source = _select(source, *select, transposed=self.transpose)
         target = dtype or self.entry.dtype
         out = aligned_empty(source.shape[::-1] if self.transpose else source.shape, _np_dtype(target))
-        convert = _converter(self.entry.dtype, target)
         if self.transpose:
-            _transpose_into(source, out, convert)
+            _transpose_into(source, out, self.entry.dtype, target)
         else:
-            convert(source, out)
+            _converter(self.entry.dtype, target)(source, out)
         return out
 
 
@@ -77,10 +77,19 @@ def _converter(src: str, dst: str) -> Callable[[np.ndarray, np.ndarray], None]:
     return lambda a, out: np.copyto(out, cast_array(a, src, dst))
 
 
-def _transpose_into(source: np.ndarray, out: np.ndarray, convert: Callable[[np.ndarray, np.ndarray], None]) -> None:
-    """`out[...] = convert(source.T)`, a chunk of rows of the transpose at a time through one small buffer (it
-    stays in cache, and no transposed copy of the whole tensor is made)."""
+def _transpose_into(source: np.ndarray, out: np.ndarray, src: str, dst: str) -> None:
+    """`out[...] = source.T` cast from dtype code `src` to `dst`, a chunk of the transpose's rows at a time (the
+    pages stay in the TLB). bfloat16 -> float32 goes through the C kernel in one pass where it is built; otherwise
+    each chunk is transposed into one small buffer (it stays in cache) and cast from there."""
     rows, cols = source.shape
+    kernel = writer._simd_transpose
+    if kernel is not None and (src, dst) == ("BF16", "F32") and source.flags.c_contiguous and out.flags.c_contiguous:
+        step = _transpose_step(rows, 4, _CHUNK_BYTES)
+        for start in range(0, cols, step):
+            stop = min(cols, start + step)
+            kernel.transpose_columns_bf16_to_f32(out[start:stop], source, rows, cols, start, stop)
+        return
+    convert = _converter(src, dst)
     step = _transpose_step(rows, source.itemsize, _CHUNK_BYTES)
     chunk = np.empty((min(step, cols), rows), source.dtype)
     for start in range(0, cols, step):
