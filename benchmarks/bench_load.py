@@ -4,18 +4,20 @@ Random Qwen2.5 checkpoints of the published shapes (configs/qwen2.5-0.5b.json, c
 written by transformers itself (bf16 safetensors; sharded for the 1.5B) and converted once with
 `paddle-qwen2 convert`. Each load runs in a fresh child process that imports its libraries, records its RSS, calls
 `from_pretrained` to float32 on CPU and reports the wall time of that call and the memory it added (peak VmHWM
-minus the RSS before). Implementations, interleaved, median of `--repeats`:
+minus the RSS before). Implementations, interleaved, median of `--repeats` (default 6):
   * transformers 4.57.6 `AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)` (the anchor),
   * paddle_qwen2 `Qwen2ForCausalLM.from_pretrained` from the HF folder and from the converted folder,
   * paddlenlp 3.0.0b2's own `Qwen2ForCausalLM` from the converted folder, default and `low_cpu_mem_usage=True`
     (one run each: they take tens of seconds).
 Targets: paddle_qwen2's load time <= 1.0x transformers', load memory <= 1.1x transformers'.
 
-One untimed round of every implementation comes first. On this VM the first touch of guest memory that no
-process has used yet costs several times more than later touches (allocating 3 GB took 3.1 s the first time,
-0.6 s after), whichever library does it; the warm-up round pays that, and puts the files in the page cache.
+One untimed round of every implementation comes first, and each repeat starts one implementation later. On this
+VM touching memory that no process has used yet, or that another process has just freed, costs several times more
+than touching it again (allocating 3 GB took 3.1 s the first time, 0.6 s after), whichever library does it: the
+warm-up round pays the first, the rotation spreads the second over every implementation, and the files are in
+the page cache before anything is timed.
 
-    python benchmarks/bench_load.py                      # 0.5B and 1.5B, 3 repeats (~10 min)
+    python benchmarks/bench_load.py                      # 0.5B and 1.5B, 6 repeats (~10 min with the checkpoints)
     python benchmarks/bench_load.py --sizes 0.5b --repeats 1 --skip-paddlenlp
 """
 
@@ -122,10 +124,11 @@ def bench_size(size: str, workdir: Path, repeats: int, impls: list[str]) -> dict
     for impl in impls:  # untimed: the files into the page cache, the VM's memory touched once (see the docstring)
         if impl not in SLOW:
             measure(impl, folder)
+    timed, slow = [impl for impl in impls if impl not in SLOW], [impl for impl in impls if impl in SLOW]
     for repeat in range(repeats):
-        for impl in impls:
-            if impl in SLOW and repeat > 0:
-                continue
+        # each repeat starts one implementation later: what ran just before (and freed its memory) changes
+        order = timed[repeat % len(timed) :] + timed[: repeat % len(timed)] + (slow if repeat == 0 else [])
+        for impl in order:
             runs[impl].append(measure(impl, folder))
             print(f"  {size} {impl:<18} {runs[impl][-1]['seconds']:7.2f} s", flush=True)
     summary = {
@@ -160,7 +163,7 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["0.5b", "1.5b"], choices=sorted(SHARD_SIZE))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--skip-paddlenlp", action="store_true", help="leave out paddlenlp's own model (slow)")
     parser.add_argument("--workdir", help="keep the checkpoints here (default: a temp folder, removed afterwards)")
     parser.add_argument("--results", default=str(RESULTS))
