@@ -167,20 +167,35 @@ PyDoc_STRVAR(transpose_columns_doc,
              "buffer; `out` a writable buffer of at least (stop - start) * rows * itemsize bytes. Runs without\n"
              "the GIL.");
 
+/* The checks both entry points make: NULL when a [rows, cols] matrix of `src_item`-byte values fits in `src` and
+ * (stop - start) rows of the transpose, of `out_item`-byte values, fit in `out`; else what is wrong. */
+static const char *check_args(Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t start, Py_ssize_t stop,
+                              const Py_buffer *src, Py_ssize_t src_item, const Py_buffer *out, Py_ssize_t out_item) {
+    if (rows < 0 || cols < 0 || start < 0 || stop < start || stop > cols)
+        return "need 0 <= start <= stop <= cols and rows >= 0";
+    if (src->len < rows * cols * src_item) return "src is smaller than the [rows, cols] matrix";
+    if (out->len < (stop - start) * rows * out_item) return "out is smaller than (stop - start) * rows values";
+    return NULL;
+}
+
+/* Release both buffers; raise ValueError("name: error") when there is an error. */
+static PyObject *finish(const char *name, const char *error, Py_buffer *out, Py_buffer *src) {
+    PyBuffer_Release(out);
+    PyBuffer_Release(src);
+    if (error != NULL) return PyErr_Format(PyExc_ValueError, "%s: %s", name, error);
+    Py_RETURN_NONE;
+}
+
 static PyObject *transpose_columns(PyObject *self, PyObject *args) {
     Py_buffer out, src;
     Py_ssize_t rows, cols, start, stop, itemsize;
     (void)self;
     if (!PyArg_ParseTuple(args, "w*y*nnnnn", &out, &src, &rows, &cols, &start, &stop, &itemsize)) return NULL;
     const char *error = NULL;
-    if (rows < 0 || cols < 0 || start < 0 || stop < start || stop > cols)
-        error = "transpose_columns: need 0 <= start <= stop <= cols and rows >= 0";
-    else if (itemsize != 1 && itemsize != 2 && itemsize != 4 && itemsize != 8)
-        error = "transpose_columns: itemsize must be 1, 2, 4 or 8";
-    else if (src.len < rows * cols * itemsize)
-        error = "transpose_columns: src is smaller than rows * cols * itemsize bytes";
-    else if (out.len < (stop - start) * rows * itemsize)
-        error = "transpose_columns: out is smaller than (stop - start) * rows * itemsize bytes";
+    if (itemsize != 1 && itemsize != 2 && itemsize != 4 && itemsize != 8)
+        error = "itemsize must be 1, 2, 4 or 8";
+    else
+        error = check_args(rows, cols, start, stop, &src, itemsize, &out, itemsize);
     if (error == NULL) {
         Py_BEGIN_ALLOW_THREADS
         switch (itemsize) {
@@ -191,13 +206,7 @@ static PyObject *transpose_columns(PyObject *self, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
     }
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&src);
-    if (error != NULL) {
-        PyErr_SetString(PyExc_ValueError, error);
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return finish("transpose_columns", error, &out, &src);
 }
 
 PyDoc_STRVAR(transpose_columns_bf16_to_f32_doc,
@@ -212,25 +221,13 @@ static PyObject *transpose_columns_bf16_to_f32(PyObject *self, PyObject *args) {
     Py_ssize_t rows, cols, start, stop;
     (void)self;
     if (!PyArg_ParseTuple(args, "w*y*nnnn", &out, &src, &rows, &cols, &start, &stop)) return NULL;
-    const char *error = NULL;
-    if (rows < 0 || cols < 0 || start < 0 || stop < start || stop > cols)
-        error = "transpose_columns_bf16_to_f32: need 0 <= start <= stop <= cols and rows >= 0";
-    else if (src.len < rows * cols * 2)
-        error = "transpose_columns_bf16_to_f32: src is smaller than rows * cols * 2 bytes";
-    else if (out.len < (stop - start) * rows * 4)
-        error = "transpose_columns_bf16_to_f32: out is smaller than (stop - start) * rows * 4 bytes";
+    const char *error = check_args(rows, cols, start, stop, &src, 2, &out, 4);
     if (error == NULL) {
         Py_BEGIN_ALLOW_THREADS
         transpose_bf16_f32(src.buf, rows, cols, start, stop, out.buf);
         Py_END_ALLOW_THREADS
     }
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&src);
-    if (error != NULL) {
-        PyErr_SetString(PyExc_ValueError, error);
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    return finish("transpose_columns_bf16_to_f32", error, &out, &src);
 }
 
 static PyMethodDef methods[] = {
