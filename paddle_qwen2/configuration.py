@@ -44,7 +44,9 @@ class Qwen2Config(PretrainedConfig):
     num_key_value_heads, head_dim (None -> hidden_size // num_attention_heads), hidden_act,
     max_position_embeddings, initializer_range, rms_norm_eps, use_cache, tie_word_embeddings, rope_theta,
     rope_scaling ({"rope_type": "linear"|"dynamic"|"yarn", "factor": ...} or None), use_sliding_window,
-    sliding_window (None unless use_sliding_window), max_window_layers, layer_types, attention_dropout.
+    sliding_window (None unless use_sliding_window), max_window_layers, layer_types, attention_dropout,
+    is_causal (False: bidirectional attention, as embedding models such as gte-Qwen2 are trained and say in their
+    config.json; padding is still masked).
 
     As in transformers 4.57, `layer_types[i]` is "sliding_attention" for layers `i >= max_window_layers`
     when the sliding window is on, "full_attention" otherwise.
@@ -75,6 +77,7 @@ class Qwen2Config(PretrainedConfig):
         max_window_layers: int = 28,
         layer_types: list[str] | None = None,
         attention_dropout: float = 0.0,
+        is_causal: bool = True,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -94,6 +97,7 @@ class Qwen2Config(PretrainedConfig):
         self.sliding_window = sliding_window if use_sliding_window else None
         self.max_window_layers = max_window_layers
         self.attention_dropout = attention_dropout
+        self.is_causal = bool(is_causal)
         if layer_types is None:
             layer_types = [
                 "sliding_attention" if self.sliding_window is not None and i >= max_window_layers else "full_attention"

@@ -148,6 +148,22 @@ def _expand_2d_mask(mask: Tensor, tgt_length: int) -> Tensor:
     return mask.astype("bool").unsqueeze([1, 2]).expand([batch_size, 1, tgt_length, src_length])
 
 
+def _bidirectional_mask(attention_mask: Tensor | None, batch: int, seq_len: int, past_length: int, dtype) -> Tensor:
+    """Additive mask `[batch or 1, 1, seq, past + seq]` for bidirectional attention (`config.is_causal` False):
+    every query sees every real token; only padding (2D `attention_mask`, 1 = token) is masked. A 4D mask is
+    taken as given."""
+    if attention_mask is not None and attention_mask.ndim == 4:
+        return (
+            attention_mask.astype(dtype)
+            if attention_mask.dtype != paddle.bool
+            else _additive_mask(attention_mask, dtype)
+        )
+    kv_len = past_length + seq_len
+    if attention_mask is None:
+        return paddle.zeros([1, 1, seq_len, kv_len], dtype=dtype)
+    return _additive_mask(_expand_2d_mask(attention_mask, seq_len), dtype)
+
+
 def _padding_mask(attention_mask: Tensor | None) -> Tensor | None:
     """`attention_mask` unless it is a 2D mask without padding (all ones), which needs no per-row mask: then None,
     so one causal mask serves the whole batch."""
@@ -796,6 +812,9 @@ class Qwen2Model(Qwen2PretrainedModel):
     def _masks(self, attention_mask: Tensor | None, batch: int, seq_len: int, past_length: int, dtype) -> dict:
         """The additive mask of each attention type in use, `{"full_attention": ..., "sliding_attention": ...}`."""
         attention_mask = _padding_mask(attention_mask)
+        if not self.config.is_causal:
+            mask = _bidirectional_mask(attention_mask, batch, seq_len, past_length, dtype)
+            return {"full_attention": mask, "sliding_attention": mask}
         shape = [batch, seq_len]
         masks = {"full_attention": self._prepare_decoder_attention_mask(attention_mask, shape, past_length, dtype)}
         if self.has_sliding_layers:

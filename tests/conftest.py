@@ -4,7 +4,9 @@ Every checkpoint has its weights re-drawn (random biases, norm weights far from 
 transpose, a missing bias or a norm applied in the wrong dtype shows up as a numeric difference.
 """
 
+import json
 import os
+import shutil
 import zlib  # noqa: F401  # must precede paddle (paddle 2.6 ships its own zlib symbols)
 from pathlib import Path
 
@@ -178,3 +180,115 @@ def assert_close(actual, expected, max_abs: float = MAX_ABS, mean_abs: float = M
     assert diff.max() <= max_abs and diff.mean() <= mean_abs, (
         f"{what}: max abs diff {diff.max():.3g} (<= {max_abs}), mean {diff.mean():.3g} (<= {mean_abs})"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sentence-transformers folders, saved by sentence-transformers itself from tiny random Qwen2 models
+# ----------------------------------------------------------------------------------------------------------------
+
+EXAMPLE_MODEL = Path(__file__).resolve().parent.parent / "examples" / "model"
+QUERY_PROMPT = "Instruct: Given a question, retrieve the passage that answers it\nQuery: "
+EMBED_TEXTS = [
+    "The capital of France is Paris.",
+    "  猫喜欢吃鱼。 ",
+    "",
+    "a",
+    "Two plus three is five, five plus five is ten, ten plus ten is twenty, and so on for a long while.",
+    "hello world",
+    "法国的首都是巴黎，德国的首都是柏林。",
+    "What is the capital of Japan?",
+]
+# kind -> (tokenizer appends <|endoftext|>, padding side, pooling mode, Dense out features or None, include_prompt)
+ST_KINDS = {
+    "last": (True, "left", "lasttoken", None, True),
+    "mean_dense": (False, "right", "mean", 32, False),
+}
+_EOS_POST_PROCESSOR = {
+    "type": "TemplateProcessing",
+    "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}],
+    "pair": [
+        {"Sequence": {"id": "A", "type_id": 0}},
+        {"Sequence": {"id": "B", "type_id": 1}},
+        {"SpecialToken": {"id": "<|endoftext|>", "type_id": 1}},
+    ],
+    "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [4000], "tokens": ["<|endoftext|>"]}},
+}
+
+
+def write_qwen2_with_tokenizer(path: Path, eos: bool, padding_side: str, seed: int = 0) -> Path:
+    """A tiny HF `Qwen2Model` (vocabulary of the bundled tokenizer) with the bundled tokenizer files; `eos`: the
+    tokenizer's post-processor appends `<|endoftext|>` (as gte-Qwen2's does)."""
+    write_hf_checkpoint(path, "gqa", head="base", seed=seed, vocab_size=4096, max_position_embeddings=128)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        (path / name).write_bytes((EXAMPLE_MODEL / name).read_bytes())
+    tok_config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**tok_config, "padding_side": padding_side}))
+    if eos:
+        tok = json.loads((path / "tokenizer.json").read_text())
+        (path / "tokenizer.json").write_text(json.dumps({**tok, "post_processor": _EOS_POST_PROCESSOR}))
+    return path
+
+
+def write_st_folder(path: Path, kind: str, seed: int = 0) -> Path:
+    """A sentence-transformers folder of `kind` (see ST_KINDS) saved by sentence-transformers 5.1.2: max length
+    24 (long texts are truncated), prompts "query" and "document"; a Dense has random weights and bias."""
+    from sentence_transformers import SentenceTransformer, models
+
+    eos, side, mode, dense_out, include_prompt = ST_KINDS[kind]
+    hf = write_qwen2_with_tokenizer(path.with_name(path.name + "-hf"), eos, side, seed)
+    modules = [models.Transformer(str(hf), max_seq_length=24), models.Pooling(64, mode, include_prompt=include_prompt)]
+    if dense_out:
+        torch.manual_seed(seed)
+        dense = models.Dense(64, dense_out, activation_function=torch.nn.Tanh())
+        redraw_weights(dense, seed)
+        modules.append(dense)
+    modules.append(models.Normalize())
+    model = SentenceTransformer(modules=modules, prompts={"query": QUERY_PROMPT, "document": ""}, device="cpu")
+    model.save(str(path))
+    return path
+
+
+def to_st57_format(src: Path, dst: Path) -> Path:
+    """The sentence-transformers >= 5.7 on-disk format of the folder `src`: module types under
+    `sentence_transformers.base.modules` / `sentence_transformers.sentence_transformer.modules`, one `pooling_mode`
+    key with `embedding_dimension`, the max length as `model_max_length` in tokenizer_config.json."""
+    shutil.copytree(src, dst)
+    new_types = {
+        "Transformer": "sentence_transformers.base.modules.transformer.Transformer",
+        "Pooling": "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
+        "Dense": "sentence_transformers.base.modules.dense.Dense",
+        "Normalize": "sentence_transformers.sentence_transformer.modules.normalize.Normalize",
+    }
+    modules = json.loads((dst / "modules.json").read_text())
+    for module in modules:
+        module["type"] = new_types[module["type"].rsplit(".", 1)[-1]]
+    (dst / "modules.json").write_text(json.dumps(modules, indent=2))
+    old = json.loads((dst / "1_Pooling" / "config.json").read_text())
+    (mode,) = [k for k, v in old.items() if k.startswith("pooling_mode_") and v]
+    names = {"pooling_mode_lasttoken": "lasttoken", "pooling_mode_mean_tokens": "mean"}
+    new = {"embedding_dimension": old["word_embedding_dimension"], "pooling_mode": names[mode]}
+    (dst / "1_Pooling" / "config.json").write_text(json.dumps({**new, "include_prompt": old["include_prompt"]}))
+    st_config = json.loads((dst / "sentence_bert_config.json").read_text())
+    tok_config = json.loads((dst / "tokenizer_config.json").read_text())
+    tok_config["model_max_length"] = st_config.pop("max_seq_length")
+    (dst / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    (dst / "sentence_bert_config.json").write_text(json.dumps(st_config))
+    return dst
+
+
+@pytest.fixture(scope="session")
+def st_folder(tmp_path_factory):
+    """`st_folder(kind)` -> a sentence-transformers folder of `kind` (ST_KINDS; "<kind>-57": the 5.7 format of
+    the same folder), cached per session."""
+    cache = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            base, _, fmt = kind.partition("-")
+            if fmt:
+                cache[kind] = to_st57_format(get(base), tmp_path_factory.mktemp("st57") / kind)
+            else:
+                cache[kind] = write_st_folder(tmp_path_factory.mktemp("st") / kind, kind)
+        return cache[kind]
+
+    return get

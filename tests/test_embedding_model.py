@@ -1,0 +1,162 @@
+"""EmbeddingModel against sentence-transformers 5.1.2 run live on folders it saved (see conftest.ST_KINDS), and
+against HF's Qwen2Model where sentence-transformers cannot be the reference (bidirectional attention)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import EMBED_TEXTS, write_qwen2_with_tokenizer
+from paddle_qwen2.embedding import EmbeddingError
+from paddle_qwen2.embedding.model import EmbeddingModel
+
+st = pytest.importorskip("sentence_transformers")
+TOL = 1e-5  # normalised embeddings
+
+
+def st_encode(folder, texts=EMBED_TEXTS, **kwargs) -> np.ndarray:
+    model = st.SentenceTransformer(str(folder), device="cpu")
+    return model.encode(texts, batch_size=4, show_progress_bar=False, **kwargs)
+
+
+def assert_embeddings(actual: np.ndarray, expected: np.ndarray, tol: float = TOL) -> None:
+    assert actual.dtype == np.float32 and actual.shape == expected.shape
+    assert np.isfinite(actual).all()
+    diff = np.abs(actual - expected).max()
+    assert diff <= tol, f"max abs diff {diff:.3g} > {tol}"
+
+
+@pytest.mark.parametrize("kind", ["last", "mean_dense", "last-57", "mean_dense-57"])
+@pytest.mark.parametrize("prompt", [{}, {"prompt_name": "query"}, {"prompt": "Represent this: "}])
+def test_encode_equals_sentence_transformers(st_folder, kind, prompt):
+    """last: EOS-appending tokenizer, left padding, last-token pooling; mean_dense: mean pooling without the prompt's
+    tokens, Dense (tanh), Normalize; "-57": the same folder in the 5.7 format. Truncation at 24 tokens, an empty
+    text and whitespace-only texts are in EMBED_TEXTS; batch size 4 mixes lengths."""
+    expected = st_encode(st_folder(kind.split("-")[0]), **prompt)
+    model = EmbeddingModel.from_pretrained(st_folder(kind))
+    assert model.max_seq_length == 24
+    actual = model.encode(EMBED_TEXTS, batch_size=4, **prompt)
+    assert_embeddings(actual, expected)
+    np.testing.assert_allclose(np.linalg.norm(actual, axis=1), 1.0, atol=1e-6)
+
+
+def test_single_string_and_batch_size_do_not_change_results(st_folder):
+    model = EmbeddingModel.from_pretrained(st_folder("last"))
+    batched = model.encode(EMBED_TEXTS, batch_size=3)
+    one_by_one = np.stack([model.encode(t) for t in EMBED_TEXTS])
+    assert one_by_one.shape == batched.shape
+    assert_embeddings(one_by_one, batched)
+
+
+def test_truncate_dim_renormalises(st_folder):
+    model = EmbeddingModel.from_pretrained(st_folder("mean_dense"))
+    full = st_encode(st_folder("mean_dense"))
+    expected = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
+    assert_embeddings(model.encode(EMBED_TEXTS, truncate_dim=8), expected)
+
+
+def test_normalize_embeddings_false_skips_the_normalize_module(st_folder):
+    model = EmbeddingModel.from_pretrained(st_folder("mean_dense"))
+    raw = model.encode(EMBED_TEXTS, normalize_embeddings=False)
+    norms = np.linalg.norm(raw, axis=1)
+    assert not np.allclose(norms, 1.0, atol=1e-3)
+    assert_embeddings(raw / norms[:, None], st_encode(st_folder("mean_dense")))
+
+
+def _hf_reference(folder, texts, pooling: str, causal: bool) -> np.ndarray:
+    """HF Qwen2Model (eager) on the HF tokenizer's batch, an additive 4D mask (bidirectional: padding only),
+    then last-token or mean pooling and L2 normalisation in torch."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    model = transformers.Qwen2Model.from_pretrained(str(folder), attn_implementation="eager").eval()
+    batch = tokenizer([t.strip() for t in texts], padding=True, truncation=True, max_length=24, return_tensors="pt")
+    mask = batch["attention_mask"]
+    seq = mask.shape[1]
+    allowed = mask[:, None, None, :].bool().expand(-1, 1, seq, seq)
+    if causal:
+        allowed = allowed & torch.ones(seq, seq, dtype=torch.bool).tril()
+    additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        hidden = model(input_ids=batch["input_ids"], attention_mask=additive, position_ids=positions).last_hidden_state
+    if pooling == "last":
+        last = (torch.arange(seq) * mask).argmax(-1)
+        pooled = hidden[torch.arange(len(texts)), last]
+    else:
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
+
+def test_bidirectional_attention_from_config(st_folder, tmp_path):
+    """`"is_causal": false` in config.json (gte-Qwen2) turns on bidirectional attention: equal to HF's Qwen2Model
+    given the padding-only 4D mask, and different from the causal embeddings."""
+    folder = shutil.copytree(st_folder("last"), tmp_path / "bidirectional")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "is_causal": False}))
+    texts = [t for t in EMBED_TEXTS if t.strip()]
+    model = EmbeddingModel.from_pretrained(folder)
+    assert model.transformer.config.is_causal is False
+    actual = model.encode(texts, batch_size=4)
+    assert_embeddings(actual, _hf_reference(folder, texts, "last", causal=False))
+    causal = EmbeddingModel.from_pretrained(folder, is_causal=True).encode(texts, batch_size=4)
+    assert_embeddings(causal, _hf_reference(folder, texts, "last", causal=True))
+    assert np.abs(actual - causal).max() > 1e-2
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_plain_qwen2_folder(tmp_path, pooling):
+    folder = write_qwen2_with_tokenizer(tmp_path / "plain", eos=False, padding_side="right")
+    texts = [t for t in EMBED_TEXTS if t.strip()]
+    model = EmbeddingModel.from_pretrained(folder, pooling=pooling, normalize=True, max_length=24)
+    assert_embeddings(model.encode(texts, batch_size=4), _hf_reference(folder, texts, pooling, causal=True))
+
+
+def test_paddle_layout_weights(st_folder, tmp_path):
+    """The Transformer's weights converted to the Paddle layout embed the same."""
+    from paddle_qwen2.conversion import convert_checkpoint
+
+    src = st_folder("mean_dense")
+    folder = tmp_path / "paddle-layout"
+    convert_checkpoint(src, tmp_path / "converted", progress=False)
+    shutil.copytree(src, folder)
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(tmp_path / "converted" / name, folder / name)
+    from paddle_qwen2.conversion import detect_layout
+
+    assert detect_layout(folder) == "paddle"
+    actual = EmbeddingModel.from_pretrained(folder).encode(EMBED_TEXTS, prompt_name="query")
+    assert_embeddings(actual, st_encode(src, prompt_name="query"))
+
+
+@pytest.mark.parametrize("kind", ["last", "mean_dense"])
+def test_save_pretrained_loads_in_sentence_transformers(st_folder, tmp_path, kind):
+    model = EmbeddingModel.from_pretrained(st_folder(kind))
+    out = tmp_path / "saved"
+    model.save_pretrained(out)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp folder left behind"
+    expected = model.encode(EMBED_TEXTS, prompt_name="query")
+    assert_embeddings(st_encode(out, prompt_name="query"), expected)
+    assert_embeddings(EmbeddingModel.from_pretrained(out).encode(EMBED_TEXTS, prompt_name="query"), expected)
+
+
+def test_unknown_prompt_name_lists_the_prompts(st_folder):
+    model = EmbeddingModel.from_pretrained(st_folder("last"))
+    with pytest.raises(EmbeddingError, match=r"unknown prompt name 'passage'.*'query', 'document'"):
+        model.encode(["x"], prompt_name="passage")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(truncate_dim=0), r"truncate_dim must be in \[1, 64\]"),
+        (dict(truncate_dim=65), r"truncate_dim must be in \[1, 64\]"),
+        (dict(batch_size=0), r"batch_size must be positive"),
+    ],
+)
+def test_bad_encode_arguments(st_folder, kwargs, message):
+    model = EmbeddingModel.from_pretrained(st_folder("last"))
+    with pytest.raises(EmbeddingError, match=message):
+        model.encode(["x"], **kwargs)
