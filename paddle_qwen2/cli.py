@@ -7,10 +7,13 @@
     paddle-qwen2 finetune --model DIR --train-file chats.jsonl [--packing] [--lora] [--export-hf] [...]
     paddle-qwen2 finetune --task seq_cls --model DIR --train-file train.csv --eval-file eval.csv --num-labels 2
 
+    paddle-qwen2 embed --model DIR --input texts.jsonl --output vectors.npy [--prompt-name query] [...]
+
 `convert` moves a checkpoint folder between the HF and Paddle layouts. `finetune` trains with paddlenlp's Trainer
 (chat SFT, full or LoRA, or sequence classification), writes checkpoints, train_log.jsonl, final/ and
 summary.json into `--output-dir`, and prints the summary as JSON (`paddle-qwen2 finetune --help` lists the
-options; `paddle_qwen2.training.finetune` is the same as a Python API). Only `finetune` imports paddle.
+options; `paddle_qwen2.training.finetune` is the same as a Python API). `embed` writes the sentence embeddings of
+a .txt / .jsonl / .parquet file (`paddle_qwen2.embedding.command`). `convert` never imports paddle.
 
 Bad input prints one line `error: ...` on stderr and returns exit code 1 (a command-line mistake: 2); `convert`
 then writes nothing.
@@ -25,6 +28,9 @@ import sys
 import threading
 
 from .conversion import DEFAULT_MAX_SHARD_SIZE, DTYPE_CODES, ConversionError, convert_checkpoint
+from .embedding import EmbeddingError
+from .embedding import command as embed_command
+from .embedding.io import EmbedInputError
 from .training import options as finetune_options
 
 __all__ = ["build_parser", "main"]
@@ -80,6 +86,10 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         formatter_class=finetune_options.HelpFormatter,
     )
     finetune_options.add_arguments(finetune)
+    embed = commands.add_parser(
+        "embed", help="sentence embeddings of a text file", description=embed_command.DESCRIPTION
+    )
+    embed_command.add_arguments(embed)
     return parser, finetune
 
 
@@ -131,11 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         command = args.command
         if command == "finetune":
             return _run_finetune(parser, finetune, argv)
+        if command == "embed":
+            return embed_command.run(args)
         return _run_convert(args)
     except _UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ConversionError, OSError, _BadInput) as exc:
+    except (ConversionError, EmbeddingError, EmbedInputError, OSError, _BadInput) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,74 @@
+"""`paddle-qwen2 embed`: embed the texts of a file with a sentence-transformers (or plain Qwen2) folder.
+
+    paddle-qwen2 embed --model DIR --input texts.jsonl --output vectors.parquet --prompt-name query
+
+Paths and the input file are checked before the model loads; the output is written to a temporary file beside
+it and renamed at the end, so a failed or interrupted run leaves no output file. No paddle import until the
+model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from .io import INPUT_FORMATS, OUTPUT_FORMATS, check_input_path, check_output_path, read_texts, write_embeddings
+
+__all__ = ["add_arguments", "run"]
+
+DESCRIPTION = (
+    "Embed every text of a file with a sentence-transformers folder (its pooling, Dense, Normalize and prompts; "
+    "Qwen2 weights in HF or Paddle layout) or a plain Qwen2 folder (--pooling). Input "
+    f"{', '.join(INPUT_FORMATS)}; output {', '.join(OUTPUT_FORMATS)} (row order = input order)."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The `embed` options on `p`; returns `p`."""
+    p.add_argument("--model", metavar="DIR", required=True, help="sentence-transformers or Qwen2 folder")
+    p.add_argument("--input", metavar="FILE", required=True, help="texts: .txt (a line each), .jsonl or .parquet")
+    p.add_argument("--output", metavar="FILE", required=True, help=".npy [n, dim] float32, .jsonl or .parquet")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt-name", metavar="NAME", help="a prompt of the model (config_sentence_transformers)")
+    prompt.add_argument("--prompt", metavar="TEXT", help="a prompt prepended to every text")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="texts per batch (default 32)")
+    p.add_argument("--max-length", type=int, metavar="N", help="tokens per text (default: the model's)")
+    p.add_argument("--truncate-dim", type=int, metavar="N", help="keep the first N dimensions (re-normalised)")
+    p.add_argument("--text-field", default="text", metavar="NAME", help="JSONL field / parquet column (text)")
+    p.add_argument("--no-normalize", action="store_true", help="skip the model's Normalize module")
+    p.add_argument("--pooling", metavar="MODE", help="last | mean | cls | max | ...; required for a plain Qwen2 folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Embed `args.input` into `args.output`; prints a one-line summary. Raises `EmbedInputError` /
+    `EmbeddingError` on bad input (the CLI prints them as `error: ...`, exit 1)."""
+    check_input_path(args.input)
+    check_output_path(args.output)
+    records = read_texts(args.input, args.text_field)
+    from ..runtime import configure_cpu_threads
+
+    configure_cpu_threads()
+    from .model import EmbeddingModel
+
+    model = EmbeddingModel.from_pretrained(args.model, pooling=args.pooling, max_length=args.max_length,
+                                           normalize=not args.no_normalize)  # fmt: skip
+    model.resolve_prompt(args.prompt_name, args.prompt)  # an unknown prompt name fails before any work
+    start = time.perf_counter()
+    embeddings = model.encode(
+        records.texts,
+        prompt_name=args.prompt_name,
+        prompt=args.prompt,
+        batch_size=args.batch_size,
+        normalize_embeddings=False if args.no_normalize else None,
+        truncate_dim=args.truncate_dim,
+        show_progress_bar=not args.quiet,
+    )
+    seconds = time.perf_counter() - start
+    write_embeddings(args.output, records, embeddings, args.text_field)
+    if not args.quiet:
+        n, dim = embeddings.shape
+        print(f"embedded {n} texts, dim {dim}, in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} texts/s) -> "
+              f"{args.output}")  # fmt: skip
+    return 0
