@@ -3,6 +3,34 @@
     corpus/en.txt, corpus/zh.txt   pretraining text: documents separated by blank lines
     chat_sft.jsonl                 chat SFT data (ChatML messages) for `paddle-qwen2 finetune` and `make demo`
     sentiment_{train,eval}.csv     text,label (0 = negative, 1 = positive) for sequence classification
+    retrieval_train.jsonl          {"query", "pos", "neg": [1-3 hard negatives]} for sentence-embedding training
+    retrieval_eval.jsonl           {"query", "pos"}: held-out retrieval pairs (rank all distinct `pos` passages)
+
+Retrieval pairs. Every fact of the tables below (a country's capital, continent and language; an animal's legs,
+food, home and sound; the color of a thing) becomes one short passage in English and one in Chinese: the fact
+sentence (one of a few phrasings) plus 1-2 sentences about the same entity that answer no question of the set
+(colors: 0-1), e.g. "Oslo is the capital of Norway. Many people visit Oslo every year." Some of those sentences
+carry the words of ANOTHER relation's questions without its answer ("Travellers to Norway often learn a few words
+of the local language." in a capital passage), so that word overlap alone does not find the answer (RETRIEVAL_FILLERS).
+Queries are questions in the same language as the passage, from 4-5 templates per relation and language ("What is
+the capital of Norway?", "Oslo is the capital of which country?", "挪威的首都是哪里？", ...). The held-out split is
+by entity AND by template:
+
+  - held-out entities: 12 countries (4 of Europe, 4 of Asia, 1 of each other continent), 4 animals and 4 things
+    with a color, drawn with their own seed. Each is held out in ONE language (alternately English and Chinese),
+    so no passage of the eval corpus is the translation of another (a cross-lingual match is never a false
+    negative). Held-out entities appear nowhere in the training file, not even as negatives.
+  - held-out templates: the last query template of every (relation, language) is used only in the eval file.
+    Each held-out fact gets two eval queries: one with a training template, one with the held-out template.
+
+retrieval_train.jsonl: the remaining entities in both languages, 1-2 queries per fact (different templates), each
+with 1-3 hard negatives of the same language: the same relation for a similar entity (same continent; an animal
+or thing with the same food, home or color when there is one) and another relation of the same entity.
+retrieval_eval.jsonl: its corpus (the distinct `pos` passages) holds all relations of every held-out entity, so
+every query has distractors that share its entity name ("People in Norway speak Norwegian." for "What is the
+capital of Norway?") or its relation words ("Russia is a country in Europe." for "Which continent is Norway in?").
+Held-out entities do appear in the pretraining corpus and the chat data: they are held out of retrieval training.
+The retrieval part draws from its own generator (RETRIEVAL_SEED), so the files above it do not change with it.
 
 All text here is written for this project (facts, templates and the prose paragraphs in prose.py), plus a few
 lines of classical Chinese (Analects, Dao De Jing) that are in the public domain.
@@ -492,6 +520,290 @@ def sentiment_rows(rng: random.Random, n: int):
     return rows
 
 
+# ----------------------------------------------------------------------------------------------- retrieval pairs
+
+RETRIEVAL_SEED = SEED + 1  # its own generator: the outputs above stay byte-identical whatever changes here
+
+# (relation, language) -> query templates; the LAST one of each list is held out (used only in the eval file)
+RETRIEVAL_QUERIES = {
+    ("capital", "en"): [
+        "What is the capital of {c}?",
+        "Which city is the capital of {c}?",
+        "Tell me the capital of {c}.",
+        "{cap} is the capital of which country?",
+        "What city serves as the capital of {c}?",
+    ],
+    ("capital", "zh"): [
+        "{cz}的首都是哪里？",
+        "{cz}的首都是什么？",
+        "请告诉我{cz}的首都。",
+        "{capz}是哪个国家的首都？",
+        "{cz}的首都叫什么名字？",
+    ],
+    ("continent", "en"): [
+        "Which continent is {c} in?",
+        "Where is {c}?",
+        "On which continent is {c} located?",
+        "{c} is part of which continent?",
+    ],
+    ("continent", "zh"): ["{cz}在哪个大洲？", "{cz}位于哪里？", "{cz}属于哪个洲？", "{cz}是哪个大洲的国家？"],
+    ("language", "en"): [
+        "What language do people speak in {c}?",
+        "What is the main language of {c}?",
+        "Which language is spoken in {c}?",
+        "What do people in {c} speak?",
+    ],
+    ("language", "zh"): ["{cz}人说什么语言？", "{cz}的主要语言是什么？", "在{cz}人们讲什么话？", "{cz}通用什么语言？"],
+    ("legs", "en"): [
+        "How many legs does {an} have?",
+        "How many legs has {an} got?",
+        "Count the legs of {an}.",
+        "What is the number of legs on {an}?",
+    ],
+    ("legs", "zh"): ["{az}有几条腿？", "{az}有多少条腿？", "一{m}{az}有几条腿？", "{az}的腿有几条？"],
+    ("food", "en"): [
+        "What does {an} like to eat?",
+        "What does {an} eat?",
+        "What is the favourite food of {an}?",
+        "What food does {an} like?",
+    ],
+    ("food", "zh"): ["{az}喜欢吃什么？", "{az}吃什么？", "{az}最爱的食物是什么？", "{az}平时吃什么东西？"],
+    ("home", "en"): [
+        "Where does {an} live?",
+        "Where can you find {an}?",
+        "What is the home of {an}?",
+        "In what place does {an} live?",
+    ],
+    ("home", "zh"): ["{az}住在哪里？", "在哪里能找到{az}？", "{az}的家在哪儿？", "{az}生活在什么地方？"],
+    ("sound", "en"): [
+        "What sound does {an} make?",
+        "What does {an} say?",
+        "How does {an} sound?",
+        "What noise does {an} make?",
+    ],
+    ("sound", "zh"): ["{az}怎么叫？", "{az}发出什么声音？", "{az}的叫声是什么样的？", "{az}是怎么叫的？"],
+    ("color", "en"): [
+        "What color is {t}?",
+        "What colour is {t}?",
+        "Tell me the color of {t}.",
+        "Which color does {t} have?",
+    ],
+    ("color", "zh"): ["{tz}是什么颜色的？", "{tz}是什么颜色？", "请告诉我{tz}的颜色。", "{tz}的颜色是什么？"],
+}
+
+# (relation, language) -> phrasings of the fact sentence that opens a passage
+RETRIEVAL_FACTS = {
+    ("capital", "en"): [
+        "{cap} is the capital of {c}.",
+        "The capital of {c} is {cap}.",
+        "The government of {c} sits in {cap}.",
+    ],
+    ("capital", "zh"): ["{capz}是{cz}的首都。", "{cz}的首都是{capz}。", "{cz}的政府设在{capz}。"],
+    ("continent", "en"): ["{c} is a country in {cont}.", "{c} is in {cont}.", "{c} lies in {cont}."],
+    ("continent", "zh"): ["{cz}是{contz}的一个国家。", "{cz}位于{contz}。", "{cz}地处{contz}。"],
+    ("language", "en"): [
+        "People in {c} speak {lang}.",
+        "The main language of {c} is {lang}.",
+        "Most people in {c} talk to each other in {lang}.",
+    ],
+    ("language", "zh"): [
+        "{cz}人说{langz}。",
+        "{cz}的主要语言是{langz}。",
+        "在{cz}，人们说{langz}。",
+        "{cz}人平时用{langz}交谈。",
+    ],
+    ("legs", "en"): ["{An} has {legs_en}.", "Every {a} has {legs_en}.", "{An} {legs_walk}."],
+    ("legs", "zh"): ["{az}{legs_zh}。", "每{m}{az}都{legs_zh}。"],
+    ("food", "en"): ["{An} likes to eat {food}.", "{An} eats {food}.", "Most of all, {an} enjoys {food}."],
+    ("food", "zh"): ["{az}喜欢吃{foodz}。", "{az}爱吃{foodz}。", "{az}最爱{foodz}。"],
+    ("home", "en"): ["{An} lives {on_home}.", "You can find {an} {on_home}.", "{An} makes its home {on_home}."],
+    ("home", "zh"): ["{az}住在{homez}。", "{az}生活在{homez}。", "{az}的家在{homez}。"],
+    ("sound", "en"): ["{An} {sound_en}.", "The {a} {sound_en}."],
+    ("sound", "zh"): ["{az}{sndz}。", "{az}通常{sndz}。"],
+    ("color", "en"): ["{T} is {col}.", "The color of {t} is {col}."],
+    ("color", "zh"): ["{tz}是{colz}的。", "{tz}的颜色是{colz}。"],
+}
+
+# (group, language) -> (relation, sentence): sentences about a passage's entity that answer no question of the set.
+# A sentence tagged with a relation shares the words of that relation's questions ("capital", "language", "legs",
+# ...) without giving the answer, and goes only into passages of the entity's OTHER relations, so that word overlap
+# alone does not find the passage that answers.
+RETRIEVAL_FILLERS = {
+    ("country", "en"): [
+        (None, "{c} has a long history."),
+        (None, "Many travellers visit {c}."),
+        (None, "{c} is a beautiful country."),
+        ("capital", "Many travellers visit {c} and its capital."),
+        ("language", "Travellers to {c} often learn a few words of the local language."),
+        ("continent", "Visitors from every continent come to {c}."),
+    ],
+    ("country", "zh"): [
+        (None, "{cz}有悠久的历史。"),
+        (None, "很多游客去{cz}旅行。"),
+        (None, "{cz}是一个美丽的国家。"),
+        ("capital", "很多游客去{cz}的首都旅行。"),
+        ("language", "去{cz}旅行的人常常学几句当地的语言。"),
+        ("continent", "每年都有来自各大洲的游客去{cz}。"),
+    ],
+    ("animal", "en"): [
+        (None, "Children often draw pictures of {an}."),
+        (None, "{An} is an interesting animal."),
+        ("food", "Children like to watch {an} eat."),
+        ("legs", "Children sometimes draw {an} with too many legs."),
+        ("home", "Children often ask where {an} lives."),
+        ("sound", "Children like to copy the sound of {an}."),
+    ],
+    ("animal", "zh"): [
+        (None, "孩子们喜欢画{az}。"),
+        (None, "{az}是一种有趣的动物。"),
+        ("food", "孩子们喜欢看{az}吃东西。"),
+        ("legs", "孩子们有时把{az}的腿画得太多。"),
+        ("home", "孩子们常常问{az}住在哪里。"),
+        ("sound", "孩子们喜欢学{az}的叫声。"),
+    ],
+}
+# (relation, language) -> further sentences only for passages of that relation
+RELATION_FILLERS = {
+    ("capital", "en"): ["Many people visit {cap} every year.", "{cap} is a busy city."],
+    ("capital", "zh"): ["每年都有很多人去{capz}旅游。", "{capz}是一座热闹的城市。"],
+    ("color", "en"): ["Even small children know this."],
+    ("color", "zh"): ["连小孩子都知道这一点。"],
+}
+
+
+def _fillers(group: str, relation: str, lang: str):
+    tagged = RETRIEVAL_FILLERS.get((group, lang), [])
+    return [text for tag, text in tagged if tag != relation] + RELATION_FILLERS.get((relation, lang), [])
+
+
+# the relations of each group, in the order their fields are built below
+COUNTRY_RELATIONS = ("capital", "continent", "language")
+ANIMAL_RELATIONS = ("legs", "food", "home", "sound")
+
+
+def _country_fields(row):
+    c, cz, cap, capz, cont, contz, lang, langz = row
+    return dict(c=c, cz=cz, cap=cap, capz=capz, cont=cont, contz=contz, lang=lang, langz=langz)
+
+
+def _animal_fields(row):
+    a, az, snd, sndz, legs, food, foodz, home, homez = row
+    an = ("an " if a[0] in "aeiou" else "a ") + a
+    return dict(
+        a=a,
+        an=an,
+        An=an[0].upper() + an[1:],
+        az=az,
+        m=MEASURE_ZH.get(az, "只"),
+        legs_en=f"{NUM_EN[legs]} legs" if legs else "no legs",
+        legs_walk=f"walks on {NUM_EN[legs]} legs" if legs else "has no legs at all",
+        legs_zh=f"有{NUM_ZH[legs] if legs != 2 else '两'}条腿" if legs else "没有腿",
+        food=food,
+        foodz=foodz,
+        home=home,
+        on_home=("on the " if home == "farm" else "in the ") + home,
+        homez=homez,
+        sound_en=f"says {snd}" if snd != "no sound" else "makes almost no sound",
+        sndz=sndz,
+    )
+
+
+def _color_fields(row):
+    t, tz, col, colz = row
+    return dict(t=t, T=t[0].upper() + t[1:], tz=tz, col=col, colz=colz)
+
+
+def _retrieval_entities():
+    """[(group, name, fields, relations, similarity key per relation)] for every entity of the fact tables."""
+    out = []
+    for row in COUNTRIES:  # a similar country: the same continent
+        out.append(
+            ("country", row[0], _country_fields(row), COUNTRY_RELATIONS, dict.fromkeys(COUNTRY_RELATIONS, row[4]))
+        )
+    for row in ANIMALS:  # a similar animal: the same value of that relation (food, home, ...)
+        out.append(
+            (
+                "animal",
+                row[0],
+                _animal_fields(row),
+                ANIMAL_RELATIONS,
+                dict(zip(ANIMAL_RELATIONS, (row[4], row[5], row[7], row[2]))),
+            )
+        )
+    for row in COLORS:  # a similar thing: the same color
+        out.append(("color", row[0], _color_fields(row), ("color",), {"color": row[2]}))
+    return out
+
+
+def _held_out(rng: random.Random, entities):
+    """{entity name: language it is held out in}: 4+4 European and Asian countries, 1 of each other continent, 4
+    animals, 4 colored things; alternately English and Chinese in table order."""
+    chosen = []
+    for cont, k in (
+        ("Europe", 4),
+        ("Asia", 4),
+        ("Africa", 1),
+        ("North America", 1),
+        ("South America", 1),
+        ("Oceania", 1),
+    ):
+        chosen += rng.sample([c[0] for c in COUNTRIES if c[4] == cont], k)
+    chosen += rng.sample([a[0] for a in ANIMALS], 4) + rng.sample([t[0] for t in COLORS], 4)
+    ordered = [e[1] for e in entities if e[1] in chosen]
+    return {name: ("en", "zh")[i % 2] for i, name in enumerate(ordered)}
+
+
+def retrieval_rows(rng: random.Random):
+    """(train rows, eval rows); see the module docstring."""
+    entities = _retrieval_entities()
+    held = _held_out(rng, entities)
+    passages = {}  # (name, relation, lang) -> passage
+    for group, name, fields, relations, _keys in entities:
+        for rel in relations:
+            for lang in ("en", "zh"):
+                fillers = _fillers(group, rel, lang)
+                low, high = (1, 2) if len(fillers) > 1 else (0, len(fillers))  # colors: 0-1 filler
+                extra = rng.sample(fillers, rng.randint(low, high))
+                text = " " if lang == "en" else ""
+                passages[name, rel, lang] = text.join(
+                    [rng.choice(RETRIEVAL_FACTS[rel, lang]).format(**fields)] + [f.format(**fields) for f in extra]
+                )
+    assert len(set(passages.values())) == len(passages), "two facts got the same passage"
+
+    train, evaluation = [], []
+    for group, name, fields, relations, keys in entities:
+        for lang in ("en", "zh"):
+            if name in held and held[name] != lang:
+                continue  # held out in the other language: not used at all
+            for rel in relations:
+                *seen, unseen = RETRIEVAL_QUERIES[rel, lang]
+                pos = passages[name, rel, lang]
+                if name in held:
+                    for template in (rng.choice(seen), unseen):
+                        evaluation.append({"query": template.format(**fields), "pos": pos})
+                    continue
+                # training: hard negatives among the other training entities of the group, same language
+                others = [e for e in entities if e[0] == group and e[1] != name and e[1] not in held]
+                similar = [e for e in others if e[4][rel] == keys[rel]] or others
+                for template in rng.sample(seen, 1 if group == "animal" else 2):
+                    first = rng.choice(similar)
+                    negs = [passages[first[1], rel, lang]]
+                    other_rels = [r for r in relations if r != rel]
+                    if other_rels:
+                        negs.append(passages[name, rng.choice(other_rels), lang])
+                    third = rng.choice([e for e in others if e is not first])
+                    negs.append(passages[third[1], rel, lang])
+                    negs = negs[: rng.randint(1, 3)]
+                    rng.shuffle(negs)
+                    assert pos not in negs
+                    train.append({"query": template.format(**fields), "pos": pos, "neg": negs})
+    rng.shuffle(train)
+    rng.shuffle(evaluation)
+    assert not {r["query"] for r in train} & {r["query"] for r in evaluation}
+    assert not {r["pos"] for r in evaluation} & {p for r in train for p in [r["pos"], *r["neg"]]}
+    return train, evaluation
+
+
 def write_docs(path: Path, docs):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n\n".join(d.strip() for d in docs) + "\n", encoding="utf-8")
@@ -510,6 +822,11 @@ def main() -> None:
             writer = csv.writer(f)
             writer.writerow(["text", "label"])
             writer.writerows(sentiment_rows(rng, n))
+    train, evaluation = retrieval_rows(random.Random(RETRIEVAL_SEED))
+    for name, rows in (("retrieval_train.jsonl", train), ("retrieval_eval.jsonl", evaluation)):
+        with (HERE / name).open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
     for p in sorted(HERE.rglob("*")):
         if p.is_file() and p.suffix in (".txt", ".jsonl", ".csv"):
             print(f"{p.relative_to(HERE)}: {p.stat().st_size / 1024:.1f} KiB")
