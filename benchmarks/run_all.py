@@ -1,4 +1,4 @@
-"""`make bench`: every benchmark (model, conversion, loading), then a markdown summary of the results
+"""`make bench`: every benchmark (model, conversion, loading, embeddings), then a markdown summary of the results
 (benchmarks/results/summary.md).
 
 `--config` is passed to bench_model.py: a config in configs/ by name or a path to an HF config.json.
@@ -71,12 +71,15 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", default="5")
     parser.add_argument("--skip-convert", action="store_true")
     parser.add_argument("--skip-load", action="store_true", help="leave out bench_load.py (~10 min)")
+    parser.add_argument("--skip-embed", action="store_true", help="leave out bench_embed.py (~5 min)")
     args = parser.parse_args(argv)
     run("bench_model.py", "--config", args.config, "--repeats", args.repeats)
     if not args.skip_convert:
         run("bench_convert.py")
     if not args.skip_load:
         run("bench_load.py")
+    if not args.skip_embed:
+        run("bench_embed.py")
     summary = model_table(RESULTS / f"model_{Path(args.config).stem}_cpu_float32.json")
     convert = RESULTS / "convert.json"
     if convert.exists():
@@ -87,6 +90,12 @@ def main(argv=None) -> int:
 
         data = json.loads(load.read_text())
         summary += f"\n\nLoad benchmark (`benchmarks/bench_load.py`), {data['date']}:\n\n" + load_table(data)
+    embed = RESULTS / "embed.json"
+    if embed.exists():
+        from bench_embed import table as embed_table
+
+        data = json.loads(embed.read_text())
+        summary += f"\n\nEmbedding benchmark (`benchmarks/bench_embed.py`), {data['date']}:\n\n" + embed_table(data)
     (RESULTS / "summary.md").write_text(summary + "\n")
     print("\n" + summary)
     return 0

@@ -28,6 +28,7 @@ def assert_embeddings(actual: np.ndarray, expected: np.ndarray, tol: float = TOL
     assert diff <= tol, f"max abs diff {diff:.3g} > {tol}"
 
 
+@pytest.mark.paddle26
 @pytest.mark.parametrize("kind", ["last", "mean_dense", "last-57", "mean_dense-57"])
 @pytest.mark.parametrize("prompt", [{}, {"prompt_name": "query"}, {"prompt": "Represent this: "}])
 def test_encode_equals_sentence_transformers(st_folder, kind, prompt):
@@ -90,6 +91,7 @@ def _hf_reference(folder, texts, pooling: str, causal: bool) -> np.ndarray:
     return torch.nn.functional.normalize(pooled, dim=-1).numpy()
 
 
+@pytest.mark.paddle26
 def test_bidirectional_attention_from_config(st_folder, tmp_path):
     """`"is_causal": false` in config.json (gte-Qwen2) turns on bidirectional attention: equal to HF's Qwen2Model
     given the padding-only 4D mask, and different from the causal embeddings."""
@@ -131,6 +133,7 @@ def test_paddle_layout_weights(st_folder, tmp_path):
     assert_embeddings(actual, st_encode(src, prompt_name="query"))
 
 
+@pytest.mark.paddle26
 @pytest.mark.parametrize("kind", ["last", "mean_dense"])
 def test_save_pretrained_loads_in_sentence_transformers(st_folder, tmp_path, kind):
     model = EmbeddingModel.from_pretrained(st_folder(kind))

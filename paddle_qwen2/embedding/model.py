@@ -226,7 +226,8 @@ class EmbeddingModel(nn.Layer):
                     out[batch] = self(paddle.to_tensor(input_ids), paddle.to_tensor(mask), prompt_length,
                                       normalize_embeddings).numpy()  # fmt: skip
                 bar.update(len(batch))
-        self.train(was_training)
+        if was_training:
+            self.train()
         return out
 
     def _empty_embedding(self, normalize_embeddings) -> np.ndarray:
