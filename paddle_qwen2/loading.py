@@ -31,8 +31,9 @@ from paddlenlp.transformers.configuration_utils import PretrainedConfig
 from paddlenlp.transformers.model_utils import dtype_guard, no_init_weights
 
 from .conversion import ModelDims, SourceTensor, checkpoint_tensors, parse_size
+from .conversion.loading import aligned_empty
 from .conversion.writer import MemoryTensor, write_safetensors
-from .parallel import fuse, fused_groups, tensor_parallel_actions, tensor_parallel_layouts, unfuse
+from .parallel import fused_groups, tensor_parallel_actions, tensor_parallel_layouts, unfuse
 
 __all__ = ["load_pretrained", "save_weights"]
 
@@ -166,7 +167,7 @@ class _Filler:
             parts = self.pending.setdefault(fused, [None] * count)
             parts[index] = array
             if all(part is not None for part in parts):
-                self._assign(fused, fuse(self.pending.pop(fused)), tensor)
+                self._assign(fused, _fuse(self.pending.pop(fused)), tensor)
         elif name in self._unfuse_parts:
             names, ratios = self._unfuse_parts[name]
             for part_name, part in zip(names, unfuse(array, ratios)):
@@ -224,6 +225,14 @@ class _Filler:
         for layer in self.model.sublayers(include_self=True):
             if any(id(p) in wanted for p in layer.parameters(include_sublayers=False)):
                 self.model._init_weights(layer)
+
+
+def _fuse(parts: list[np.ndarray]) -> np.ndarray:
+    """`fuse(parts)` written into an array as `SourceTensor.read` returns them (page-aligned, and large ones in small
+    pages: see `conversion.loading.aligned_empty`)."""
+    out = aligned_empty((*parts[0].shape[:-1], sum(part.shape[-1] for part in parts)), parts[0].dtype)
+    np.concatenate(parts, axis=-1, out=out)
+    return out
 
 
 def _share(param: paddle.Tensor, array: np.ndarray) -> None:

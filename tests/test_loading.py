@@ -113,8 +113,12 @@ def test_shape_mismatch_names_the_tensor_or_initialises_when_told(hf_checkpoint,
     assert model.score.weight.shape == [64, 5] and np.isfinite(model.score.weight.numpy()).all()
 
 
-def test_loaded_parameters_are_ordinary_tensors(hf_checkpoint):
-    """Parameters filled from the checkpoint train, save and reload like any other."""
+@pytest.mark.parametrize("mapped", [False, True], ids=["numpy-arrays", "mapped-arrays"])
+def test_loaded_parameters_are_ordinary_tensors(hf_checkpoint, monkeypatch, mapped):
+    """Parameters filled from the checkpoint train, save and reload like any other, whether the arrays read were
+    numpy's or (as large ones are) their own memory mappings."""
+    if mapped:  # the tiny model's tensors are below the size that gets a mapping: map every one
+        monkeypatch.setattr(source_loading, "_MAPPED_MIN_BYTES", 1)
     model = Qwen2ForCausalLM.from_pretrained(hf_checkpoint("gqa"))
     gc.collect()  # the arrays read from the files are gone; the parameters hold their data
     assert all(not p.stop_gradient for p in model.parameters())
@@ -126,6 +130,37 @@ def test_loaded_parameters_are_ordinary_tensors(hf_checkpoint):
         before = model.qwen2.norm.weight.numpy().copy()
         model.qwen2.norm.weight.set_value(paddle.ones_like(model.qwen2.norm.weight))
     assert float(model.qwen2.norm.weight.sum()) == 64.0 and not np.array_equal(before, np.ones(64))
+
+
+def _vm_flags(array: np.ndarray) -> set[str]:
+    """The VmFlags of this process's mappings that hold part of `array`'s data (Linux /proc/self/smaps)."""
+    first, last = array.ctypes.data, array.ctypes.data + array.nbytes
+    flags, inside = set(), False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start < last and first < end
+        elif inside and head == "VmFlags:":
+            flags.update(line.split()[1:])
+    assert flags, f"no mapping holds {first:#x}"
+    return flags
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc/self/smaps")
+def test_large_arrays_are_mapped_in_small_pages():
+    """A large array the loader fills is a private mapping of its own, page-aligned and not marked for transparent
+    huge pages (numpy marks its large allocations: on a VM whose freed memory went back to the host, faulting
+    those in made the 1.5B load 2-3x slower); small ones are numpy's, aligned by hand."""
+    shapes = [((2048, 1536), "float32"), ((3, 700, 1025), "uint16"), ((5, 7), "float32"), ((0, 8), "float32")]
+    for shape, dtype in shapes:
+        array = aligned_empty(shape, dtype)
+        assert array.shape == shape and array.dtype == np.dtype(dtype) and array.flags.c_contiguous
+        assert array.flags.writeable and (array.size == 0 or array.ctypes.data % 4096 == 0)
+        array[...] = 3
+        assert (array == 3).all()
+        if array.nbytes >= source_loading._MAPPED_MIN_BYTES:
+            assert "hg" not in _vm_flags(array), shape
 
 
 @pytest.mark.parametrize("variant, tp", [("gqa", 2), ("gqa", 4), ("mha", 4), ("tied", 2)])
