@@ -28,9 +28,8 @@ import sys
 import threading
 
 from .conversion import DEFAULT_MAX_SHARD_SIZE, DTYPE_CODES, ConversionError, convert_checkpoint
-from .embedding import EmbeddingError
+from .embedding import EmbeddingError, EmbedInputError
 from .embedding import command as embed_command
-from .embedding.io import EmbedInputError
 from .training import options as finetune_options
 
 __all__ = ["build_parser", "main"]

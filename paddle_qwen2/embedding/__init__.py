@@ -1,5 +1,6 @@
 """Sentence embeddings: sentence-transformers folders in paddle, `encode`, and the `embed` command's files.
 
+- `errors.py`: `EmbeddingError` (folders, encode arguments), `EmbedInputError` (the embed command's files).
 - `folder.py`: what a sentence-transformers folder says (both on-disk formats), no paddle.
 - `tokenization.py`: tokenization exactly as sentence-transformers does it, no paddle.
 - `modules.py`: Pooling, Dense and Normalize in paddle.
@@ -10,9 +11,9 @@
 
 from __future__ import annotations
 
-from .folder import EmbeddingError
+from .errors import EmbeddingError, EmbedInputError
 
-__all__ = ["EmbeddingError", "EmbeddingModel"]
+__all__ = ["EmbeddingError", "EmbedInputError", "EmbeddingModel"]
 
 
 def __getattr__(name: str):

@@ -4,7 +4,7 @@
 
 Paths and the input file are checked before the model loads; the output is written to a temporary file beside
 it and renamed at the end, so a failed or interrupted run leaves no output file. No paddle import until the
-model loads.
+model loads (nor numpy until the command runs: `paddle-qwen2 convert` builds the same parser).
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from .io import INPUT_FORMATS, OUTPUT_FORMATS, check_input_path, check_output_path, read_texts, write_embeddings
-
 __all__ = ["add_arguments", "run"]
 
 DESCRIPTION = (
     "Embed every text of a file with a sentence-transformers folder (its pooling, Dense, Normalize and prompts; "
-    "Qwen2 weights in HF or Paddle layout) or a plain Qwen2 folder (--pooling). Input "
-    f"{', '.join(INPUT_FORMATS)}; output {', '.join(OUTPUT_FORMATS)} (row order = input order)."
+    "Qwen2 weights in HF or Paddle layout) or a plain Qwen2 folder (--pooling). Input .txt, .jsonl or .parquet; "
+    "output .npy, .jsonl or .parquet (row order = input order)."
 )
 
 
@@ -44,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Embed `args.input` into `args.output`; prints a one-line summary. Raises `EmbedInputError` /
     `EmbeddingError` on bad input (the CLI prints them as `error: ...`, exit 1)."""
+    from .io import check_input_path, check_output_path, read_texts, write_embeddings
+
     check_input_path(args.input)
     check_output_path(args.output)
     records = read_texts(args.input, args.text_field)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import EmbeddingError
+
 __all__ = [
     "POOLING_MODES",
     "ACTIVATIONS",
@@ -54,11 +56,6 @@ _MODULE_PACKAGES = (
     "sentence_transformers.sentence_transformer.modules.",
 )
 _KINDS = ("Transformer", "Pooling", "Dense", "Normalize")
-
-
-class EmbeddingError(ValueError):
-    """A sentence-transformers folder or an encode argument this package cannot use; the message names the file
-    (and module, key or value) and what was expected."""
 
 
 @dataclass

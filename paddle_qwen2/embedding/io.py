@@ -34,6 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import EmbedInputError
+
 __all__ = [
     "EMBEDDING_FIELD",
     "INPUT_FORMATS",
@@ -54,10 +56,6 @@ EMBEDDING_FIELD = "embedding"
 PathLike = Union[str, "os.PathLike[str]"]
 
 _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-
-
-class EmbedInputError(ValueError):
-    """Bad input / output path or input data; the message names the file (and line) and reads after `error: `."""
 
 
 @dataclass

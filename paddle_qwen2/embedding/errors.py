@@ -1,0 +1,14 @@
+"""The embedding package's two errors (no imports, so the CLI can catch them without loading numpy or paddle)."""
+
+from __future__ import annotations
+
+__all__ = ["EmbeddingError", "EmbedInputError"]
+
+
+class EmbeddingError(ValueError):
+    """A sentence-transformers folder or an encode argument this package cannot use; the message names the file
+    (and module, key or value) and what was expected."""
+
+
+class EmbedInputError(ValueError):
+    """Bad input / output path or input data; the message names the file (and line) and reads after `error: `."""
