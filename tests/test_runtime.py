@@ -151,3 +151,24 @@ def test_importing_the_package_and_runtime_does_not_load_paddle(statement):
     result, stderr = run_child(f"{statement}\nresult = sorted(m for m in sys.modules if m.split('.')[0] == 'paddle')")
     assert result == [], result
     assert WARNING not in stderr
+
+
+HEAP_CHECK = """
+from paddle_qwen2.runtime import configure_cpu_threads, keep_freed_memory
+configure_cpu_threads()
+{call}
+import numpy as np
+block = np.ones(100 * 2**20, np.uint8)  # over glibc's mmap threshold: an mmap of its own unless it is switched off
+address = block.ctypes.data
+heap = [line.split()[0].split("-") for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]")]
+result = {{"in_heap": any(int(lo, 16) <= address < int(hi, 16) for lo, hi in heap)}}
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("call, in_heap", [("keep_freed_memory()", True), ("", False)])
+def test_large_allocations_come_from_the_reusable_heap(call, in_heap):
+    """keep_freed_memory() switches glibc's per-allocation mmap off, so a 100 MB block is served from the heap,
+    whose freed memory is reused without fresh page faults; configure_cpu_threads() alone leaves malloc as it is."""
+    result, _ = run_child(HEAP_CHECK.format(call=call))
+    assert result["in_heap"] is in_heap

@@ -47,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
     check_input_path(args.input)
     check_output_path(args.output)
     records = read_texts(args.input, args.text_field)
-    from ..runtime import configure_cpu_threads
+    from ..runtime import configure_cpu_threads, keep_freed_memory
 
     configure_cpu_threads()
+    keep_freed_memory()  # this process computes with paddle only
     from .model import EmbeddingModel
 
     model = EmbeddingModel.from_pretrained(args.model, pooling=args.pooling, max_length=args.max_length,
