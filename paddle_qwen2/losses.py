@@ -77,11 +77,12 @@ def classification_loss(config: Qwen2Config, logits: Tensor, labels: Tensor) -> 
         return F.mse_loss(logits, labels)
     if problem_type == "single_label_classification":
         labels = labels.reshape([-1]).astype("int64")
-        valid = labels[labels != -100] if labels.numel() > 0 else labels
-        if valid.numel() > 0 and (int(valid.min().item()) < 0 or int(valid.max().item()) >= num_labels):
-            raise ValueError(
-                f"labels must lie in [0, num_labels={num_labels}) (or be -100); got {labels.numpy().tolist()}"
-            )
+        if paddle.in_dynamic_mode():  # the range check reads the labels: dygraph only (not in a traced program)
+            valid = labels[labels != -100] if labels.numel() > 0 else labels
+            if valid.numel() > 0 and (int(valid.min().item()) < 0 or int(valid.max().item()) >= num_labels):
+                raise ValueError(
+                    f"labels must lie in [0, num_labels={num_labels}) (or be -100); got {labels.numpy().tolist()}"
+                )
         return cross_entropy_mean(logits.reshape([-1, num_labels]), labels)
     if problem_type == "multi_label_classification":
         return F.binary_cross_entropy_with_logits(logits, labels.astype("float32"))

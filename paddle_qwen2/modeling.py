@@ -53,7 +53,7 @@ from .parallel import (
     tensor_parallel_actions,
     unfused_state_dict,
 )
-from .rope import rope_inv_freq
+from .rope import dynamic_inv_freq_tensor, rope_inv_freq
 
 # Names of PaddleNLP's Qwen2 layout that this port keeps so that code written against PaddleNLP finds them,
 # although nothing here needs them (defined in the last section of this file). `is_casual_mask` keeps
@@ -119,11 +119,29 @@ def masked_fill(x: Tensor, mask: Tensor, value: float) -> Tensor:
     return paddle.where(mask, paddle.full([], value, dtype=x.dtype), x)
 
 
+def _eager() -> bool:
+    """True in dygraph, False while `paddle.jit.to_static` traces a program. The data-dependent code (`.item()`
+    range checks, `bool(tensor)` shortcuts, Python state such as the dynamic-NTK cache) runs only when True; the
+    traced program takes the general path, correct for every input (the errors stay dygraph's)."""
+    return paddle.in_dynamic_mode()
+
+
 def _additive_mask(allowed: Tensor, dtype) -> Tensor:
     """Boolean mask (True = attend) -> additive mask in `dtype`: 0 where allowed, the dtype's minimum elsewhere."""
-    return masked_fill(paddle.zeros(allowed.shape, "float32"), paddle.logical_not(allowed), _dtype_min(dtype)).astype(
-        dtype
-    )
+    zeros = paddle.zeros_like(allowed, dtype="float32")
+    return masked_fill(zeros, paddle.logical_not(allowed), _dtype_min(dtype)).astype(dtype)
+
+
+def _causal_allowed(q_len, past_key_values_length=0, sliding_window: int | None = None) -> Tensor:
+    """Boolean `[q_len, past + q_len]`: query `i` (absolute position `past + i`) may see key `j` (see
+    `_make_causal_mask`). `q_len` and `past_key_values_length` may be ints or, in a traced program, 0-d tensors."""
+    kv_len = past_key_values_length + q_len
+    q_pos = paddle.arange(past_key_values_length, kv_len, dtype="int64").unsqueeze(-1)
+    kv_pos = paddle.arange(kv_len, dtype="int64").unsqueeze(0)
+    allowed = kv_pos <= q_pos
+    if sliding_window is not None:
+        allowed = paddle.logical_and(allowed, kv_pos > q_pos - sliding_window)
+    return allowed
 
 
 def _make_causal_mask(input_ids_shape, past_key_values_length: int = 0, sliding_window: int | None = None) -> Tensor:
@@ -133,19 +151,18 @@ def _make_causal_mask(input_ids_shape, past_key_values_length: int = 0, sliding_
     `sliding_window` only keys `j > past + i - sliding_window` (HF 4.57 sliding-window semantics).
     """
     batch_size, q_len = input_ids_shape[0], input_ids_shape[1]
-    kv_len = past_key_values_length + q_len
-    q_pos = paddle.arange(past_key_values_length, kv_len, dtype="int64").unsqueeze(-1)
-    kv_pos = paddle.arange(kv_len, dtype="int64").unsqueeze(0)
-    allowed = kv_pos <= q_pos
-    if sliding_window is not None:
-        allowed = paddle.logical_and(allowed, kv_pos > q_pos - sliding_window)
-    return allowed.unsqueeze([0, 1]).expand([batch_size, 1, q_len, kv_len])
+    allowed = _causal_allowed(q_len, past_key_values_length, sliding_window).unsqueeze([0, 1])
+    if isinstance(batch_size, int) and batch_size == 1:
+        return allowed
+    # broadcast to the batch by AND-ing a `[batch, 1, 1, 1]` True tensor (no boolean `expand` in the program)
+    rows = paddle.ones([batch_size, 1, 1, 1], dtype="bool")
+    return paddle.logical_and(allowed, rows)
 
 
-def _expand_2d_mask(mask: Tensor, tgt_length: int) -> Tensor:
+def _expand_2d_mask(mask: Tensor, tgt_length) -> Tensor:
     """Padding mask `[batch, kv_len]` (1 = token, 0 = pad) -> boolean `[batch, 1, tgt_length, kv_len]`."""
-    batch_size, src_length = mask.shape[0], mask.shape[-1]
-    return mask.astype("bool").unsqueeze([1, 2]).expand([batch_size, 1, tgt_length, src_length])
+    rows = paddle.ones([1, 1, tgt_length, 1], dtype="bool")
+    return paddle.logical_and(mask.astype("bool").unsqueeze([1, 2]), rows)
 
 
 def _bidirectional_mask(attention_mask: Tensor | None, batch: int, seq_len: int, past_length: int, dtype) -> Tensor:
@@ -166,8 +183,14 @@ def _bidirectional_mask(attention_mask: Tensor | None, batch: int, seq_len: int,
 
 def _padding_mask(attention_mask: Tensor | None) -> Tensor | None:
     """`attention_mask` unless it is a 2D mask without padding (all ones), which needs no per-row mask: then None,
-    so one causal mask serves the whole batch."""
-    if attention_mask is not None and attention_mask.ndim == 2 and bool(attention_mask.astype("bool").all()):
+    so one causal mask serves the whole batch. Dygraph only (the test reads the data); a traced program keeps the
+    mask, which gives the same result for any input."""
+    if (
+        _eager()
+        and attention_mask is not None
+        and attention_mask.ndim == 2
+        and bool(attention_mask.astype("bool").all())
+    ):
         return None
     return attention_mask
 
@@ -246,9 +269,15 @@ class Qwen2RotaryEmbedding(nn.Layer):
 
     @paddle.no_grad()
     def forward(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        inv_freq = self.inv_freq
         if self.rope_type == "dynamic":
-            self._dynamic_update(position_ids)
-        freqs = position_ids.astype("float32").unsqueeze(-1) * self.inv_freq
+            if _eager():
+                self._dynamic_update(position_ids)
+                inv_freq = self.inv_freq
+            else:  # traced: the frequencies of this call's longest position, computed in the program
+                seq_len = position_ids.max() + 1
+                inv_freq = dynamic_inv_freq_tensor(self.config, seq_len, paddle.to_tensor(self.original_inv_freq))
+        freqs = position_ids.astype("float32").unsqueeze(-1) * inv_freq
         emb = paddle.concat([freqs, freqs], axis=-1)
         cos, sin = emb.cos(), emb.sin()
         if self.attention_scaling != 1.0:
@@ -318,7 +347,13 @@ def _sdpa_kernel_available() -> bool:
     return int(paddle.__version__.split(".")[0]) >= 3
 
 
-_warned_no_kernel = False
+_WARNED: set[str] = set()  # warnings already given once in this process (a set, not a `global` flag: traceable)
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message)
 
 
 def scaled_dot_product_attention(
@@ -338,17 +373,15 @@ def scaled_dot_product_attention(
     (softmax in float32). With `config.use_flash_attention` Paddle's fused kernel is used where the device and
     version support it (falling back to the math path otherwise); it cannot return attention weights.
     """
-    global _warned_no_kernel
     batch, q_len, num_heads, head_dim = query_states.shape
     kv_len = key_states.shape[1]
-    if attention_mask is None and q_len > 1:
-        attention_mask = _additive_mask(_make_causal_mask([1, q_len], kv_len - q_len), query_states.dtype)
+    # (a traced program does not know q_len: it always builds the causal mask, all-True for a single query)
+    if attention_mask is None and (not _eager() or q_len > 1):
+        attention_mask = _additive_mask(_causal_allowed(q_len, kv_len - q_len).unsqueeze([0, 1]), query_states.dtype)
 
     use_kernel = config.use_flash_attention and not output_attentions
     if use_kernel and not _sdpa_kernel_available():
-        if not _warned_no_kernel:
-            warnings.warn("use_flash_attention: no fused attention kernel on this device/Paddle; using the math path")
-            _warned_no_kernel = True
+        _warn_once("use_flash_attention: no fused attention kernel on this device/Paddle; using the math path")
         use_kernel = False
     if use_kernel:
         n_rep = num_heads // key_states.shape[2]
@@ -372,7 +405,7 @@ def _math_attention(q, k, v, attention_mask, output_attentions, dropout, trainin
     k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
     scores = paddle.matmul(q, k, transpose_y=True).reshape([batch, num_heads, q_len, kv_len])
     if attention_mask is not None:
-        if attention_mask.shape[0] == 1:
+        if _eager() and attention_mask.shape[0] == 1:  # (traced: the batch size of the mask is not known)
             scores = scores + attention_mask.reshape([q_len, kv_len])
         else:
             scores = scores + attention_mask.expand([batch, num_heads, q_len, kv_len])
@@ -773,8 +806,8 @@ class Qwen2Model(Qwen2PretrainedModel):
         (2D `attention_mask` `[batch, past + seq]`, 1 = token) and an optional sliding window.
 
         A 4D `attention_mask` is taken as given (boolean: True = attend; float: additive). Without a padding mask
-        (None: see `_padding_mask`) the mask has batch size 1 (shared by every row), and a single new token with
-        no window to apply gets None.
+        (None: see `_padding_mask`) the mask has batch size 1 (shared by every row), and in dygraph a single new token
+        with no window to apply gets None (a traced program does not know the length: it builds the mask).
         """
         if attention_mask is not None and attention_mask.ndim == 4:
             if attention_mask.dtype == paddle.bool:
@@ -783,17 +816,29 @@ class Qwen2Model(Qwen2PretrainedModel):
         q_len = input_shape[1]
         if attention_mask is None:
             kv_len = past_key_values_length + q_len
-            if q_len == 1 and (sliding_window is None or kv_len <= sliding_window):
+            if _eager() and q_len == 1 and (sliding_window is None or kv_len <= sliding_window):
                 return None  # a single new token sees every cached position
-            return _additive_mask(_make_causal_mask([1, q_len], past_key_values_length, sliding_window), dtype)
-        allowed = _make_causal_mask(input_shape, past_key_values_length, sliding_window)
-        allowed = paddle.logical_and(allowed, _expand_2d_mask(attention_mask, q_len))
+        causal = _causal_allowed(q_len, past_key_values_length, sliding_window).unsqueeze([0, 1])
+        if attention_mask is None:
+            return _additive_mask(causal, dtype)
+        # [1, 1, q, kv] AND [batch, 1, 1, kv] -> [batch, 1, q, kv], broadcast (no boolean expand)
+        allowed = paddle.logical_and(causal, attention_mask.astype("bool").unsqueeze([1, 2]))
         return _additive_mask(allowed, dtype)
 
     def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, past_length) -> tuple[int, int]:
+        """`(batch, seq)` of the input, after the checks: in dygraph token ids in the vocabulary, the length
+        within the positions, the mask's shape; in a traced program (sizes unknown, data not read) only the
+        mask's rank."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds")
         batch, seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        if not _eager():
+            if attention_mask is not None and attention_mask.ndim not in (2, 4):
+                raise ValueError(
+                    f"attention_mask has {attention_mask.ndim} dimensions; expected [batch, past + seq] "
+                    "or [batch, 1, seq, past + seq]"
+                )
+            return batch, seq_len
         if input_ids is not None and input_ids.numel() > 0:
             low, high = int(input_ids.min().item()), int(input_ids.max().item())
             if low < 0 or high >= self.vocab_size:
@@ -1095,6 +1140,14 @@ class Qwen2ForCausalLM(Qwen2ModelWithHead):
         return self._output(CausalLMOutputWithPast, return_dict, outputs, loss, logits=logits)
 
 
+def _take_rows(x: Tensor, index: Tensor) -> Tensor:
+    """`x[b, index[b]]` for `x` `[batch, seq, features]` and `index` `[batch]`: `[batch, features]`, with
+    `take_along_axis` (exports to ONNX, unlike advanced indexing). The index is expanded to `[batch, 1, features]`
+    here: Paddle 2.6's traced broadcast of it fails on the unknown batch size."""
+    index = index.reshape([-1, 1, 1]).expand([-1, 1, x.shape[2]])
+    return paddle.take_along_axis(x, index, axis=1).squeeze(1)
+
+
 class Qwen2ForSequenceClassification(Qwen2ModelWithHead):
     """Sequence classification / regression from the hidden state of the rightmost token that is not
     `pad_token_id` (so left and right padding both work, as HF 4.57). logits `[batch, num_labels]`."""
@@ -1106,16 +1159,16 @@ class Qwen2ForSequenceClassification(Qwen2ModelWithHead):
         self.num_labels = config.num_labels
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias_attr=False)
 
-    def _last_token_index(self, input_ids: Tensor | None, batch_size: int, seq_len: int) -> Tensor:
+    def _last_token_index(self, input_ids: Tensor | None, logits: Tensor) -> Tensor:
+        """`[batch]` int64: the position pooled in each row of `logits` `[batch, seq, num_labels]`."""
         pad_id = self.config.pad_token_id
-        if pad_id is None:
-            if batch_size != 1:
+        positions = paddle.arange(logits.shape[1], dtype="int64").unsqueeze(0)  # [1, seq]
+        if pad_id is None or input_ids is None:
+            if pad_id is None and _eager() and logits.shape[0] != 1:  # (traced: the batch size is not known)
                 raise ValueError("Qwen2ForSequenceClassification needs config.pad_token_id for batches larger than 1")
-            return paddle.full([batch_size], seq_len - 1, dtype="int64")
-        if input_ids is None:
-            warnings.warn("inputs_embeds given: padding cannot be detected, pooling the last position")
-            return paddle.full([batch_size], seq_len - 1, dtype="int64")
-        positions = paddle.arange(seq_len, dtype="int64").unsqueeze(0)
+            if pad_id is not None:
+                warnings.warn("inputs_embeds given: padding cannot be detected, pooling the last position")
+            return paddle.zeros_like(logits[:, 0, 0], dtype="int64") + positions[0, -1]
         return (positions * (input_ids != pad_id).astype("int64")).argmax(axis=-1)
 
     def forward(
@@ -1143,9 +1196,8 @@ class Qwen2ForSequenceClassification(Qwen2ModelWithHead):
             return_dict=True,
         )
         logits = self.score(outputs.last_hidden_state)
-        batch_size, seq_len = logits.shape[0], logits.shape[1]
-        last = self._last_token_index(input_ids, batch_size, seq_len)
-        pooled_logits = logits[paddle.arange(batch_size), last]
+        last = self._last_token_index(input_ids, logits)
+        pooled_logits = _take_rows(logits, last)
         loss = classification_loss(self.config, pooled_logits, labels) if labels is not None else None
         return self._output(SequenceClassifierOutputWithPast, return_dict, outputs, loss, logits=pooled_logits)
 
@@ -1265,18 +1317,17 @@ class Qwen2SentenceEmbedding(Qwen2ModelWithHead):
         if pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
         hidden_states = hidden_states.astype("float32")
-        batch, seq_len = hidden_states.shape[0], hidden_states.shape[1]
         if attention_mask is None:
-            attention_mask = paddle.ones([batch, seq_len], dtype="int64")
+            attention_mask = paddle.ones_like(hidden_states[:, :, 0], dtype="int64")
         mask = attention_mask.astype("float32")
         if pooling == "mean":
             summed = (hidden_states * mask.unsqueeze(-1)).sum(axis=1)
             return summed / paddle.clip(mask.sum(axis=1, keepdim=True), min=1.0)
-        positions = paddle.arange(seq_len, dtype="int64").unsqueeze(0)
+        positions = paddle.arange(hidden_states.shape[1], dtype="int64").unsqueeze(0)  # [1, seq]
         has_token = mask.sum(axis=1) > 0
         last = (positions * attention_mask.astype("int64")).argmax(axis=-1)
-        last = paddle.where(has_token, last, paddle.full_like(last, seq_len - 1))
-        return hidden_states[paddle.arange(batch), last]
+        last = paddle.where(has_token, last, paddle.zeros_like(last) + positions[0, -1])
+        return _take_rows(hidden_states, last)
 
     def forward(
         self,

@@ -10,7 +10,7 @@ import numpy as np
 
 from .configuration import Qwen2Config
 
-__all__ = ["rope_inv_freq"]
+__all__ = ["rope_inv_freq", "dynamic_inv_freq_tensor"]
 
 
 def rope_inv_freq(config: Qwen2Config, seq_len: int | None = None) -> tuple[np.ndarray, float]:
@@ -29,6 +29,22 @@ def rope_inv_freq(config: Qwen2Config, seq_len: int | None = None) -> tuple[np.n
         base = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
         return (1.0 / (np.float32(base) ** exponents)).astype(np.float32), 1.0
     return _yarn_inv_freq(scaling, base, dim, config.max_position_embeddings, exponents)
+
+
+def dynamic_inv_freq_tensor(config: Qwen2Config, seq_len, inv_freq):
+    """Dynamic NTK inside a traced program: `rope_inv_freq(config, seq_len)` for a `seq_len` that is a tensor (the
+    batch's longest position + 1), as a float32 tensor `[head_dim // 2]`; `inv_freq` (the original frequencies,
+    a tensor) where `seq_len <= max_position_embeddings`. Stateless: the frequencies of this call's positions
+    (dygraph keeps HF's cache of the longest length seen)."""
+    import paddle
+
+    base, dim = float(config.rope_theta), config.attention_head_dim
+    max_pos, factor = config.max_position_embeddings, config.rope_scaling["factor"]
+    exponents = paddle.to_tensor(np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim))
+    length = paddle.maximum(seq_len.astype("float64"), paddle.full([], max_pos, "float64"))
+    scaled_base = base * ((factor * length / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+    scaled = 1.0 / paddle.pow(scaled_base.astype("float32"), exponents)
+    return paddle.where(length > max_pos, scaled, inv_freq)
 
 
 def _yarn_inv_freq(
