@@ -9,6 +9,8 @@
 
     paddle-qwen2 embed --model DIR --input texts.jsonl --output vectors.npy [--prompt-name query] [...]
 
+    paddle-qwen2 export --model DIR --out EXP --task causal-lm|embedding|sequence-classification [--format onnx]
+
 `convert` moves a checkpoint folder between the HF and Paddle layouts. `finetune` trains with paddlenlp's Trainer
 (chat SFT, full or LoRA, or sequence classification), writes checkpoints, train_log.jsonl, final/ and
 summary.json into `--output-dir`, and prints the summary as JSON (`paddle-qwen2 finetune --help` lists the
@@ -27,9 +29,11 @@ import signal
 import sys
 import threading
 
+from . import export as export_command
 from .conversion import DEFAULT_MAX_SHARD_SIZE, DTYPE_CODES, ConversionError, convert_checkpoint
 from .embedding import EmbeddingError, EmbedInputError
 from .embedding import command as embed_command
+from .export import ExportError
 from .training import options as finetune_options
 
 __all__ = ["build_parser", "main"]
@@ -89,6 +93,10 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "embed", help="sentence embeddings of a text file", description=embed_command.DESCRIPTION
     )
     embed_command.add_arguments(embed)
+    export = commands.add_parser(
+        "export", help="a static program for Paddle Inference or ONNX", description=export_command.DESCRIPTION
+    )
+    export_command.add_arguments(export)
     return parser, finetune
 
 
@@ -142,11 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             return _run_finetune(parser, finetune, argv)
         if command == "embed":
             return embed_command.run(args)
+        if command == "export":
+            return export_command.run(args)
         return _run_convert(args)
     except _UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ConversionError, EmbeddingError, EmbedInputError, OSError, _BadInput) as exc:
+    except (ConversionError, EmbeddingError, EmbedInputError, ExportError, OSError, _BadInput) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
