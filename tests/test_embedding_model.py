@@ -163,3 +163,13 @@ def test_bad_encode_arguments(st_folder, kwargs, message):
     model = EmbeddingModel.from_pretrained(st_folder("last"))
     with pytest.raises(EmbeddingError, match=message):
         model.encode(["x"], **kwargs)
+
+
+def test_a_batch_of_only_empty_texts(st_folder):
+    """No tokens at all (no special token appended): pooling gives zeros, then Dense (tanh of its bias) and
+    Normalize run, as they would on sentence-transformers' zero-pooled row (which itself fails on such a batch)."""
+    model = EmbeddingModel.from_pretrained(st_folder("mean_dense"))
+    out = model.encode(["", "   "])
+    bias = np.tanh(model.dense[0].linear.bias.numpy())
+    expected = bias / np.linalg.norm(bias)
+    assert_embeddings(out, np.stack([expected, expected]))

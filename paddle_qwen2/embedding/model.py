@@ -139,6 +139,10 @@ class EmbeddingModel(nn.Layer):
         `normalize_embeddings`: None follows the folder's Normalize module, False skips it, True normalises."""
         states = self.transformer(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, return_dict=True)
         embeddings = pool(states.last_hidden_state, attention_mask, self.spec.pooling.modes, prompt_length)
+        return self._after_pooling(embeddings, normalize_embeddings)
+
+    def _after_pooling(self, embeddings: Tensor, normalize_embeddings: bool | None) -> Tensor:
+        """The folder's Dense and Normalize modules, in order, on pooled `[batch, features]`."""
         dense = iter(self.dense)
         normalized = False
         for module in self.spec.modules:
@@ -146,9 +150,7 @@ class EmbeddingModel(nn.Layer):
                 embeddings = next(dense)(embeddings)
             elif isinstance(module, NormalizeSpec) and normalize_embeddings is not False:
                 embeddings, normalized = normalize(embeddings), True
-        if normalize_embeddings and not normalized:
-            embeddings = normalize(embeddings)
-        return embeddings
+        return normalize(embeddings) if normalize_embeddings and not normalized else embeddings
 
     def normalizes(self, normalize_embeddings: bool | None = None) -> bool:
         """Whether `forward` returns unit vectors for this `normalize_embeddings`."""

@@ -1,19 +1,23 @@
-"""Fine-tune Qwen2 with paddlenlp's Trainer: chat SFT (full or LoRA) or sequence classification.
+"""Fine-tune Qwen2 with paddlenlp's Trainer: chat SFT (full or LoRA), sequence classification, or a sentence-embedding
+model (InfoNCE, full or LoRA; `.embedding`).
 
     from paddle_qwen2.training.finetune import main
     summary = main(["--config", "configs/finetune_sft.json", "--max-steps", "50"])
 
 The same as `paddle-qwen2 finetune ...` (options: `paddle_qwen2.training.options`). `--model` is a Paddle checkpoint
-folder or an HF one (converted into OUTPUT/base-paddle first).
+folder or an HF one (converted into OUTPUT/base-paddle first); for `--task embedding` also a sentence-transformers
+folder (a plain Qwen2 folder gets `--pooling`, default last-token, and a Normalize).
 
 Writes into `--output-dir` (OUTPUT):
     checkpoints/checkpoint-N/   every `--save-steps` (model, optimizer, scheduler, RNG, trainer state);
                                 `--resume` continues from the newest complete one with the same loss curve
     train_log.jsonl             one line per logging step: step, loss, learning_rate, epoch (and eval metrics)
-    final/                      the trained model (`save_pretrained`, safetensors; LoRA merged in) + tokenizer
+    final/                      the trained model (`save_pretrained`, safetensors; LoRA merged in) + tokenizer;
+                                embedding: a sentence-transformers folder (HF layout, pooling, Normalize, prompts)
     final-hf/ (`--export-hf`)   the same converted to the HF layout (`paddle-qwen2 convert --to-hf`)
     lora-adapter/ (`--lora`)    the LoRA weights and config alone
     summary.json                what `run` returns: task, steps, train_loss, seconds, parameters, eval metrics, paths
+                                (embedding with `--eval-file`: `eval_before` / `eval_after` recall@1, recall@10, mrr@10)
 """
 
 from __future__ import annotations
@@ -34,8 +38,22 @@ from .callbacks import CheckpointMarker, JsonlLogger, last_complete_checkpoint
 from .data import (
     DataCollatorForClassification,
     DataCollatorForSFT,
+    DataError,
     build_classification_dataset,
     build_sft_dataset,
+)
+from .embedding import (
+    ContrastiveEmbeddingModel,
+    EmbeddingCollator,
+    EmbeddingTrainer,
+    EpochCallback,
+    RetrievalDataset,
+    evaluate_retrieval,
+    load_embedding_model,
+    load_retrieval_examples,
+    matryoshka_dims,
+    prompt_length,
+    resolve_prompts,
 )
 from .lora import apply_lora, merge_lora
 from .options import parse_args
@@ -72,6 +90,8 @@ def run(args: argparse.Namespace) -> dict:
 def _run(args: argparse.Namespace) -> dict:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if args.task == "embedding":
+        return _run_embedding(args, output_dir)
     model_dir = ensure_paddle_checkpoint(Path(args.model), output_dir)
     tokenizer = load_tokenizer(str(model_dir))
     train_dataset, eval_dataset, collator = build_datasets(args, tokenizer)
@@ -98,6 +118,81 @@ def _run(args: argparse.Namespace) -> dict:
     summary.update(_save(args, model, output_dir, model_dir, tokenizer))
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _run_embedding(args: argparse.Namespace, output_dir: Path) -> dict:
+    """`--task embedding`: InfoNCE training of an `EmbeddingModel`; OUTPUT/final is a sentence-transformers folder.
+    With `--eval-file`, held-out retrieval metrics before and after training go into the summary."""
+    examples = load_retrieval_examples(args.train_file)
+    pairs = _read_retrieval_pairs(args.eval_file) if args.eval_file else None
+    embedder = load_embedding_model(args.model, args.pooling, args.max_length, args.bidirectional)
+    prompts = resolve_prompts(embedder, args.query_prompt, args.passage_prompt)
+    dataset = RetrievalDataset(examples, embedder.tokenizer, *prompts, args.num_negatives, args.seed)
+    print(f"embedding data {args.train_file}: {len(dataset)} queries, {len(dataset.passages)} distinct passages")
+    dims = matryoshka_dims(args.matryoshka_dims, embedder.dimension)
+    lengths = [prompt_length(embedder, prompt) for prompt in prompts]
+    model = ContrastiveEmbeddingModel(embedder, args.temperature, dims, *lengths)
+    lora = _embedding_lora(args, embedder)
+    params = count_parameters(model)
+    print(
+        f"embedding model {args.model}: {params['total']:,} parameters, {params['trainable']:,} trainable"
+        + (" (LoRA adapters)" if args.lora else "")
+    )
+    before = _retrieval(embedder, pairs, prompts, args.batch_size, "before")
+    trainer = EmbeddingTrainer(
+        model=model,
+        args=training_arguments(args, output_dir, False),
+        train_dataset=dataset,
+        data_collator=EmbeddingCollator(embedder.tokenizer),
+        callbacks=[JsonlLogger(output_dir / "train_log.jsonl"), CheckpointMarker(), EpochCallback(dataset)],
+    )
+    summary = _train(trainer, args, _resume_checkpoint(args, output_dir), params)
+    if lora is not None:
+        lora.save_pretrained(str(output_dir / "lora-adapter"))
+        merge_lora(lora)
+    embedder.save_pretrained(output_dir / "final")
+    summary["final"] = str(output_dir / "final")
+    if pairs is not None:
+        summary.update(eval_before=before, eval_after=_retrieval(embedder, pairs, prompts, args.batch_size, "after"))
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _embedding_lora(args: argparse.Namespace, embedder):
+    """With `--lora`: adapters on the Qwen2 Linear layers named by `--lora-targets` (returns the LoRAModel), all
+    else (Dense modules included) frozen; else None."""
+    if not args.lora:
+        return None
+    paddle.seed(args.seed)  # the LoRA matrices are drawn here, before the Trainer seeds its run
+    lora = apply_lora(embedder.transformer, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets)
+    for param in embedder.dense.parameters():
+        param.stop_gradient = True
+    return lora
+
+
+def _read_retrieval_pairs(path: str) -> tuple[list[str], list[str], list[int]]:
+    """`load_retrieval_pairs` of the held-out file; its errors as `DataError` (FILE:LINE: ...)."""
+    from ..embedding.evaluation import load_retrieval_pairs
+
+    try:
+        return load_retrieval_pairs(path)
+    except OSError as e:
+        raise DataError(f"{path}: {e.strerror}") from None
+    except ValueError as e:
+        raise DataError(str(e)) from None
+
+
+def _retrieval(embedder, pairs, prompts: tuple[str, str], batch_size: int, when: str) -> dict[str, float] | None:
+    """recall@1 / recall@10 / MRR@10 of `embedder` on the held-out `pairs` (printed); None without them."""
+    if pairs is None:
+        return None
+    metrics = evaluate_retrieval(embedder, pairs, *prompts, batch_size)
+    print(
+        f"held-out retrieval {when} training ({len(pairs[0])} queries, {len(pairs[1])} passages): "
+        + ", ".join(f"{name} {value:.3f}" for name, value in metrics.items()),
+        flush=True,
+    )
+    return metrics
 
 
 def _resume_checkpoint(args: argparse.Namespace, output_dir: Path) -> Path | None:

@@ -12,33 +12,62 @@ import argparse
 import json
 from collections.abc import Sequence
 
+from ..embedding.folder import POOLING_MODES
+
 __all__ = ["LORA_TARGETS", "REQUIRED", "HelpFormatter", "add_arguments", "build_parser", "parse_args"]
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 REQUIRED = ("model", "train_file")
-DESCRIPTION = "Fine-tune Qwen2 with paddlenlp's Trainer: chat SFT (full or LoRA) or sequence classification."
+DEFAULT_MAX_LENGTH = 256
+DESCRIPTION = (
+    "Fine-tune Qwen2 with paddlenlp's Trainer: chat SFT (full or LoRA), sequence classification, or a "
+    "sentence-embedding model (InfoNCE, full or LoRA)."
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Adds the fine-tuning options to `p` (a standalone parser or the `finetune` subparser); returns `p`."""
     p.add_argument("--config", metavar="FILE", help="JSON file of option defaults (keys: option names with '_')")
     p.add_argument(
-        "--task", choices=["sft", "seq_cls"], default="sft", help="chat SFT (causal LM) or sequence classification"
+        "--task",
+        choices=["sft", "seq_cls", "embedding"],
+        default="sft",
+        help="chat SFT (causal LM), sequence classification, or sentence embeddings",
     )
-    p.add_argument("--model", metavar="DIR", help="Paddle or HF checkpoint folder (required unless in --config)")
     p.add_argument(
-        "--train-file", metavar="FILE", help="SFT .jsonl, or classification .csv / .jsonl (required unless in --config)"
+        "--model",
+        metavar="DIR",
+        help="Paddle or HF checkpoint folder; embedding: also a sentence-transformers folder (required unless in "
+        "--config)",
     )
-    p.add_argument("--eval-file", metavar="FILE", help="evaluation data, same format as --train-file")
+    p.add_argument(
+        "--train-file",
+        metavar="FILE",
+        help="SFT .jsonl, classification .csv / .jsonl, or embedding .jsonl of {query, pos, neg} rows (required "
+        "unless in --config)",
+    )
+    p.add_argument(
+        "--eval-file",
+        metavar="FILE",
+        help="evaluation data, same format as --train-file; embedding: held-out {query, pos} rows, recall@1 and "
+        "MRR@10 before and after training",
+    )
     p.add_argument(
         "--output-dir",
         metavar="DIR",
         default="output/finetune",
         help="checkpoints, train_log.jsonl, final/, summary.json",
     )
-    p.add_argument("--max-length", type=int, default=256, help="tokens per example (packed row)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help=f"tokens per example (packed row), default {DEFAULT_MAX_LENGTH}; embedding: tokens per text, default "
+        "the model folder's max_seq_length",
+    )
     p.add_argument("--packing", action="store_true", help="SFT: pack several chats into each row")
     p.add_argument("--num-labels", type=int, default=2, help="seq_cls: number of classes")
+    _add_embedding_arguments(p)
     _add_lora_arguments(p)
     _add_schedule_arguments(p)
     p.add_argument(
@@ -63,6 +92,53 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _add_embedding_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--query-prompt",
+        metavar="TEXT",
+        help="embedding: text put before every query (default: the model folder's 'query' prompt, else none)",
+    )
+    p.add_argument(
+        "--passage-prompt",
+        metavar="TEXT",
+        help="embedding: text put before every passage (default: the model folder's 'document' prompt, else none)",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=["last", *POOLING_MODES],
+        help="embedding: pooling mode (default: the sentence-transformers folder's, 'last' for a plain Qwen2 folder)",
+    )
+    p.add_argument(
+        "--bidirectional",
+        action="store_true",
+        help="embedding: bidirectional attention (is_causal false, saved in config.json)",
+    )
+    p.add_argument("--temperature", type=float, default=0.02, help="embedding: InfoNCE temperature")
+    p.add_argument(
+        "--num-negatives", type=int, default=3, help="embedding: hard negatives per query (fewer if a row has fewer)"
+    )
+    p.add_argument(
+        "--matryoshka-dims",
+        type=_dimensions,
+        default=None,
+        metavar="D1,D2",
+        help="embedding: also train these leading dimensions (Matryoshka: the loss is averaged over the full "
+        "embedding and each)",
+    )
+
+
+def _dimensions(value: str | list) -> list[int]:
+    """`"32,16"` (command line) or `[32, 16]` (--config) -> `[32, 16]`."""
+    items = value if isinstance(value, list) else [v for v in str(value).split(",") if v.strip()]
+    try:
+        dims = [int(v) for v in items]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+    if any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"dimensions must be positive, got {value!r}")
+    return dims
 
 
 def _add_lora_arguments(p: argparse.ArgumentParser) -> None:
@@ -158,8 +234,29 @@ def _check(args: argparse.Namespace, options: argparse.ArgumentParser) -> None:
         options.error(
             "--bf16 / --fp16 need a GPU build of Paddle (Paddle has no bfloat16 matmul on CPU); train in fp32 on CPU"
         )
-    if args.lora and args.task != "sft":
-        options.error("--lora is supported for --task sft")
+    if args.lora and args.task == "seq_cls":
+        options.error("--lora is supported for --task sft and --task embedding")
+    if args.task == "embedding":
+        _check_embedding(args, options)
+    elif args.max_length is None:
+        args.max_length = DEFAULT_MAX_LENGTH
+
+
+def _check_embedding(args: argparse.Namespace, options: argparse.ArgumentParser) -> None:
+    unused = {"--packing": args.packing, "--export-hf": args.export_hf, "--eval-steps": args.eval_steps}
+    for name, value in unused.items():
+        if value:
+            options.error(f"{name} does not apply to --task embedding")
+    if args.temperature <= 0:
+        options.error(f"--temperature must be positive, got {args.temperature}")
+    if args.num_negatives < 0:
+        options.error(f"--num-negatives must be >= 0, got {args.num_negatives}")
+    if args.max_length is not None and args.max_length <= 0:
+        options.error(f"--max-length must be positive, got {args.max_length}")
+    try:
+        args.matryoshka_dims = _dimensions(args.matryoshka_dims or [])
+    except argparse.ArgumentTypeError as e:
+        options.error(f"--matryoshka-dims: {e}")
 
 
 def _has_cuda() -> bool:
