@@ -70,8 +70,12 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = result.stdout
-    for step in range(1, 7):
-        assert f"[{step}/6]" in text
+    for step in range(1, 8):
+        assert f"[{step}/7]" in text
+    retrieval = re.search(r"held-out recall@1 ([\d.]+) -> ([\d.]+), MRR@10 ([\d.]+) -> ([\d.]+)", text)
+    assert retrieval, text[-3000:]
+    recall_before, recall_after, mrr_before, mrr_after = map(float, retrieval.groups())
+    assert recall_after > recall_before + 0.2 and mrr_after > mrr_before + 0.2, retrieval.group(0)
     changed = re.search(r"-> (\d+) of (\d+) answers changed by fine-tuning", text)
     assert changed and int(changed.group(1)) >= 1, text[-3000:]
     assert re.search(r"SFT loss [\d.]+ \(step \d+\) -> [\d.]+ \(step \d+\)", text)
@@ -88,6 +92,7 @@ def test_demo_quick_runs_end_to_end(tmp_path):
         "sft/train_log.jsonl",
         "tuned-hf/model.safetensors",
         "tuned-hf/tokenizer.json",
+        "embedding/final/modules.json",
     ):
         assert (out / sub).is_file(), sub
     assert str(out / "tuned-hf") in text

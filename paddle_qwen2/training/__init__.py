@@ -4,6 +4,7 @@ you need (`options` and `saving` load no paddle at import; `callbacks`, `data`, 
     options     the `finetune` options, `--config` JSON defaults, `parse_args` (no paddle import)
     finetune    `main(argv)` / `run(args)`: datasets, model, Trainer, summary.json; `training_arguments`, ...
     data        SFT chats and classification files -> datasets and collators; `DataError`
+    embedding   `--task embedding`: retrieval rows, their dataset and collator, the InfoNCE wrapper, retrieval eval
     callbacks   `JsonlLogger` (train_log.jsonl), `CheckpointMarker` (checkpoint_complete.json), `read_log`,
                 `last_complete_checkpoint`
     lora        `apply_lora`, `merge_lora` (paddlenlp.peft)
