@@ -31,6 +31,22 @@ from paddle_qwen2 import (
 paddle.set_device("cpu")
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
+# (country, capital): the facts of the small training sets the fine-tuning tests write
+CAPITALS = [
+    ("France", "Paris"),
+    ("Japan", "Tokyo"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Egypt", "Cairo"),
+    ("Peru", "Lima"),
+    ("Chile", "Santiago"),
+    ("Kenya", "Nairobi"),
+    ("China", "Beijing"),
+    ("India", "Delhi"),
+    ("Cuba", "Havana"),
+    ("Iran", "Tehran"),
+]
+
 # Tolerances of the project standard (fp32).
 MAX_ABS = 1e-4
 MEAN_ABS = 1e-5

@@ -12,7 +12,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import QUERY_PROMPT, write_qwen2_with_tokenizer
+from conftest import CAPITALS, QUERY_PROMPT, write_qwen2_with_tokenizer
 from paddle_qwen2.conversion import convert_checkpoint
 from paddle_qwen2.embedding.model import EmbeddingModel
 from paddle_qwen2.training import finetune
@@ -33,20 +33,6 @@ pytestmark = pytest.mark.paddle26
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-5  # normalised embeddings
-CAPITALS = [
-    ("France", "Paris"),
-    ("Japan", "Tokyo"),
-    ("Italy", "Rome"),
-    ("Spain", "Madrid"),
-    ("Egypt", "Cairo"),
-    ("Peru", "Lima"),
-    ("Chile", "Santiago"),
-    ("Kenya", "Nairobi"),
-    ("China", "Beijing"),
-    ("India", "Delhi"),
-    ("Cuba", "Havana"),
-    ("Iran", "Tehran"),
-]
 TEXTS = ["What is the capital of Peru?", "The capital of Peru is Lima.", "猫喜欢吃鱼。", "a"]
 
 

@@ -14,6 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.paddle26
 
+from conftest import CAPITALS
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
 from paddle_qwen2.conversion import convert_checkpoint
 from paddle_qwen2.tokenizer import load_tokenizer, save_qwen2_tokenizer, train_qwen2_bpe
@@ -22,25 +23,10 @@ from paddle_qwen2.training.callbacks import last_complete_checkpoint, read_log
 from paddle_qwen2.training.data import DataCollatorForSFT, build_sft_dataset
 from paddle_qwen2.training.lora import apply_lora, merge_lora
 
-COUNTRIES = [
-    ("France", "Paris"),
-    ("Japan", "Tokyo"),
-    ("Italy", "Rome"),
-    ("Spain", "Madrid"),
-    ("Egypt", "Cairo"),
-    ("Peru", "Lima"),
-    ("Chile", "Santiago"),
-    ("Kenya", "Nairobi"),
-    ("China", "Beijing"),
-    ("India", "Delhi"),
-    ("Cuba", "Havana"),
-    ("Iran", "Tehran"),
-]
-
 
 def _chats():
     chats = [
-        {"prompt": f"What is the capital of {c}?", "response": f"The capital of {c} is {cap}."} for c, cap in COUNTRIES
+        {"prompt": f"What is the capital of {c}?", "response": f"The capital of {c} is {cap}."} for c, cap in CAPITALS
     ]
     chats += [
         {
@@ -49,7 +35,7 @@ def _chats():
                 {"role": "assistant", "content": f"{cap} is in {c}."},
             ]
         }
-        for c, cap in COUNTRIES
+        for c, cap in CAPITALS
     ]
     return chats
 

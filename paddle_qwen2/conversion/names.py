@@ -22,6 +22,15 @@ SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_WEIGHTS_NAME = "pytorch_model.bin"
 TORCH_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+# The tokenizer files a Qwen2 checkpoint folder may carry (copied along wherever a model folder is written).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
 
 
 @dataclass(frozen=True)

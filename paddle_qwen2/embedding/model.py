@@ -21,21 +21,13 @@ import paddle
 from paddle import Tensor, nn
 from tqdm import tqdm
 
+from ..conversion.names import TOKENIZER_FILES
 from ..modeling import Qwen2Model
 from .folder import DenseSpec, EmbeddingError, FolderSpec, NormalizeSpec, PoolingSpec, read_folder, write_folder_configs
 from .modules import Dense, normalize, pool
 from .tokenization import EmbeddingTokenizer
 
-__all__ = ["EmbeddingModel", "TOKENIZER_FILES"]
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-)
+__all__ = ["EmbeddingModel"]
 
 
 def _max_length(spec: FolderSpec, model: Qwen2Model, max_length: int | None) -> int:

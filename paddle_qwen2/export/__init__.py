@@ -29,6 +29,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..conversion.names import TOKENIZER_FILES
+
 __all__ = ["ExportError", "TASKS", "FORMATS", "add_arguments", "run", "export_model"]
 
 TASKS = ("causal-lm", "embedding", "sequence-classification")
@@ -38,16 +40,7 @@ META_VERSION = 1
 ONNX_OPSET = 14
 INPUT_NAMES = ("input_ids", "attention_mask")
 # copied from the model folder when present
-SIDE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.json",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-)
+SIDE_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES)
 
 DESCRIPTION = (
     "Export a Qwen2 checkpoint (HF or Paddle layout) or a sentence-transformers folder as a static program for "

@@ -8,9 +8,9 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["TOKENIZER_FILES", "copy_tokenizer_files", "save_final", "write_generation_config"]
+from ..conversion.names import TOKENIZER_FILES
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
+__all__ = ["TOKENIZER_FILES", "copy_tokenizer_files", "save_final", "write_generation_config"]
 
 
 def save_final(model, final_dir: Path, tokenizer_src: Path, tokenizer) -> None:
