@@ -173,3 +173,17 @@ def test_a_batch_of_only_empty_texts(st_folder):
     bias = np.tanh(model.dense[0].linear.bias.numpy())
     expected = bias / np.linalg.norm(bias)
     assert_embeddings(out, np.stack([expected, expected]))
+
+
+def test_long_batches_are_split_and_give_the_same_embeddings(st_folder, monkeypatch):
+    """Batches whose activations would exceed BATCH_TENSOR_BYTES run in fewer rows: same results."""
+    from paddle_qwen2.embedding import model as model_module
+
+    model = EmbeddingModel.from_pretrained(st_folder("last"))
+    order = np.arange(6)
+    assert [len(b) for b in model._batches(order, [24, 24, 10, 5, 3, 1], 4)] == [4, 2]
+    monkeypatch.setattr(model_module, "BATCH_TENSOR_BYTES", 4 * 24 * 112 * 2)  # two rows of 24 tokens
+    assert [len(b) for b in model._batches(order, [24, 24, 10, 5, 3, 1], 4)] == [2, 4]
+    monkeypatch.setattr(model_module, "BATCH_TENSOR_BYTES", 1)
+    assert [len(b) for b in model._batches(order, [24, 24, 10, 5, 3, 1], 4)] == [1] * 6
+    assert_embeddings(model.encode(EMBED_TEXTS, batch_size=4), st_encode(st_folder("last")))

@@ -27,7 +27,11 @@ from .folder import DenseSpec, EmbeddingError, FolderSpec, NormalizeSpec, Poolin
 from .modules import Dense, normalize, pool
 from .tokenization import EmbeddingTokenizer
 
-__all__ = ["EmbeddingModel"]
+__all__ = ["EmbeddingModel", "BATCH_TENSOR_BYTES"]
+
+# Largest activation of one encode batch: glibc's malloc serves blocks up to 32 MB from its heap once it has seen
+# them freed; larger ones are fresh mappings whose first touch page-faults (see runtime.keep_freed_memory).
+BATCH_TENSOR_BYTES = 32 * 2**20
 
 
 def _max_length(spec: FolderSpec, model: Qwen2Model, max_length: int | None) -> int:
@@ -211,8 +215,7 @@ class EmbeddingModel(nn.Layer):
         was_training = self.training
         self.eval()
         with paddle.no_grad(), tqdm(total=len(ids), unit="text", desc="Embedding", disable=not show) as bar:
-            for start in range(0, len(ids), batch_size):
-                batch = order[start : start + batch_size]
+            for batch in self._batches(order, [len(ids[i]) for i in order], batch_size):
                 input_ids, mask = self.tokenizer.pad([ids[i] for i in batch])
                 if input_ids.shape[1] == 0:  # only empty texts and no special tokens: nothing to run
                     out[batch] = self._empty_embedding(normalize_embeddings)
@@ -223,6 +226,21 @@ class EmbeddingModel(nn.Layer):
         if was_training:
             self.train()
         return out
+
+    def _batches(self, order: np.ndarray, lengths: list[int], batch_size: int) -> list[np.ndarray]:
+        """`order` (sorted longest first, `lengths` its token counts) cut into batches of at most `batch_size`
+        texts, fewer where the texts are long: a batch's largest activations (the attention scores
+        `[rows, heads, seq, seq]` and the MLP's `[rows * seq, intermediate]`, float32) stay within
+        `BATCH_TENSOR_BYTES`, which glibc serves from its reusable heap instead of fresh, page-faulting mappings."""
+        config = self.transformer.config
+        batches, start = [], 0
+        while start < len(order):
+            seq = max(lengths[start], 1)
+            per_row = 4 * seq * max(config.num_attention_heads * seq, config.intermediate_size)
+            rows = max(1, min(batch_size, BATCH_TENSOR_BYTES // per_row))
+            batches.append(order[start : start + rows])
+            start += rows
+        return batches
 
     def _empty_embedding(self, normalize_embeddings) -> np.ndarray:
         """What the modules make of a row with no tokens: pooling gives zeros, then Dense / Normalize run."""
