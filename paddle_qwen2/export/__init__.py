@@ -225,8 +225,10 @@ def _save_onnx(layer, folder: Path, opset: int) -> dict[str, str]:
     work = folder / ".paddle"
     work.mkdir()
     files = _save_paddle(layer, work)
+    # optimize_tool: paddle2onnx's default ("polygraphy") turns on POLYGRAPHY_AUTOINSTALL_DEPS, which pip-installs
+    # onnx_graphsurgeon and with it numpy 2 into the running environment
     paddle2onnx.export(str(work / files["program"]), str(work / files["params"]), str(folder / "model.onnx"),
-                       opset_version=opset)  # fmt: skip
+                       opset_version=opset, optimize_tool="onnxoptimizer")  # fmt: skip
     shutil.rmtree(work)
     if not (folder / "model.onnx").is_file():
         raise ExportError("paddle2onnx wrote no model.onnx")
