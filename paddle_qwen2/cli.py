@@ -137,9 +137,11 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 bad input, 2 usage, 130 interrupted)."""
+    """Run the command line; returns the exit code (0 ok, 1 bad input, 2 usage, 130 interrupted). With `argv`
+    given (a call from Python) no process-wide setting is changed beyond the CPU thread variables."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    from_command_line = argv is None  # the process is ours (console script, `python -m paddle_qwen2`)
     argv = sys.argv[1:] if argv is None else list(argv)
     command = None
     try:
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "finetune":
             return _run_finetune(parser, finetune, argv)
         if command == "embed":
-            return embed_command.run(args)
+            return embed_command.run(args, own_process=from_command_line)
         if command == "export":
             return export_command.run(args)
         return _run_convert(args)

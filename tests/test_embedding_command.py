@@ -74,6 +74,9 @@ def test_embed_options(st_folder, tmp_path):
     assert np.abs(np.load(out) - expected).max() <= 1e-5
     assert main([*argv, "--no-normalize", "--quiet"]) == 0
     assert not np.allclose(np.linalg.norm(np.load(out), axis=1), 1.0, atol=1e-3)
+    from paddle_qwen2 import runtime
+
+    assert runtime._kept_freed_memory is False, "a call from Python changed the process's malloc settings"
 
 
 def _bad_jsonl(path):

@@ -39,9 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, own_process: bool = False) -> int:
     """Embed `args.input` into `args.output`; prints a one-line summary. Raises `EmbedInputError` /
-    `EmbeddingError` on bad input (the CLI prints them as `error: ...`, exit 1)."""
+    `EmbeddingError` on bad input (the CLI prints them as `error: ...`, exit 1). `own_process`: the command owns
+    the process (run from the command line), so it may set process-wide malloc behaviour
+    (`runtime.keep_freed_memory`); a call from Python leaves the caller's process as it is."""
     from .io import check_input_path, check_output_path, read_texts, write_embeddings
 
     check_input_path(args.input)
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime import configure_cpu_threads, keep_freed_memory
 
     configure_cpu_threads()
-    keep_freed_memory()  # this process computes with paddle only
+    if own_process:
+        keep_freed_memory()  # this process computes with paddle only
     from .model import EmbeddingModel
 
     model = EmbeddingModel.from_pretrained(args.model, pooling=args.pooling, max_length=args.max_length,
