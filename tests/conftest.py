@@ -7,6 +7,9 @@ transpose, a missing bias or a norm applied in the wrong dtype shows up as a num
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 import zlib  # noqa: F401  # must precede paddle (paddle 2.6 ships its own zlib symbols)
 from pathlib import Path
 
@@ -308,3 +311,25 @@ def st_folder(tmp_path_factory):
         return cache[kind]
 
     return get
+
+
+def kill_at_first_checkpoint(finetune_args: list[str], output_dir: Path, timeout: float = 180) -> Path:
+    """Run `paddle-qwen2 finetune *finetune_args` (writing into `output_dir`) in a child process and SIGKILL it as
+    soon as its first complete checkpoint exists; returns that checkpoint."""
+    from paddle_qwen2.training.callbacks import last_complete_checkpoint
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "paddle_qwen2", "finetune", *finetune_args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + timeout
+    try:
+        while last_complete_checkpoint(output_dir / "checkpoints") is None:
+            assert proc.poll() is None, "the training process ended before writing a checkpoint"
+            assert time.time() < deadline, f"no checkpoint within {timeout:.0f}s"
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    return last_complete_checkpoint(output_dir / "checkpoints")

@@ -5,18 +5,17 @@ against numpy, a trained folder that sentence-transformers loads and embeds as t
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import paddle
 import pytest
 
-from conftest import CAPITALS, QUERY_PROMPT, write_qwen2_with_tokenizer
+from conftest import CAPITALS, QUERY_PROMPT, kill_at_first_checkpoint, write_qwen2_with_tokenizer
 from paddle_qwen2.conversion import convert_checkpoint
 from paddle_qwen2.embedding.model import EmbeddingModel
 from paddle_qwen2.training import finetune
-from paddle_qwen2.training.callbacks import last_complete_checkpoint, read_log
+from paddle_qwen2.training.callbacks import read_log
 from paddle_qwen2.training.data import DataError
 from paddle_qwen2.training.embedding import (
     ContrastiveEmbeddingModel,
@@ -371,21 +370,8 @@ def test_resume_after_kill_continues_the_same_loss_curve(st_folder, data, tmp_pa
     assert sorted(ref_log) == list(range(1, steps + 1))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "paddle_qwen2", "finetune", *embedding_args(model, data, killed, *common)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 180
-    try:
-        while last_complete_checkpoint(killed / "checkpoints") is None:
-            assert proc.poll() is None, "the training process ended before writing a checkpoint"
-            assert time.time() < deadline, "no checkpoint within 180s"
-            time.sleep(0.02)
-    finally:
-        proc.kill()
-        proc.wait()
-    k = int(last_complete_checkpoint(killed / "checkpoints").name.split("-")[1])
+    checkpoint = kill_at_first_checkpoint(embedding_args(model, data, killed, *common), killed)
+    k = int(checkpoint.name.split("-")[1])
     assert k < steps, "the kill came after training finished"
 
     summary = finetune.main(embedding_args(model, data, killed, *common, "--resume"))

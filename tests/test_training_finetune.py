@@ -3,9 +3,6 @@ merges exactly, a killed run resumes with the same loss curve, sequence classifi
 results convert to HF."""
 
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +11,12 @@ import pytest
 
 pytestmark = pytest.mark.paddle26
 
-from conftest import CAPITALS
+from conftest import CAPITALS, kill_at_first_checkpoint
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
 from paddle_qwen2.conversion import convert_checkpoint
 from paddle_qwen2.tokenizer import load_tokenizer, save_qwen2_tokenizer, train_qwen2_bpe
 from paddle_qwen2.training import finetune
-from paddle_qwen2.training.callbacks import last_complete_checkpoint, read_log
+from paddle_qwen2.training.callbacks import read_log
 from paddle_qwen2.training.data import DataCollatorForSFT, build_sft_dataset
 from paddle_qwen2.training.lora import apply_lora, merge_lora
 
@@ -201,21 +198,7 @@ def test_resume_after_kill_continues_the_same_loss_curve(workspace, tmp_path):
     ref_log = read_log(reference / "train_log.jsonl")
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "paddle_qwen2", "finetune", *sft_args(workspace, killed, *common)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 180
-    try:
-        while last_complete_checkpoint(killed / "checkpoints") is None:
-            assert proc.poll() is None, "the training process ended before writing a checkpoint"
-            assert time.time() < deadline, "no checkpoint within 180s"
-            time.sleep(0.02)
-    finally:
-        proc.kill()
-        proc.wait()
-    checkpoint = last_complete_checkpoint(killed / "checkpoints")
+    checkpoint = kill_at_first_checkpoint(sft_args(workspace, killed, *common), killed)
     k = int(checkpoint.name.split("-")[1])
     assert k < int(steps), "the kill came after training finished"
 
