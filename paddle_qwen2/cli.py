@@ -9,7 +9,11 @@
 
     paddle-qwen2 embed --model DIR --input texts.jsonl --output vectors.npy [--prompt-name query] [...]
 
-    paddle-qwen2 export --model DIR --out EXP --task causal-lm|embedding|sequence-classification [--format onnx]
+    paddle-qwen2 export --model DIR --out EXP --task causal-lm|embedding|sequence-classification|decode [--format onnx]
+
+    paddle-qwen2 generate --model DIR|EXP --prompt TEXT [--chat] [--system TEXT] [--temperature 0] [...]
+
+    paddle-qwen2 serve --model DIR [--embedding-model DIR] [--port 8000] [--api-key KEY] [...]
 
 `convert` moves a checkpoint folder between the HF and Paddle layouts. `finetune` trains with paddlenlp's Trainer
 (chat SFT, full or LoRA, or sequence classification), writes checkpoints, train_log.jsonl, final/ and
@@ -34,6 +38,9 @@ from .conversion import DEFAULT_MAX_SHARD_SIZE, DTYPE_CODES, ConversionError, co
 from .embedding import EmbeddingError, EmbedInputError
 from .embedding import command as embed_command
 from .export import ExportError
+from .inference import EngineError
+from .inference import command as generate_command
+from .serving import command as serve_command
 from .training import options as finetune_options
 
 __all__ = ["build_parser", "main"]
@@ -97,6 +104,14 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "export", help="a static program for Paddle Inference or ONNX", description=export_command.DESCRIPTION
     )
     export_command.add_arguments(export)
+    generate = commands.add_parser(
+        "generate", help="stream a model's answer to a prompt", description=generate_command.DESCRIPTION
+    )
+    generate_command.add_arguments(generate)
+    serve = commands.add_parser(
+        "serve", help="an OpenAI-compatible HTTP server (continuous batching)", description=serve_command.DESCRIPTION
+    )
+    serve_command.add_arguments(serve)
     return parser, finetune
 
 
@@ -154,11 +169,15 @@ def main(argv: list[str] | None = None) -> int:
             return embed_command.run(args, own_process=from_command_line)
         if command == "export":
             return export_command.run(args)
+        if command == "generate":
+            return generate_command.run(args)
+        if command == "serve":
+            return serve_command.run(args)
         return _run_convert(args)
     except _UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ConversionError, EmbeddingError, EmbedInputError, ExportError, OSError, _BadInput) as exc:
+    except (ConversionError, EmbeddingError, EmbedInputError, ExportError, EngineError, OSError, _BadInput) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -20,15 +20,24 @@ from __future__ import annotations
 import json
 import os
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
-from jinja2.exceptions import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from paddlenlp.transformers import PretrainedTokenizerFast
 from paddlenlp.transformers.qwen2.tokenizer import Qwen2Tokenizer as _PaddleNLPQwen2Tokenizer
 from paddlenlp.transformers.tokenizer_utils import Trie
 from paddlenlp.transformers.tokenizer_utils_base import AddedToken, BatchEncoding
+
+from .chat_template import (
+    CHATML_TEMPLATE,
+    ENDOFTEXT,
+    IM_END,
+    IM_START,
+    SPECIAL_TOKENS,
+    Conversation,
+    check_conversation,
+    render_chat,
+)
 
 __all__ = [
     "QWEN2_PRETOKENIZE_REGEX",
@@ -52,71 +61,6 @@ QWEN2_PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
     r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
-ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
-SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
-
-# ChatML, with Qwen2's default system message when the conversation has none.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-Message = dict[str, Any]
-Conversation = list[Message]
-
-
-def _raise_exception(message: str):
-    raise TemplateError(message)
-
-
-_TEMPLATE_CACHE: dict[str, Any] = {}
-
-
-def _compile_template(template: str):
-    """Jinja environment as HF uses for chat templates (sandboxed, trim_blocks, lstrip_blocks)."""
-    if template not in _TEMPLATE_CACHE:
-        env = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-        )
-        env.globals["raise_exception"] = _raise_exception
-        env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
-        _TEMPLATE_CACHE[template] = env.from_string(template)
-    return _TEMPLATE_CACHE[template]
-
-
-def _check_conversation(conversation: Sequence[Message], allow_empty: bool = False) -> None:
-    if not isinstance(conversation, (list, tuple)) or (not conversation and not allow_empty):
-        raise ValueError("a conversation must be a non-empty list of {'role': ..., 'content': ...} messages")
-    for i, message in enumerate(conversation):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {message!r}")
-        if not isinstance(message["role"], str):
-            raise ValueError(f"message {i}: 'role' must be a string, got {message['role']!r}")
-        if not isinstance(message["content"], str):
-            raise ValueError(f"message {i}: 'content' must be a string, got {type(message['content']).__name__}")
-
-
-def render_chat(
-    conversation: Sequence[Message],
-    template: str | None = None,
-    add_generation_prompt: bool = False,
-    special_tokens: dict[str, Any] | None = None,
-    **template_kwargs,
-) -> str:
-    """Render `conversation` (list of {'role', 'content'} dicts) with a Jinja chat template (ChatML by default).
-
-    An empty conversation is allowed here (it renders just the generation prompt, if asked for)."""
-    _check_conversation(conversation, allow_empty=True)
-    context = dict(special_tokens or {})
-    context.update(template_kwargs)
-    return _compile_template(template or CHATML_TEMPLATE).render(
-        messages=list(conversation), add_generation_prompt=add_generation_prompt, **context
-    )
 
 
 class _Qwen2ChatMixin:
@@ -160,7 +104,7 @@ class _Qwen2ChatMixin:
                 )
                 for c in conversation
             ]
-        _check_conversation(conversation)
+        check_conversation(conversation)
         template = chat_template or self.chat_template_str or self.default_chat_template
         if tools is not None:
             template_kwargs["tools"] = tools

@@ -4,11 +4,13 @@ Every checkpoint has its weights re-drawn (random biases, norm weights far from 
 transpose, a missing bias or a norm applied in the wrong dtype shows up as a numeric difference.
 """
 
+import atexit
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zlib  # noqa: F401  # must precede paddle (paddle 2.6 ships its own zlib symbols)
 from pathlib import Path
@@ -18,6 +20,12 @@ from paddle_qwen2.runtime import configure_cpu_threads
 # The CPU settings every entry point uses (the CLI, examples, benchmarks), set before paddle loads, so the test
 # process and the CLI processes it starts compute alike however pytest was started.
 configure_cpu_threads()
+
+# Checkpoints the inference engine exports on the fly go to a folder of this session (also in the CLI processes
+# the tests start), never into the user's cache.
+if "PADDLE_QWEN2_CACHE" not in os.environ:
+    os.environ["PADDLE_QWEN2_CACHE"] = tempfile.mkdtemp(prefix="paddle-qwen2-exports-")
+    atexit.register(shutil.rmtree, os.environ["PADDLE_QWEN2_CACHE"], True)
 
 import numpy as np
 import paddle
@@ -333,3 +341,62 @@ def kill_at_first_checkpoint(finetune_args: list[str], output_dir: Path, timeout
         proc.kill()
         proc.wait()
     return last_complete_checkpoint(output_dir / "checkpoints")
+
+
+CHAT_EOS = [4000, 4002]  # <|endoftext|>, <|im_end|> of the bundled tokenizer
+
+
+def write_chat_checkpoint(path: Path, variant: str = "gqa", seed: int = 0) -> Path:
+    """A tiny HF `Qwen2ForCausalLM` of `variant` over the bundled tokenizer (vocab 4096, ChatML template) with a
+    generation_config.json that stops on <|endoftext|> and <|im_end|> and decodes greedily."""
+    overrides = {"vocab_size": 4096}
+    if "max_position_embeddings" not in VARIANTS[variant]:
+        overrides["max_position_embeddings"] = 128
+    write_hf_checkpoint(path, variant, seed=seed, **overrides)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        (path / name).write_bytes((EXAMPLE_MODEL / name).read_bytes())
+    generation = {"bos_token_id": 4000, "eos_token_id": CHAT_EOS, "pad_token_id": 4000, "do_sample": False}
+    (path / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    return path
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoint(tmp_path_factory):
+    """`chat_checkpoint(variant="gqa")` -> a `write_chat_checkpoint` folder (cached per session)."""
+    cache = {}
+
+    def get(variant: str = "gqa") -> Path:
+        if variant not in cache:
+            cache[variant] = write_chat_checkpoint(tmp_path_factory.mktemp(f"chat-{variant}"), variant)
+        return cache[variant]
+
+    return get
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# `paddle-qwen2 serve` (tests/test_serving_*.py; helpers in tests/serving_helpers.py)
+# ----------------------------------------------------------------------------------------------------------------
+SERVE_CHAT_VARIANT = "mha"  # the seed-0 "mha" model's greedy answers differ from prompt to prompt ("gqa" repeats one)
+
+
+@pytest.fixture(scope="session")
+def serving_server(chat_checkpoint, st_folder, tmp_path_factory):
+    """A `paddle-qwen2 serve` child process shared by the serving tests: `chat_checkpoint(SERVE_CHAT_VARIANT)` as
+    model "chat" (engine inference) and `st_folder("last")` as model "embed", API key `serving_helpers.API_KEY`,
+    at most 4 running sequences (more wait in the queue). Stopped with SIGTERM at the end of the session."""
+    from serving_helpers import API_KEY, ServerProcess
+
+    args = ["--model", str(chat_checkpoint(SERVE_CHAT_VARIANT)), "--served-model-name", "chat",
+            "--embedding-model", str(st_folder("last")), "--embedding-model-name", "embed",
+            "--api-key", API_KEY, "--max-batch-size", "4", "--log-level", "warning"]  # fmt: skip
+    server = ServerProcess.start(args, tmp_path_factory.mktemp("serve"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def hf_chat_reference(chat_checkpoint):
+    """`serving_helpers.HFReference` of the served chat checkpoint (transformers' tokenizer and greedy generate)."""
+    from serving_helpers import HFReference
+
+    return HFReference(chat_checkpoint(SERVE_CHAT_VARIANT), CHAT_EOS)

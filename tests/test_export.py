@@ -292,6 +292,8 @@ BAD = [
     (lambda tmp, ck, st: ck("gqa"), "embedding", "not a sentence-transformers folder"),
     (lambda tmp, ck, st: ck("gqa", "seq_cls"), "causal-lm", "cannot export task causal-lm"),
     (lambda tmp, ck, st: ck("gqa"), "sequence-classification", "cannot export task sequence-classification"),
+    (lambda tmp, ck, st: ck("gqa", "seq_cls"), "decode", "cannot export task decode"),
+    (lambda tmp, ck, st: st("last"), "decode", "exports only the embedding task"),
 ]
 
 
@@ -319,3 +321,68 @@ def test_non_empty_out_needs_force(tmp_path, hf_checkpoint, capsys):
     assert cli.main(args + ["--force"]) == 0
     assert not (out / "keep.txt").exists() and (out / META_FILE).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+
+
+# ----------------------------------------------------------------------------------------------------- decode
+@pytest.mark.paddle26
+def test_decode_export_meta(chat_checkpoint, tmp_path):
+    folder = export_model(chat_checkpoint("gqa"), tmp_path / "exp", "decode")
+    meta = json.loads((folder / META_FILE).read_text())
+    cache = [f"past_{kind}_{i}" for i in range(3) for kind in ("key", "value")]
+    assert [i["name"] for i in meta["inputs"]] == ["input_ids", "attention_mask", *cache]
+    assert meta["inputs"][2] == {"name": "past_key_0", "dtype": "float32", "shape": ["batch", "past", 2, 16],
+                                 "dynamic_axes": {"0": "batch", "1": "past"}}  # fmt: skip
+    assert [o["name"] for o in meta["outputs"]] == ["logits", *[n.replace("past", "present") for n in cache]]
+    assert meta["outputs"][0]["shape"] == ["batch", 4096]
+    assert meta["decode"]["cache_inputs"] == cache and meta["decode"]["padding_side"] == "left"
+    assert meta["generation_config"]["eos_token_id"] == [4000, 4002]
+    assert meta["paddle_inference"]["onednn_default"] is False
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"):
+        assert (folder / name).is_file(), name
+
+
+def onnx_greedy(folder: Path, prompts: list, new_tokens: int) -> list:
+    """Greedy decoding with onnxruntime over the exported decode step (left-padded batch, cache fed back)."""
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    width = max(len(p) for p in prompts)
+    ids = np.array([[0] * (width - len(p)) + p for p in prompts], dtype=np.int64)
+    mask = (np.arange(width)[None, :] >= np.array([[width - len(p)] for p in prompts])).astype(np.int64)
+    names = [i.name for i in session.get_inputs()]
+    cache = [np.zeros((len(prompts), 0, 2, 16), np.float32) for _ in names[2:]]
+    tokens = []
+    for _ in range(new_tokens):
+        logits, *cache = session.run(None, dict(zip(names, [ids, mask, *cache])))
+        ids = logits.argmax(-1).reshape(-1, 1).astype(np.int64)
+        tokens.append(ids[:, 0])
+        mask = np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], axis=1)
+    return np.stack(tokens, axis=1).tolist()
+
+
+def test_onnx_decode_generates_as_transformers(chat_checkpoint, tmp_path):
+    import torch
+    import transformers
+
+    folder = export_model(chat_checkpoint("gqa"), tmp_path / "onnx", "decode", format="onnx")
+    prompts = [[17, 230, 1201, 9, 3050, 77, 402], [5, 919, 2048, 64, 311]]
+    model = transformers.AutoModelForCausalLM.from_pretrained(chat_checkpoint("gqa"), attn_implementation="eager")
+    ids = torch.tensor([prompts[0], [4000, 4000] + prompts[1]])
+    mask = torch.tensor([[1] * 7, [0, 0] + [1] * 5])
+    with torch.no_grad():
+        want = model.eval().generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                                     pad_token_id=4000)[:, 7:].tolist()  # fmt: skip
+    assert all(4000 not in row and 4002 not in row for row in want), "a row stopped early: pick other prompts"
+    assert onnx_greedy(folder, prompts, 6) == want
+
+
+@pytest.mark.paddle26
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_needs_a_gpu_build(chat_checkpoint, tmp_path, capsys, dtype):
+    if paddle.is_compiled_with_cuda():
+        pytest.skip("a GPU build traces half precision")
+    out = tmp_path / "out" / "exp"
+    args = ["export", "--model", str(chat_checkpoint("gqa")), "--out", str(out), "--task", "decode", "--dtype", dtype]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: --dtype {dtype}: this Paddle build") and "paddlepaddle-gpu" in err[-1], err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "something was written"

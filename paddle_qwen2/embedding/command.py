@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--text-field", default="text", metavar="NAME", help="JSONL field / parquet column (text)")
     p.add_argument("--no-normalize", action="store_true", help="skip the model's Normalize module")
     p.add_argument("--pooling", metavar="MODE", help="last | mean | cls | max | ...; required for a plain Qwen2 folder")
+    p.add_argument("--engine", choices=("dygraph", "inference"), default="dygraph",
+                   help="dygraph (default) or inference: the exported program on Paddle Inference (a folder is "
+                   "exported once into the export cache)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     return p
 
@@ -54,10 +57,7 @@ def run(args: argparse.Namespace, own_process: bool = False) -> int:
     configure_cpu_threads()
     if own_process:
         keep_freed_memory()  # this process computes with paddle only
-    from .model import EmbeddingModel
-
-    model = EmbeddingModel.from_pretrained(args.model, pooling=args.pooling, max_length=args.max_length,
-                                           normalize=not args.no_normalize)  # fmt: skip
+    model = _load(args)
     model.resolve_prompt(args.prompt_name, args.prompt)  # an unknown prompt name fails before any work
     start = time.perf_counter()
     embeddings = model.encode(
@@ -76,3 +76,20 @@ def run(args: argparse.Namespace, own_process: bool = False) -> int:
         print(f"embedded {n} texts, dim {dim}, in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} texts/s) -> "
               f"{args.output}")  # fmt: skip
     return 0
+
+
+def _load(args: argparse.Namespace):
+    """The dygraph `EmbeddingModel`, or the exported program (`--engine inference`), as the options say."""
+    if args.engine == "dygraph":
+        from .model import EmbeddingModel
+
+        return EmbeddingModel.from_pretrained(args.model, pooling=args.pooling, max_length=args.max_length,
+                                              normalize=not args.no_normalize)  # fmt: skip
+    from .errors import EmbeddingError
+
+    fixed = [flag for flag, value in (("--pooling", args.pooling), ("--max-length", args.max_length)) if value]
+    if fixed:
+        raise EmbeddingError(f"{', '.join(fixed)}: the exported program fixes the pipeline; use --engine dygraph")
+    from ..inference.embedding import InferenceEmbeddingModel
+
+    return InferenceEmbeddingModel.from_pretrained(args.model)

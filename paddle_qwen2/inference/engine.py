@@ -1,0 +1,311 @@
+"""`LLM`: generation with the one-step decode program (`paddle-qwen2 export --task decode`) on Paddle Inference,
+or with the dygraph model; the same loop either way.
+
+    llm = LLM.from_pretrained("Qwen2.5-0.5B-Instruct")                 # a checkpoint (exported once) or an export
+    [out] = llm.generate([llm.tokenizer.encode_chat(messages)], SamplingParams(temperature=0))
+    out.text, out.finish_reason
+
+The low-level API the server's scheduler uses (continuous batching):
+
+    logits, batch = llm.prefill(prompts)      # prompts: list of id lists -> logits [n, vocab] of each last token
+    logits = llm.decode(batch, tokens)        # one token per row -> logits [rows, vocab]; the cache grows in place
+    batch = Batch.concat([batch, other])      # join (left-padded to the longest row)
+    batch = batch.select(rows)                # leave
+
+Rows are left-padded: position ids are counted over each row's real tokens, so a row gives the same tokens alone
+or in a batch. The KV cache is a list of `[batch, past, kv_heads, head_dim]` tensors that the program returns and
+is fed again without host copies; sampling runs on the host (`sampling.Sampler`). Not thread-safe: one thread
+drives an `LLM`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..export import ExportError
+from .sampling import SamplingParams
+from .sequence import Completion, GenerationSequence
+from .tokenization import ChatTokenizer, TokenizerError
+
+__all__ = ["LLM", "Batch", "EngineError", "ENGINES"]
+
+ENGINES = ("inference", "dygraph")
+
+
+class EngineError(ValueError):
+    """A model folder or request the engine cannot use; the message names the file or field."""
+
+
+class Batch:
+    """The KV cache of a set of rows: `cache` `[key_0, value_0, ...]`, each `[rows, width, kv_heads, head_dim]`,
+    and `mask` `[rows, width]` int64 (1 for a real token; rows are left-padded)."""
+
+    def __init__(self, cache: list, mask: np.ndarray):
+        self.cache = cache
+        self.mask = mask
+
+    def __len__(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens in the cache of each row (prompt + generated so far)."""
+        return self.mask.sum(axis=1).astype(int).tolist()
+
+    @staticmethod
+    def concat(batches: Sequence[Batch]) -> Batch:
+        """The rows of `batches` in order, left-padded to the widest."""
+        import paddle
+
+        batches = [b for b in batches if len(b)]
+        if len(batches) == 1:
+            return batches[0]
+        width = max(b.mask.shape[1] for b in batches)
+        masks = [np.pad(b.mask, ((0, 0), (width - b.mask.shape[1], 0))) for b in batches]
+        cache = []
+        for i in range(len(batches[0].cache)):
+            parts = []
+            for b in batches:
+                t, missing = b.cache[i], width - b.mask.shape[1]
+                if missing:
+                    t = paddle.concat([paddle.zeros([t.shape[0], missing, *t.shape[2:]], t.dtype), t], axis=1)
+                parts.append(t)
+            cache.append(paddle.concat(parts, axis=0))
+        return Batch(cache, np.concatenate(masks, axis=0))
+
+    def select(self, rows: Sequence[int]) -> Batch:
+        """These rows, in this order; columns that are padding in every kept row are dropped."""
+        import paddle
+
+        rows = [int(r) for r in rows]
+        mask = self.mask[rows]
+        real = np.flatnonzero(mask.any(axis=0))
+        start = int(real[0]) if len(real) else mask.shape[1]
+        index = paddle.to_tensor(np.asarray(rows, dtype=np.int64))
+        cache = [paddle.gather(t, index, axis=0)[:, start:] for t in self.cache]
+        return Batch(cache, np.ascontiguousarray(mask[:, start:]))
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(prompts), width), dtype=np.int64)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :], mask[i, width - len(p) :] = p, 1
+    return ids, mask
+
+
+class _DygraphStep:
+    """The decode program run eagerly on the paddle model."""
+
+    def __init__(self, folder: Path, dtype: str):
+        from ..export.programs import DecodeProgram
+        from ..modeling import Qwen2ForCausalLM
+
+        model = Qwen2ForCausalLM.from_pretrained(str(folder), dtype=dtype)
+        model.eval()
+        self.program = DecodeProgram(model)
+        self.config = model.config.to_dict()
+        self.description = f"dygraph ({dtype})"
+
+    def __call__(self, inputs: list) -> list:
+        import paddle
+
+        with paddle.no_grad():
+            return self.program(inputs[0], inputs[1], inputs[2:])
+
+
+class _PredictorStep:
+    """The exported decode program on Paddle Inference."""
+
+    def __init__(self, folder: Path, onednn: bool | None, threads: int | None):
+        from .predictor import Predictor
+
+        self.predictor = Predictor(folder, onednn=onednn, threads=threads)
+        self.config = self.predictor.meta["config"]
+        self.description = (
+            f"paddle.inference ({self.predictor.device}, oneDNN {'on' if self.predictor.onednn else 'off'})"
+        )
+
+    def __call__(self, inputs: list) -> list:
+        return self.predictor.run(inputs)
+
+
+class LLM:
+    """A causal LM for generation: a tokenizer, a one-step program (`step`) and the cache shape it takes."""
+
+    def __init__(self, step, tokenizer: ChatTokenizer, folder: Path, generation_config: dict,
+                 cache_dtype: str = "float32", name: str | None = None, max_model_len: int | None = None):  # fmt: skip
+        config = step.config
+        self.step = step
+        self.tokenizer = tokenizer
+        self.folder = folder
+        self.generation_config = generation_config
+        self.name = name or folder.name
+        self.config = config
+        self.vocab_size = int(config["vocab_size"])
+        limit = _context_limit(config)
+        if max_model_len is not None and not 0 < max_model_len <= limit:
+            raise EngineError(f"max_model_len must be in [1, {limit}] (the model's context), got {max_model_len}")
+        self.max_model_len = max_model_len or limit
+        heads = int(config["num_attention_heads"])
+        self._cache_shape = (int(config.get("num_key_value_heads") or heads),
+                             int(config.get("head_dim") or config["hidden_size"] // heads))  # fmt: skip
+        self._layers = int(config["num_hidden_layers"])
+        self._cache_dtype = cache_dtype
+
+    # ------------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        engine: str = "inference",
+        onednn: bool | None = None,
+        threads: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        max_model_len: int | None = None,
+        name: str | None = None,
+    ) -> LLM:
+        """`path`: a Qwen2 checkpoint (HF or Paddle layout) or a `decode` export folder. `engine="inference"` runs
+        the export (a checkpoint is exported once into the export cache, see `predictor.resolve_export`);
+        `"dygraph"` runs the paddle model (checkpoints only)."""
+        from ..runtime import configure_cpu_threads
+
+        configure_cpu_threads()
+        path = Path(path)
+        if engine not in ENGINES:
+            raise EngineError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+        if not path.is_dir():
+            raise EngineError(f"{path}: no such model folder")
+        try:
+            if engine == "inference":
+                from .predictor import resolve_export
+
+                folder = resolve_export(path, "decode", cache_dir)
+                step, dtype = _PredictorStep(folder, onednn, threads), None
+                dtype = step.predictor.meta["decode"]["cache_dtype"]
+            else:
+                folder, dtype = path, "float32"
+                if (path / "export_meta.json").is_file():
+                    raise EngineError(f"{path}: an export folder runs only with engine 'inference'")
+                _check_checkpoint(path)
+                step = _DygraphStep(path, dtype)
+            tokenizer = ChatTokenizer.from_folder(folder)
+        except (ExportError, TokenizerError) as exc:
+            raise EngineError(str(exc)) from None
+        generation = folder / "generation_config.json"
+        generation_config = json.loads(generation.read_text(encoding="utf-8")) if generation.is_file() else {}
+        return cls(step, tokenizer, folder, generation_config, dtype, name or path.name, max_model_len)
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.step.description}, context {self.max_model_len}"
+
+    # ----------------------------------------------------------------------------------------------- stepping
+    def _run(self, ids: np.ndarray, mask: np.ndarray, cache: list) -> tuple[np.ndarray, list]:
+        import paddle
+
+        outputs = self.step([paddle.to_tensor(ids), paddle.to_tensor(mask), *cache])
+        return outputs[0].numpy(), list(outputs[1:])
+
+    def empty_cache(self, rows: int) -> list:
+        import paddle
+
+        shape = [rows, 0, *self._cache_shape]
+        return [paddle.zeros(shape, self._cache_dtype) for _ in range(2 * self._layers)]
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, Batch]:
+        """Run the prompts (left-padded together): the logits `[n, vocab]` float32 of each last prompt token, and
+        the `Batch` holding their cache."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise EngineError("prefill needs at least one prompt, each with at least one token")
+        self._check_ids(prompts)
+        ids, mask = _left_pad(prompts, self.tokenizer.pad_token_id)
+        logits, cache = self._run(ids, mask, self.empty_cache(len(prompts)))
+        return logits, Batch(cache, mask)
+
+    def decode(self, batch: Batch, tokens: Sequence[int]) -> np.ndarray:
+        """Append one token per row of `batch` (in row order); returns the next logits `[rows, vocab]`."""
+        if len(tokens) != len(batch):
+            raise EngineError(f"decode got {len(tokens)} tokens for a batch of {len(batch)} rows")
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1, 1)
+        mask = np.concatenate([batch.mask, np.ones((len(batch), 1), dtype=np.int64)], axis=1)
+        logits, batch.cache = self._run(ids, mask, batch.cache)
+        batch.mask = mask
+        return logits
+
+    def _check_ids(self, prompts: Sequence[Sequence[int]]) -> None:
+        for i, p in enumerate(prompts):
+            bad = [t for t in p if not 0 <= int(t) < self.vocab_size]
+            if bad:
+                raise EngineError(f"prompt {i}: token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+
+    # --------------------------------------------------------------------------------------------- generation
+    def sampling_params(self, **overrides) -> SamplingParams:
+        """`generation_config.json`'s defaults (greedy unless it says `do_sample`), `overrides` on top."""
+        return SamplingParams.from_generation_config(self.generation_config, **overrides)
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        on_text: Callable[[int, str], None] | None = None,
+    ) -> list[Completion]:
+        """Generate for each prompt (token ids) together in one batch; `on_text(row, delta)` streams the text.
+        Rows that finish leave the batch at once."""
+        if not isinstance(params, Sequence):
+            params = [params or self.sampling_params()] * len(prompts)
+        try:
+            sequences = [
+                GenerationSequence(p, sp, self.tokenizer, self.max_model_len) for p, sp in zip(prompts, params)
+            ]
+        except ValueError as exc:
+            raise EngineError(str(exc)) from None
+        logits, batch = self.prefill([s.prompt_ids for s in sequences])
+        running = list(range(len(sequences)))
+        while running:
+            tokens = []
+            for row, index in enumerate(running):
+                seq = sequences[index]
+                token = seq.choose(logits[row])
+                tokens.append(token)
+                delta = seq.append(token)
+                if delta and on_text is not None:
+                    on_text(index, delta)
+            keep = [row for row, index in enumerate(running) if not sequences[index].finished]
+            if len(keep) < len(running):
+                running = [running[row] for row in keep]
+                if not running:
+                    break
+                batch = batch.select(keep)
+                tokens = [tokens[row] for row in keep]
+            logits = self.decode(batch, tokens)
+        return [s.completion() for s in sequences]
+
+
+def _context_limit(config: dict) -> int:
+    """max_position_embeddings, times the rope scaling factor when there is one (as vLLM derives it)."""
+    limit = int(config.get("max_position_embeddings") or 32768)
+    scaling = config.get("rope_scaling") or {}
+    factor = (
+        scaling.get("factor") if scaling.get("rope_type", scaling.get("type")) in ("linear", "dynamic", "yarn") else 1
+    )
+    if scaling.get("original_max_position_embeddings") and factor:
+        return int(scaling["original_max_position_embeddings"] * factor)
+    return int(limit * (factor or 1))
+
+
+def _check_checkpoint(path: Path) -> None:
+    config = path / "config.json"
+    if not config.is_file():
+        raise EngineError(f"{path}: not a Qwen2 model (no config.json)")
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise EngineError(f"{config}: cannot read the model config: {exc}") from None
+    if model_type != "qwen2":
+        raise EngineError(f"{config}: not a Qwen2 model (model_type {model_type!r}, expected 'qwen2')")

@@ -1,0 +1,112 @@
+"""Export folders and their Paddle Inference predictors.
+
+`resolve_export(path, task)` gives an export folder for `path`: `path` itself when it is one (of that task), else a
+folder in the export cache (`$PADDLE_QWEN2_CACHE`, default `~/.cache/paddle_qwen2/exports`), exported on first use
+and found again by the checkpoint's path, file sizes and times, the task and the Paddle version.
+
+`Predictor` runs an export folder with `paddle.inference` on CPU (oneDNN as the folder's `export_meta.json`
+recommends unless told) or on the GPU when Paddle has one; each thread that calls it gets its own
+`predictor.clone()` (clones share the weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..export import META_FILE, ExportError, export_model, read_meta
+
+__all__ = ["Predictor", "resolve_export", "export_cache_dir"]
+
+
+def export_cache_dir() -> Path:
+    """Where checkpoints exported on the fly go: `$PADDLE_QWEN2_CACHE` or `~/.cache/paddle_qwen2/exports`."""
+    root = os.environ.get("PADDLE_QWEN2_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "paddle_qwen2" / "exports"
+
+
+def _fingerprint(folder: Path, task: str) -> str:
+    """A key that changes when any file of `folder` (and its sentence-transformers submodules) changes."""
+    import paddle
+
+    from .. import __version__
+
+    digest = hashlib.sha256(f"{folder.resolve()}|{task}|{paddle.__version__}|{__version__}".encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"|{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:20]
+
+
+def resolve_export(path: str | os.PathLike, task: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """An export folder of `task` for `path` (an export folder, or a checkpoint exported into the cache)."""
+    path = Path(path)
+    if (path / META_FILE).is_file():
+        meta = read_meta(path)
+        if meta.get("task") != task or meta.get("format") != "paddle":
+            raise ExportError(f"{path}: an export of task {meta.get('task')!r} ({meta.get('format')}); this needs "
+                              f"task {task!r} (paddle-qwen2 export --task {task})")  # fmt: skip
+        return path
+    if not path.is_dir():
+        raise ExportError(f"{path}: no such model folder")
+    out = Path(cache_dir or export_cache_dir()) / f"{path.name}-{task}-{_fingerprint(path, task)}"
+    if not (out / META_FILE).is_file():
+        print(f"paddle_qwen2: exporting {path} ({task}) for Paddle Inference into {out}", file=sys.stderr)
+        export_model(path, out, task, force=True)
+    return out
+
+
+class Predictor:
+    """A Paddle Inference predictor of an export folder; `run(tensors) -> tensors` in the program's input and
+    output order, on a clone of the predictor per calling thread."""
+
+    def __init__(self, folder: str | os.PathLike, onednn: bool | None = None, threads: int | None = None):
+        import paddle
+        from paddle import inference
+
+        self.folder = Path(folder)
+        self.meta = read_meta(self.folder)
+        settings = self.meta.get("paddle_inference", {})
+        if onednn and not settings.get("onednn", False):
+            raise ExportError(f"{self.folder}: oneDNN does not run this program on Paddle {paddle.__version__}")
+        self.onednn = settings.get("onednn_default", False) if onednn is None else bool(onednn)
+        files = self.meta["files"]
+        config = inference.Config(str(self.folder / files["program"]), str(self.folder / files["params"]))
+        self.device = "gpu" if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else "cpu"
+        if self.device == "gpu":
+            config.enable_use_gpu(256, 0)
+        else:
+            config.disable_gpu()
+            config.set_cpu_math_library_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
+            config.enable_mkldnn() if self.onednn else config.disable_mkldnn()
+        config.disable_glog_info()
+        self._main = inference.create_predictor(config)
+        self._threads = None if self.device == "gpu" else int(os.environ.get("OMP_NUM_THREADS", "1"))
+        self._core = paddle.base.core
+        self._main_thread = threading.get_ident()
+        self._local = threading.local()
+        self.input_names = self._main.get_input_names()
+
+    def _predictor(self):
+        if threading.get_ident() == self._main_thread:
+            return self._main
+        if not hasattr(self._local, "predictor"):
+            self._local.predictor = self._main.clone()
+        return self._local.predictor
+
+    def run(self, inputs: Sequence) -> list:
+        """`paddle.Tensor`s in the program's input order -> its outputs as `paddle.Tensor`s."""
+        outputs = self._predictor().run(list(inputs))
+        if self._threads is not None:
+            # a CPU run leaves MKL at one thread: dygraph paddle in this process would then compute (and round)
+            # differently, and slower
+            self._core.set_num_threads(self._threads)
+        return outputs
+
+    def describe(self) -> str:
+        return json.dumps({"folder": str(self.folder), "device": self.device, "onednn": self.onednn})

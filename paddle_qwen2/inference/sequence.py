@@ -1,0 +1,99 @@
+"""`GenerationSequence`: one prompt's generation state, shared by `LLM.generate` and the server's scheduler.
+
+Each step the engine hands a row of logits to `choose`, which samples the next token, then `append`s it: the
+token is detokenized incrementally (text deltas are whole UTF-8 text), stop strings are matched across deltas, and
+the sequence finishes with `finish_reason` "stop" (a stop token or stop string) or "length" (`max_new_tokens`, or
+the context is full).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .detokenize import IncrementalDetokenizer, StopMatcher
+from .sampling import Sampler, SamplingParams
+from .tokenization import ChatTokenizer
+
+__all__ = ["Completion", "GenerationSequence"]
+
+
+@dataclass
+class Completion:
+    """A finished generation: the generated ids (a stop token included, as transformers and vLLM count it), the
+    text (stop token and stop string excluded), why it ended, and the prompt's length."""
+
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    stop_reason: int | str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class GenerationSequence:
+    """The state of one prompt being generated; `max_model_len` bounds prompt + generated tokens."""
+
+    def __init__(self, prompt_ids: Sequence[int], params: SamplingParams, tokenizer: ChatTokenizer, max_model_len: int):
+        if not prompt_ids:
+            raise ValueError("the prompt is empty: at least one token is needed")
+        if len(prompt_ids) >= max_model_len:
+            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context holds {max_model_len}, and at "
+                             "least one must be left to generate")  # fmt: skip
+        params.validate()
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        room = max_model_len - len(self.prompt_ids)
+        self.max_new_tokens = room if params.max_new_tokens is None else min(params.max_new_tokens, room)
+        self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(tokenizer.eos_token_ids))
+        self.sampler = Sampler(params)
+        self.detokenizer = IncrementalDetokenizer(tokenizer.backend)
+        self.stops = StopMatcher(params.stop)
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None
+        self._history = list(self.prompt_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def choose(self, logits: np.ndarray) -> int:
+        """The next token from this row's logits `[vocab]`."""
+        return self.sampler.sample(logits, self._history)
+
+    def append(self, token: int) -> str:
+        """Add `token`; returns the text that can be shown now (may be empty)."""
+        token = int(token)
+        self.token_ids.append(token)
+        self._history.append(token)
+        if token in self.stop_ids:
+            return self._finish("stop", token, self._drain())
+        delta, stopped = self.stops.push(self.detokenizer.push(token))
+        if stopped:
+            return self._finish("stop", self.stops.matched, delta)
+        if len(self.token_ids) >= self.max_new_tokens:
+            return self._finish("length", None, delta + self._drain())
+        self.text += delta
+        return delta
+
+    def _drain(self) -> str:
+        """The text held back (an incomplete character, a possible stop string's start) at the end."""
+        text, stopped = self.stops.push(self.detokenizer.flush())
+        return text if stopped else text + self.stops.flush()
+
+    def _finish(self, reason: str, stop_reason: int | str | None, delta: str) -> str:
+        self.finish_reason, self.stop_reason = reason, stop_reason
+        self.text += delta
+        return delta
+
+    def completion(self) -> Completion:
+        return Completion(list(self.token_ids), self.text, self.finish_reason or "length", len(self.prompt_ids),
+                          self.stop_reason)  # fmt: skip

@@ -1,0 +1,279 @@
+"""paddle_qwen2.inference.sampling against HF transformers' own logits processors (the reference for `generate`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+logits_process = pytest.importorskip("transformers.generation.logits_process")
+
+from paddle_qwen2.inference.sampling import Sampler, SamplingParams, probabilities, processed_logits
+
+VOCAB = 1000
+
+# (temperature, top_k, top_p, repetition_penalty)
+COMBOS = [
+    (1.0, 0, 1.0, 1.0),
+    (0.7, 0, 1.0, 1.0),
+    (1.3, 50, 1.0, 1.0),
+    (1.0, 0, 0.9, 1.0),
+    (0.6, 20, 0.8, 1.1),
+    (0.8, 0, 0.5, 1.3),
+    (2.0, 200, 0.95, 0.8),
+    (1.0, 5, 1.0, 1.05),
+    (0.5, 0, 0.01, 1.0),  # top-p that keeps only the top token
+    (1.0, 2000, 0.99, 1.2),  # top-k larger than the vocabulary
+    (3.0, 0, 0.3, 2.0),
+]
+
+
+def _logits(seed: int, vocab: int = VOCAB, scale: float = 3.0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(vocab) * scale).astype(np.float32)
+
+
+def _history(seed: int, vocab: int = VOCAB, n: int = 60) -> list[int]:
+    return np.random.default_rng(seed + 1000).integers(0, vocab, size=n).tolist()
+
+
+def _hf_scores(logits: np.ndarray, history: list[int], temperature: float, top_k: int, top_p: float, penalty: float):
+    """Scores after HF's processors in `generate`'s order (repetition penalty, temperature, top-k, top-p)."""
+    input_ids = torch.tensor([history], dtype=torch.long)
+    scores = torch.from_numpy(logits.copy())[None, :]
+    processors = []
+    if penalty != 1.0:
+        processors.append(logits_process.RepetitionPenaltyLogitsProcessor(float(penalty)))
+    if temperature != 0:
+        processors.append(logits_process.TemperatureLogitsWarper(float(temperature)))
+        if top_k > 0:
+            processors.append(logits_process.TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            processors.append(logits_process.TopPLogitsWarper(top_p))
+    for processor in processors:
+        scores = processor(input_ids, scores)
+    return scores[0].numpy()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("temperature,top_k,top_p,penalty", COMBOS)
+def test_probabilities_match_transformers(seed, temperature, top_k, top_p, penalty):
+    logits, history = _logits(seed), _history(seed)
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=penalty)
+    ours = processed_logits(logits, history, params)
+    ref = _hf_scores(logits, history, temperature, top_k, top_p, penalty)
+    assert ours.dtype == np.float32 and ours.shape == (VOCAB,)
+    np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(ref))  # identical masked sets
+    ref_probs = torch.from_numpy(ref).double().softmax(-1).numpy()
+    np.testing.assert_allclose(probabilities(logits, history, params), ref_probs, rtol=0, atol=1e-6)
+    finite = ~np.isneginf(ref)
+    np.testing.assert_allclose(ours[finite], ref[finite], rtol=1e-6, atol=1e-6)
+
+
+def test_processed_logits_does_not_modify_input():
+    logits = _logits(3)
+    before = logits.copy()
+    processed_logits(logits, _history(3), SamplingParams(temperature=0.5, top_k=10, top_p=0.9, repetition_penalty=1.5))
+    np.testing.assert_array_equal(logits, before)
+
+
+def test_top_k_keeps_ties_like_transformers():
+    logits = np.array([1.0, 3.0, 2.0, 3.0, 2.0, 0.5], dtype=np.float32)
+    params = SamplingParams(top_k=3)
+    ours = processed_logits(logits, [], params)
+    ref = _hf_scores(logits, [0], 1.0, 3, 1.0, 1.0)
+    np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(ref))
+    assert np.isfinite(ours).sum() == 4  # 3, 3, 2, 2: ties with the 3rd largest are kept
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("penalty", [1.0, 1.3, 0.7])
+def test_greedy_is_argmax_after_penalty(seed, penalty):
+    logits, history = _logits(seed), _history(seed, n=200)
+    params = SamplingParams(temperature=0.0, repetition_penalty=penalty)
+    assert params.greedy
+    penalized = _hf_scores(logits, history, 0.0, 0, 1.0, penalty)
+    expected = int(torch.argmax(torch.from_numpy(penalized)))
+    assert Sampler(params).sample(logits, history) == expected
+    np.testing.assert_array_equal(probabilities(logits, history, params), np.eye(VOCAB)[expected])
+
+
+def test_greedy_penalty_changes_choice_and_ties_pick_first():
+    logits = np.array([0.0, 5.0, 4.9, 5.0], dtype=np.float32)
+    assert Sampler(SamplingParams(temperature=0)).sample(logits, []) == 1  # first of the tied maxima
+    assert Sampler(SamplingParams(temperature=0, repetition_penalty=1.5)).sample(logits, [1, 3, 1]) == 2
+    assert Sampler(SamplingParams(temperature=0.8, top_k=1, seed=0)).sample(logits, []) == 1
+
+
+def test_seeded_sampling_is_reproducible():
+    logits, history = _logits(7), _history(7)
+    params = SamplingParams(temperature=0.9, top_p=0.95, top_k=100, repetition_penalty=1.1, seed=1234)
+    assert len({Sampler(params).sample(logits, history) for _ in range(5)}) == 1
+    first, second = Sampler(params), Sampler(params)
+    seq_a = [first.sample(logits, history) for _ in range(200)]
+    seq_b = [second.sample(logits, history) for _ in range(200)]
+    assert seq_a == seq_b
+    assert len(set(seq_a)) > 5  # it does sample
+    other = Sampler(params.replace(seed=4321))
+    assert [other.sample(logits, history) for _ in range(200)] != seq_a
+
+
+def test_unseeded_samplers_differ():
+    logits = np.zeros(VOCAB, dtype=np.float32)
+    a, b = Sampler(SamplingParams()), Sampler(SamplingParams())
+    assert [a.sample(logits, []) for _ in range(50)] != [b.sample(logits, []) for _ in range(50)]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(seed=0),
+        SamplingParams(temperature=0.7, seed=1),
+        SamplingParams(temperature=1.5, top_k=5, seed=2),
+        SamplingParams(temperature=1.0, top_p=0.7, seed=3),
+        SamplingParams(temperature=0.9, top_k=6, top_p=0.9, repetition_penalty=1.4, seed=4),
+    ],
+)
+def test_empirical_frequencies_match_distribution(params):
+    logits = np.array([1.0, 0.5, -0.3, 2.0, 0.0, -1.0, 1.5, 0.2], dtype=np.float32)
+    history = [3, 0, 3]
+    expected = probabilities(logits, history, params)
+    sampler = Sampler(params)
+    n = 20000
+    counts = np.bincount([sampler.sample(logits, history) for _ in range(n)], minlength=logits.size)
+    assert np.abs(counts / n - expected).max() < 0.02
+    assert np.all(counts[expected == 0] == 0)  # masked tokens are never drawn
+
+
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p,penalty",
+    [(0.7, 20, 0.8, 1.05), (1.0, 0, 0.9, 1.0), (0.6, 0, 0.999, 1.1), (1.0, 1000, 1.0, 1.0), (0.9, 64, 0.95, 1.0)],
+)
+@pytest.mark.parametrize("ties", [False, True])
+def test_large_vocab_matches_transformers(temperature, top_k, top_p, penalty, ties):
+    """A Qwen2-size vocabulary (top-k's block-maxima selection, top-p's partial sort), with and without ties."""
+    vocab = 151_936
+    logits = _logits(11, vocab=vocab, scale=4.0)
+    if ties:
+        logits = np.round(logits * 2) / 2  # many equal values, also at the top-k boundary
+    history = _history(11, vocab=vocab, n=2000)
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=penalty, seed=0)
+    ours = processed_logits(logits, history, params)
+    ref = _hf_scores(logits, history, temperature, top_k, top_p, penalty)
+    if not (ties and top_p < 1):  # with ties at the top-p boundary the kept set depends on the sort's tie order
+        np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(ref))
+        ref_probs = torch.from_numpy(ref).double().softmax(-1).numpy()
+        np.testing.assert_allclose(probabilities(logits, history, params), ref_probs, rtol=0, atol=1e-6)
+    token = Sampler(params).sample(logits, history)
+    assert np.isfinite(ours[token])
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (dict(temperature=-0.1), r"temperature must be in \[0, 100\]"),
+        (dict(temperature=101.0), r"temperature must be in \[0, 100\]"),
+        (dict(temperature=float("nan")), r"temperature must be in \[0, 100\]"),
+        (dict(temperature="hot"), r"temperature must be in \[0, 100\]"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(top_k=-1), r"top_k must be >= 0"),
+        (dict(top_k=2.5), r"top_k must be >= 0"),
+        (dict(repetition_penalty=0.0), r"repetition_penalty must be > 0"),
+        (dict(repetition_penalty=-1.0), r"repetition_penalty must be > 0"),
+        (dict(max_new_tokens=0), r"max_new_tokens must be >= 1 or None"),
+        (dict(max_new_tokens=2.0), r"max_new_tokens must be >= 1 or None"),
+        (dict(seed=-3), r"seed must be an integer >= 0 or None"),
+        (dict(stop=[""]), r"stop must be a list of non-empty strings"),
+        (dict(stop=["ok", 3]), r"stop must be a list of non-empty strings"),
+        (dict(stop=[f"s{i}" for i in range(17)]), r"stop must have at most 16 strings"),
+        (dict(stop_token_ids=[-1]), r"stop_token_ids must be a list of integers >= 0"),
+        (dict(ignore_eos="yes"), r"ignore_eos must be a bool"),
+    ],
+)
+def test_validate_rejects(changes, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**changes).validate()
+    with pytest.raises(ValueError, match=message):
+        Sampler(SamplingParams(**changes))
+
+
+def test_validate_accepts_edges():
+    for params in [
+        SamplingParams(),
+        SamplingParams(temperature=0, top_p=1.0, top_k=0, max_new_tokens=1, seed=0),
+        SamplingParams(temperature=100, top_p=1e-9, top_k=1, repetition_penalty=1e-3),
+        SamplingParams(stop=[f"s{i}" for i in range(16)], stop_token_ids=[0, 7]),
+    ]:
+        assert params.validate() is params
+
+
+def test_stop_string_and_greedy_property():
+    assert SamplingParams(stop="###").stop == ["###"]
+    assert SamplingParams(stop=("a", "b")).stop == ["a", "b"]
+    assert SamplingParams(temperature=0).greedy and SamplingParams(top_k=1).greedy
+    assert not SamplingParams(temperature=0.1, top_k=2).greedy
+    assert SamplingParams().stop is not SamplingParams().stop  # no shared mutable default
+
+
+QWEN_CHAT_CFG = {
+    "bos_token_id": 151643,
+    "do_sample": True,
+    "eos_token_id": [151645, 151643],
+    "pad_token_id": 151643,
+    "repetition_penalty": 1.05,
+    "temperature": 0.7,
+    "top_k": 20,
+    "top_p": 0.8,
+}
+
+
+@pytest.mark.parametrize(
+    "cfg,overrides,expected",
+    [
+        (QWEN_CHAT_CFG, {}, dict(temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.05)),
+        (
+            QWEN_CHAT_CFG,
+            dict(temperature=0.2, top_p=None, seed=5, max_new_tokens=None),
+            dict(temperature=0.2, top_k=20, top_p=0.8, repetition_penalty=1.05, seed=5, max_new_tokens=None),
+        ),
+        # do_sample false / absent: greedy, but the repetition penalty is kept
+        ({**QWEN_CHAT_CFG, "do_sample": False}, {}, dict(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.05)),
+        ({"temperature": 0.7, "top_k": 20}, {}, dict(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0)),
+        ({"eos_token_id": 4000, "do_sample": False}, {}, dict(temperature=0.0, repetition_penalty=1.0)),
+        ({}, dict(temperature=0.9), dict(temperature=0.9, top_k=0, top_p=1.0)),
+        # do_sample true with keys absent: this class's defaults (as vLLM), nulls ignored
+        ({"do_sample": True, "top_p": None}, {}, dict(temperature=1.0, top_k=0, top_p=1.0)),
+        ({"do_sample": True, "max_new_tokens": 64}, dict(stop=["\n\n"]), dict(max_new_tokens=64, stop=["\n\n"])),
+    ],
+)
+def test_from_generation_config(cfg, overrides, expected):
+    params = SamplingParams.from_generation_config(cfg, **overrides)
+    for name, value in expected.items():
+        assert getattr(params, name) == value, name
+    assert params.stop_token_ids == []  # eos ids are not handled here
+
+
+def test_from_generation_config_validates_and_rejects_unknown_overrides():
+    with pytest.raises(ValueError, match="top_p must be in"):
+        SamplingParams.from_generation_config({"do_sample": True, "top_p": 0.0})
+    with pytest.raises(TypeError):
+        SamplingParams.from_generation_config({}, temprature=0.5)
+
+
+def test_bundled_generation_config_is_greedy():
+    import json
+    from pathlib import Path
+
+    cfg = json.loads((Path(__file__).parents[1] / "examples/model/generation_config.json").read_text())
+    assert SamplingParams.from_generation_config(cfg).greedy
+
+
+@pytest.mark.parametrize("bad", [[1.0, float("nan"), 0.5], [-np.inf, -np.inf]])
+def test_sample_rejects_nan_or_all_masked_logits(bad):
+    with np.errstate(invalid="ignore"), pytest.raises(ValueError, match="NaN or no finite value"):
+        Sampler(SamplingParams(seed=0)).sample(np.array(bad, dtype=np.float32), [])
+
+
+def test_logits_shape_is_checked():
+    with pytest.raises(ValueError, match="1-D"):
+        Sampler(SamplingParams()).sample(np.zeros((2, 5), dtype=np.float32), [])
