@@ -308,6 +308,12 @@ def apply_rotary_pos_emb(
         cos = cos.reshape(list(position_ids.shape) + [cos.shape[-1]])
         sin = sin.reshape(list(position_ids.shape) + [sin.shape[-1]])
     cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    if not _eager():  # traced: half the ops (no tile, no split / concat of q and k); the same products and sums
+        half = cos.shape[-1] // 2
+        sin_first, sin_second = paddle.split(sin, 2, axis=-1)
+        signed_sin = paddle.concat([-sin_first, sin_second], axis=-1)  # rotate_half(x) * sin == roll(x) * this
+        return (q * cos + paddle.roll(q, half, axis=-1) * signed_sin,
+                k * cos + paddle.roll(k, half, axis=-1) * signed_sin)  # fmt: skip
     q_embed = q * _repeat_heads(cos, q.shape, unsqueeze_dim) + rotate_half(q) * _repeat_heads(
         sin, q.shape, unsqueeze_dim
     )
@@ -396,28 +402,29 @@ def scaled_dot_product_attention(
 def _math_attention(q, k, v, attention_mask, output_attentions, dropout, training):
     """softmax(q k^T / sqrt(d) + mask) v with HF eager's numerics (softmax in float32), arranged for speed:
     the query heads sharing a kv head are stacked so k and v are never repeated, the scale is applied to q,
-    and a mask shared by the whole batch is added as a 2D `[q_len, kv_len]` broadcast."""
-    batch, q_len, num_heads, head_dim = q.shape
-    kv_heads, kv_len = k.shape[2], k.shape[1]
-    n_rep = num_heads // kv_heads
+    and a mask shared by the whole batch is added as a 2D `[q_len, kv_len]` broadcast. Reshapes name only the
+    static sizes (0 copies a dim, -1 infers one), so a traced program computes no shapes."""
+    num_heads, head_dim, kv_heads = q.shape[2], q.shape[3], k.shape[2]
     # [batch, kv_heads, n_rep * q_len, head_dim]: rows of query head h = g * n_rep + r sit in group g
-    q = (q * head_dim**-0.5).transpose([0, 2, 1, 3]).reshape([batch, kv_heads, n_rep * q_len, head_dim])
+    q = (q * head_dim**-0.5).transpose([0, 2, 1, 3]).reshape([0, kv_heads, -1, head_dim])
     k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
-    scores = paddle.matmul(q, k, transpose_y=True).reshape([batch, num_heads, q_len, kv_len])
+    scores = paddle.matmul(q, k, transpose_y=True).reshape([0, num_heads, -1, 0])  # [batch, heads, q_len, kv_len]
     if attention_mask is not None:
-        if _eager() and attention_mask.shape[0] == 1:  # (traced: the batch size of the mask is not known)
-            scores = scores + attention_mask.reshape([q_len, kv_len])
+        if not _eager():  # a broadcast over the heads (expanding would need the shapes as tensors)
+            scores = scores + attention_mask
+        elif attention_mask.shape[0] == 1:
+            scores = scores + attention_mask.reshape(attention_mask.shape[2:])
         else:
-            scores = scores + attention_mask.expand([batch, num_heads, q_len, kv_len])
+            scores = scores + attention_mask.expand(scores.shape)
     if scores.dtype == paddle.float32:
         weights = F.softmax(scores, axis=-1)
     else:
         weights = F.softmax(scores, axis=-1, dtype="float32").astype(scores.dtype)
     if dropout > 0.0 and training:
         weights = F.dropout(weights, p=dropout, training=True)
-    out = paddle.matmul(weights.reshape([batch, kv_heads, n_rep * q_len, kv_len]), v)
-    out = out.reshape([batch, num_heads, q_len, head_dim]).transpose([0, 2, 1, 3])
-    return out.reshape([batch, q_len, num_heads * head_dim]), (weights if output_attentions else None)
+    out = paddle.matmul(weights.reshape([0, kv_heads, -1, 0]), v)
+    out = out.reshape([0, num_heads, -1, head_dim]).transpose([0, 2, 1, 3])
+    return out.reshape([0, 0, num_heads * head_dim]), (weights if output_attentions else None)
 
 
 def _parallel_linear(config: Qwen2Config, in_features: int, out_features: int, bias: bool, kind: str) -> nn.Layer:
@@ -553,9 +560,9 @@ class Qwen2Attention(nn.Layer):
                 sequence_to_batch_major(key, batch, seq_len, self.num_key_value_heads, self.head_dim),
                 sequence_to_batch_major(value, batch, seq_len, self.num_key_value_heads, self.head_dim),
             )
-        query = query.reshape([batch, seq_len, self.num_heads, self.head_dim])
-        key = key.reshape([batch, seq_len, self.num_key_value_heads, self.head_dim])
-        value = value.reshape([batch, seq_len, self.num_key_value_heads, self.head_dim])
+        query = query.reshape([0, 0, self.num_heads, self.head_dim])
+        key = key.reshape([0, 0, self.num_key_value_heads, self.head_dim])
+        value = value.reshape([0, 0, self.num_key_value_heads, self.head_dim])
         return query, key, value
 
     def forward(

@@ -177,7 +177,7 @@ def test_a_batch_of_only_empty_texts(st_folder):
 
 def test_long_batches_are_split_and_give_the_same_embeddings(st_folder, monkeypatch):
     """Batches whose activations would exceed BATCH_TENSOR_BYTES run in fewer rows: same results."""
-    from paddle_qwen2.embedding import model as model_module
+    from paddle_qwen2.embedding import encoder as model_module
 
     model = EmbeddingModel.from_pretrained(st_folder("last"))
     order = np.arange(6)

@@ -336,7 +336,6 @@ def test_decode_export_meta(chat_checkpoint, tmp_path):
     assert meta["outputs"][0]["shape"] == ["batch", 4096]
     assert meta["decode"]["cache_inputs"] == cache and meta["decode"]["padding_side"] == "left"
     assert meta["generation_config"]["eos_token_id"] == [4000, 4002]
-    assert meta["paddle_inference"]["onednn_default"] is False
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "config.json"):
         assert (folder / name).is_file(), name
 
@@ -377,12 +376,74 @@ def test_onnx_decode_generates_as_transformers(chat_checkpoint, tmp_path):
 
 @pytest.mark.paddle26
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_half_precision_needs_a_gpu_build(chat_checkpoint, tmp_path, capsys, dtype):
-    if paddle.is_compiled_with_cuda():
-        pytest.skip("a GPU build traces half precision")
+def test_half_precision(chat_checkpoint, tmp_path, capsys, dtype):
+    """Paddle 3's CPU build checks op dtypes against its CPU kernels while tracing: a clear error, nothing written.
+    Paddle 2.6 (and GPU builds) trace it: the weights and the KV cache are in `dtype`, the logits float32."""
     out = tmp_path / "out" / "exp"
     args = ["export", "--model", str(chat_checkpoint("gqa")), "--out", str(out), "--task", "decode", "--dtype", dtype]
-    assert cli.main(args) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"error: --dtype {dtype}: this Paddle build") and "paddlepaddle-gpu" in err[-1], err
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "something was written"
+    if int(paddle.__version__.split(".")[0]) >= 3 and not paddle.is_compiled_with_cuda():
+        assert cli.main(args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"error: --dtype {dtype}: this Paddle build") and "paddlepaddle-gpu" in err[-1], err
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "something was written"
+        return
+    assert cli.main(args) == 0
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["dtype"] == dtype and meta["decode"]["cache_dtype"] == dtype
+    assert meta["inputs"][2]["dtype"] == dtype and meta["outputs"][0]["dtype"] == "float32"
+
+
+# A deployment of the decode program: the export folder, `paddle.inference`, `tokenizers` and numpy only.
+DEPLOY_DECODE = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from paddle import inference
+from tokenizers import Tokenizer
+
+folder, prompt, new_tokens = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+meta = json.loads((folder / "export_meta.json").read_text())
+tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+config = inference.Config(str(folder / meta["files"]["program"]), str(folder / meta["files"]["params"]))
+config.disable_gpu()
+config.disable_mkldnn()
+predictor = inference.create_predictor(config)
+decode = meta["decode"]
+ids = np.array([tokenizer.encode(prompt).ids], dtype=np.int64)
+mask = np.ones_like(ids)
+cache = [np.zeros((1, 0, decode["num_key_value_heads"], decode["head_dim"]), np.float32)
+         for _ in decode["cache_inputs"]]
+eos = meta["generation_config"]["eos_token_id"]
+out = []
+for _ in range(new_tokens):
+    for name, value in zip([i["name"] for i in meta["inputs"]], [ids, mask, *cache]):
+        predictor.get_input_handle(name).copy_from_cpu(value)
+    predictor.run()
+    logits, *cache = [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
+    token = int(logits[0].argmax())
+    if token in eos:
+        break
+    out.append(token)
+    ids, mask = np.array([[token]], dtype=np.int64), np.ones((1, mask.shape[1] + 1), dtype=np.int64)
+assert not any(name.startswith("paddle_qwen2") for name in sys.modules), "paddle_qwen2 was imported"
+print(json.dumps(tokenizer.decode(out)))
+"""
+
+
+@pytest.mark.paddle26
+def test_exported_decode_folder_generates_alone(chat_checkpoint, tmp_path):
+    import torch
+    import transformers
+
+    folder = export_model(chat_checkpoint("gqa"), tmp_path / "exp", "decode")
+    prompt = "The capital of France is"
+    env = {**os.environ, "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", DEPLOY_DECODE, str(folder), prompt, "12"], capture_output=True,
+                            text=True, cwd=tmp_path, env=env, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(chat_checkpoint("gqa"))
+    model = transformers.AutoModelForCausalLM.from_pretrained(chat_checkpoint("gqa")).eval()
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        want = model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1] :]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == tokenizer.decode(want, skip_special_tokens=True)

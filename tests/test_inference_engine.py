@@ -70,9 +70,10 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS)
 
 # ---------------------------------------------------------------------------------------- equal to transformers
 @pytest.mark.paddle26
-@pytest.mark.parametrize("onednn", [False, True], ids=["plain", "onednn"])
+@pytest.mark.parametrize("onednn", [False, True, None], ids=["plain", "onednn", "auto"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_decode_program_generates_as_transformers(decode_export, chat_checkpoint, variant, onednn):
+    """auto: prefill with oneDNN, one-token steps without (two predictors)."""
     folder = decode_export(variant)
     if onednn and not json.loads((folder / META_FILE).read_text())["paddle_inference"]["onednn"]:
         pytest.skip("Paddle 2.6 oneDNN fails on the exported programs: could not reshape a memory descriptor")

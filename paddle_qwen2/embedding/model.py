@@ -65,12 +65,14 @@ class EmbeddingModel(EmbeddingEncoder, nn.Layer):
         max_length: int | None = None,
         is_causal: bool | None = None,
         dtype: str = "float32",
+        **config_overrides,
     ) -> EmbeddingModel:
         """A sentence-transformers folder (either format; Qwen2 weights in HF or Paddle layout), or a plain Qwen2
         folder with `pooling` ("last", "mean", ...) and `normalize` chosen here. `pooling` also overrides a
-        folder's Pooling mode, `is_causal` its attention direction (`config.json`'s `is_causal`)."""
+        folder's Pooling mode, `is_causal` its attention direction (`config.json`'s `is_causal`);
+        `config_overrides` go to the model config (e.g. `fuse_attention_qkv=True`)."""
         spec = read_folder(path, pooling=pooling, normalize=normalize)
-        transformer = Qwen2Model.from_pretrained(str(spec.transformer.path), dtype=dtype)
+        transformer = Qwen2Model.from_pretrained(str(spec.transformer.path), dtype=dtype, **config_overrides)
         if is_causal is not None:
             transformer.config.is_causal = bool(is_causal)
         spec.is_causal = transformer.config.is_causal

@@ -5,12 +5,14 @@ folder in the export cache (`$PADDLE_QWEN2_CACHE`, default `~/.cache/paddle_qwen
 and found again by the checkpoint's path, file sizes and times, the task and the Paddle version.
 
 `Predictor` runs an export folder with `paddle.inference` on CPU (oneDNN as the folder's `export_meta.json`
-recommends unless told) or on the GPU when Paddle has one; each thread that calls it gets its own
+runs it correctly, unless told) or on the GPU when Paddle has one; each thread that calls it gets its own
 `predictor.clone()` (clones share the weights).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -61,6 +63,23 @@ def resolve_export(path: str | os.PathLike, task: str, cache_dir: str | os.PathL
     return out
 
 
+@contextlib.contextmanager
+def _stdout_silenced():
+    """File descriptor 1 to /dev/null: Paddle's oneDNN kernels print "ReduceMeanCheckIfOneDNNSupport" on stdout when
+    they first see a shape, which would end up in `paddle-qwen2 generate`'s answer."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)  # what C++ wrote, before fd 1 is restored
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 class Predictor:
     """A Paddle Inference predictor of an export folder; `run(tensors) -> tensors` in the program's input and
     output order, on a clone of the predictor per calling thread."""
@@ -74,7 +93,7 @@ class Predictor:
         settings = self.meta.get("paddle_inference", {})
         if onednn and not settings.get("onednn", False):
             raise ExportError(f"{self.folder}: oneDNN does not run this program on Paddle {paddle.__version__}")
-        self.onednn = settings.get("onednn_default", False) if onednn is None else bool(onednn)
+        self.onednn = settings.get("onednn", False) if onednn is None else bool(onednn)
         files = self.meta["files"]
         config = inference.Config(str(self.folder / files["program"]), str(self.folder / files["params"]))
         self.device = "gpu" if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else "cpu"
@@ -82,12 +101,14 @@ class Predictor:
             config.enable_use_gpu(256, 0)
         else:
             config.disable_gpu()
-            config.set_cpu_math_library_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", "1")))
+            self.threads = threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
+            config.set_cpu_math_library_num_threads(self.threads)
             config.enable_mkldnn() if self.onednn else config.disable_mkldnn()
         config.disable_glog_info()
         self._main = inference.create_predictor(config)
         self._threads = None if self.device == "gpu" else int(os.environ.get("OMP_NUM_THREADS", "1"))
         self._core = paddle.base.core
+        self._tensor_api = int(paddle.__version__.split(".")[0]) >= 3
         self._main_thread = threading.get_ident()
         self._local = threading.local()
         self.input_names = self._main.get_input_names()
@@ -101,12 +122,25 @@ class Predictor:
 
     def run(self, inputs: Sequence) -> list:
         """`paddle.Tensor`s in the program's input order -> its outputs as `paddle.Tensor`s."""
-        outputs = self._predictor().run(list(inputs))
+        predictor = self._predictor()
+        with _stdout_silenced() if self.onednn else contextlib.nullcontext():
+            if self._tensor_api:
+                outputs = predictor.run(list(inputs))
+            else:  # Paddle 2.6's run(tensors) crashes on empty tensors (the prefill's cache): copy through numpy
+                outputs = self._run_handles(predictor, inputs)
         if self._threads is not None:
             # a CPU run leaves MKL at one thread: dygraph paddle in this process would then compute (and round)
             # differently, and slower
             self._core.set_num_threads(self._threads)
         return outputs
+
+    def _run_handles(self, predictor, inputs: Sequence) -> list:
+        import paddle
+
+        for name, value in zip(self.input_names, inputs):
+            predictor.get_input_handle(name).copy_from_cpu(value.numpy())
+        predictor.run()
+        return [paddle.to_tensor(predictor.get_output_handle(n).copy_to_cpu()) for n in predictor.get_output_names()]
 
     def describe(self) -> str:
         return json.dumps({"folder": str(self.folder), "device": self.device, "onednn": self.onednn})
