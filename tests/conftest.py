@@ -382,13 +382,15 @@ SERVE_CHAT_VARIANT = "mha"  # the seed-0 "mha" model's greedy answers differ fro
 @pytest.fixture(scope="session")
 def serving_server(chat_checkpoint, st_folder, tmp_path_factory):
     """A `paddle-qwen2 serve` child process shared by the serving tests: `chat_checkpoint(SERVE_CHAT_VARIANT)` as
-    model "chat" (engine inference) and `st_folder("last")` as model "embed", API key `serving_helpers.API_KEY`,
-    at most 4 running sequences (more wait in the queue). Stopped with SIGTERM at the end of the session."""
+    model "chat" (the default inference engine) and `st_folder("last")` as model "embed", API key
+    `serving_helpers.API_KEY`, at most 4 running sequences (more wait in the queue). Stopped with SIGTERM at the end
+    of the session."""
     from serving_helpers import API_KEY, ServerProcess
 
     args = ["--model", str(chat_checkpoint(SERVE_CHAT_VARIANT)), "--served-model-name", "chat",
             "--embedding-model", str(st_folder("last")), "--embedding-model-name", "embed",
-            "--api-key", API_KEY, "--max-batch-size", "4", "--log-level", "warning"]  # fmt: skip
+            "--api-key", API_KEY, "--max-batch-size", "4",
+            "--log-level", "warning"]  # fmt: skip
     server = ServerProcess.start(args, tmp_path_factory.mktemp("serve"))
     yield server
     server.stop()

@@ -1,14 +1,15 @@
 """Inference on the exported programs: generation (`LLM`, over the one-step `decode` program, or the dygraph model),
 host-side sampling and streaming detokenization, sentence embeddings through Paddle Inference. See `engine.py`.
 
-Importing this package loads no paddle; `LLM.from_pretrained` does.
+Importing this package loads nothing heavy (the CLI builds its parser from `command.py`); its names import their
+modules on first use, and `LLM.from_pretrained` loads paddle.
 """
 
-from .detokenize import IncrementalDetokenizer, StopMatcher
-from .engine import ENGINES, LLM, Batch, EngineError
-from .sampling import Sampler, SamplingParams
-from .sequence import Completion, GenerationSequence
-from .tokenization import ChatTokenizer, TokenizerError
+from __future__ import annotations
+
+import importlib
+
+from .errors import EngineError
 
 __all__ = [
     "LLM",
@@ -24,3 +25,23 @@ __all__ = [
     "Completion",
     "GenerationSequence",
 ]
+
+_MODULES = {
+    "LLM": "engine",
+    "Batch": "engine",
+    "ENGINES": "engine",
+    "SamplingParams": "sampling",
+    "Sampler": "sampling",
+    "IncrementalDetokenizer": "detokenize",
+    "StopMatcher": "detokenize",
+    "ChatTokenizer": "tokenization",
+    "TokenizerError": "tokenization",
+    "Completion": "sequence",
+    "GenerationSequence": "sequence",
+}
+
+
+def __getattr__(name: str):
+    if name in _MODULES:
+        return getattr(importlib.import_module(f".{_MODULES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

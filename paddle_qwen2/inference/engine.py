@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export import ExportError
+from .errors import EngineError
 from .sampling import SamplingParams
 from .sequence import Completion, GenerationSequence
 from .tokenization import ChatTokenizer, TokenizerError
@@ -35,10 +36,6 @@ from .tokenization import ChatTokenizer, TokenizerError
 __all__ = ["LLM", "Batch", "EngineError", "ENGINES"]
 
 ENGINES = ("inference", "dygraph")
-
-
-class EngineError(ValueError):
-    """A model folder or request the engine cannot use; the message names the file or field."""
 
 
 class Batch:
@@ -87,7 +84,8 @@ class Batch:
         real = np.flatnonzero(mask.any(axis=0))
         start = int(real[0]) if len(real) else mask.shape[1]
         index = paddle.to_tensor(np.asarray(rows, dtype=np.int64))
-        cache = [paddle.gather(t, index, axis=0)[:, start:] for t in self.cache]
+        # contiguous: Paddle Inference reads a strided view (the column slice) as if it were dense
+        cache = [paddle.gather(t, index, axis=0)[:, start:].contiguous() for t in self.cache]
         return Batch(cache, np.ascontiguousarray(mask[:, start:]))
 
 
@@ -150,7 +148,12 @@ class _PredictorStep:
         return f"cpu {threads}, oneDNN {'on' if predictor.onednn else 'off'}"
 
     def __call__(self, inputs: list) -> list:
-        return (self.step if inputs[0].shape[1] == 1 else self.prefill).run(inputs)
+        import paddle
+
+        logits, *cache = (self.step if inputs[0].shape[1] == 1 else self.prefill).run(inputs)
+        # the predictor may write a later run's outputs into these buffers (seen without oneDNN, when another
+        # batch's run has the same shapes): the cache a Batch keeps must be its own
+        return [logits, *(paddle.assign(t) for t in cache)]
 
 
 class LLM:

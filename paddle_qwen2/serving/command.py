@@ -1,0 +1,184 @@
+"""`paddle-qwen2 serve`: the OpenAI-compatible server (FastAPI on uvicorn) with continuous batching.
+
+    paddle-qwen2 serve --model DIR [--embedding-model DIR] [--served-model-name NAME] [--host 127.0.0.1]
+                       [--port 8000] [--engine inference|dygraph] [--max-batch-size N] [--max-model-len N]
+                       [--api-key KEY]
+
+The port is bound and the folders are checked before any model loads, so a port in use or a missing folder is
+one `error: ...` line and exit code 1 at once. uvicorn owns SIGTERM / SIGINT while it serves: the listening
+socket closes, requests already running finish (at most `--grace-period` seconds), the scheduler stops, and the
+command returns 0. Nothing here imports fastapi, uvicorn or paddle until `run` (the CLI builds its parser from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+__all__ = ["DESCRIPTION", "add_arguments", "run", "ServeError"]
+
+DESCRIPTION = (
+    "Serve a causal LM (--model: a Qwen2 checkpoint or a decode export folder) and/or a sentence-embedding model "
+    "(--embedding-model: a sentence-transformers folder) over an OpenAI-compatible HTTP API: /v1/chat/completions, "
+    "/v1/completions, /v1/embeddings, /v1/models, /health and /metrics (Prometheus). Requests are batched "
+    "continuously: up to --max-batch-size sequences decode together, the rest wait in a queue of "
+    "--max-queue-size (beyond that: 429). SIGTERM lets running requests finish, then exits 0."
+)
+
+
+class ServeError(ValueError):
+    """Bad `serve` input (a folder, the address); printed as one `error: ...` line, exit code 1."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The `serve` options on `p`; returns `p`."""
+    p.add_argument("--model", metavar="DIR", help="causal LM: Qwen2 checkpoint (HF or Paddle) or decode export")
+    p.add_argument("--embedding-model", metavar="DIR", help="sentence-transformers (or Qwen2 embedding) folder")
+    p.add_argument("--served-model-name", metavar="NAME", help="the API name of --model (default: its folder's name)")
+    p.add_argument("--embedding-model-name", metavar="NAME", help="the API name of --embedding-model (default: "
+                   "its folder's name)")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--engine", choices=("inference", "dygraph"), default="inference",
+                   help="inference: Paddle Inference on the exported decode program (a checkpoint is exported once "
+                   "into the export cache); dygraph: the paddle model (default inference)")  # fmt: skip
+    p.add_argument("--onednn", choices=("auto", "on", "off"), default="auto", help="oneDNN on CPU for --engine "
+                   "inference (default auto: as the export recommends)")  # fmt: skip
+    p.add_argument("--max-batch-size", type=int, default=16, metavar="N", help="sequences decoded together (16)")
+    p.add_argument("--max-queue-size", type=int, default=128, metavar="N", help="sequences waiting for a slot "
+                   "before requests get 429 (128)")  # fmt: skip
+    p.add_argument("--max-model-len", type=int, metavar="N", help="context limit, prompt + completion (default: the "
+                   "model's max_position_embeddings)")  # fmt: skip
+    p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1/*")
+    p.add_argument("--grace-period", type=float, default=30.0, metavar="S", help="on SIGTERM, seconds running "
+                   "requests get to finish (30)")  # fmt: skip
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--debug-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow decoding
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check, bind, load, serve until SIGTERM / SIGINT. Returns 0, or 1 after one `error: ...` line."""
+    try:
+        _check_args(args)
+        sock = _bind(args.host, args.port)
+    except ServeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        state = _load(args)
+    except (ValueError, OSError) as exc:  # EngineError, EmbeddingError, ExportError, unreadable files
+        sock.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return _serve(args, state, sock)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not args.model and not args.embedding_model:
+        raise ServeError("give --model and/or --embedding-model")
+    for option, folder in (("--model", args.model), ("--embedding-model", args.embedding_model)):
+        if folder is not None and not Path(folder).is_dir():
+            raise ServeError(f"{option} {folder}: no such model folder")
+    checks = [("--port", args.port, 0 <= args.port <= 65535, "in [0, 65535]"),
+              ("--max-batch-size", args.max_batch_size, args.max_batch_size >= 1, ">= 1"),
+              ("--max-queue-size", args.max_queue_size, args.max_queue_size >= 0, ">= 0"),
+              ("--max-model-len", args.max_model_len, args.max_model_len is None or args.max_model_len >= 1, ">= 1"),
+              ("--grace-period", args.grace_period, args.grace_period >= 0, ">= 0")]  # fmt: skip
+    for option, value, ok, expected in checks:
+        if not ok:
+            raise ServeError(f"{option} must be {expected}, got {value}")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A bound (not yet listening) TCP socket; ServeError naming the address when that fails."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]  # fmt: skip
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _load(args: argparse.Namespace):
+    """The models, the scheduler and the server state (no HTTP yet)."""
+    from ..runtime import configure_cpu_threads
+
+    configure_cpu_threads()
+    from .app import ServerState
+    from .metrics import ServerMetrics
+    from .scheduler import Scheduler
+
+    llm = embedder = None
+    if args.model:
+        from ..inference import LLM
+
+        onednn = {"auto": None, "on": True, "off": False}[args.onednn]
+        llm = LLM.from_pretrained(args.model, engine=args.engine, onednn=onednn, max_model_len=args.max_model_len,
+                                  name=args.served_model_name or Path(args.model).resolve().name)  # fmt: skip
+    if args.embedding_model:
+        from ..embedding.model import EmbeddingModel
+
+        embedder = EmbeddingModel.from_pretrained(args.embedding_model)
+    metrics = ServerMetrics()
+    scheduler = Scheduler(llm, embedder, args.max_batch_size, args.max_queue_size, metrics, args.debug_step_delay)
+    embedder_name = args.embedding_model_name or (Path(args.embedding_model).resolve().name if embedder else None)
+    return ServerState(scheduler, llm, embedder, llm.name if llm else None, embedder_name, args.api_key, metrics)
+
+
+def _ignore_signal(signum, frame) -> None:
+    """uvicorn re-raises the signal that stopped it once it has shut down; by then there is nothing left to do."""
+
+
+def _serve(args: argparse.Namespace, state, sock: socket.socket) -> int:
+    import uvicorn
+
+    from ..runtime import keep_freed_memory
+    from .app import create_app
+
+    keep_freed_memory()  # a serving process computes with paddle only (see runtime.keep_freed_memory)
+
+    config = uvicorn.Config(create_app(state), http="h11", ws="none", lifespan="on", loop="asyncio",
+                            log_level=args.log_level, access_log=args.access_log,
+                            timeout_graceful_shutdown=args.grace_period)  # fmt: skip
+    server = uvicorn.Server(config)
+    state.accepting = lambda: not server.should_exit
+    _configure_logging(args.log_level)
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    models = ", ".join(f"{name!r}" for name in state.model_names())
+    print(f"paddle-qwen2 serve: {models} on http://{host}:{port}", flush=True)
+    in_main = threading.current_thread() is threading.main_thread()
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, _ignore_signal) for sig in handled} if in_main else {}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        state.scheduler.close()
+        sock.close()
+    return 0
+
+
+def _configure_logging(level: str) -> None:
+    logger = logging.getLogger("paddle_qwen2.serving")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s:     paddle_qwen2: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False

@@ -1,0 +1,305 @@
+"""The OpenAI wire format: request schemas (pydantic), the error object, and the response / chunk bodies.
+
+    request = parse_request(raw_body, ChatCompletionRequest)       # APIError(400) on bad JSON or a bad field
+    raise APIError(404, "The model `x` does not exist", code="model_not_found")
+    error.body() == {"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
+
+Requests are validated strictly, as OpenAI does: a wrong type is not coerced ("0.5" is not a temperature), an
+unknown field is an error naming it, and every error is a 400 whose `param` is the field. Fields beyond OpenAI's
+are vLLM's names for the same settings (`top_k`, `repetition_penalty`, `stop_token_ids`, `ignore_eos`) and
+`return_token_ids` (vLLM's too: the response then carries `prompt_token_ids` and each choice's `token_ids`).
+
+No `from __future__ import annotations` here: pydantic evaluates the annotations at runtime, and `X | None` would
+need Python 3.10.
+"""
+
+import json
+import time
+import uuid
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "APIError",
+    "ChatMessage",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "EmbeddingRequest",
+    "StreamOptions",
+    "parse_request",
+    "error_body",
+    "new_id",
+    "usage",
+    "MAX_TEMPERATURE",
+]
+
+MAX_TEMPERATURE = 2.0  # OpenAI's range is [0, 2]
+
+
+class APIError(Exception):
+    """An error answered as OpenAI does: HTTP `status` and `{"error": {message, type, param, code}}`."""
+
+    TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+             429: "rate_limit_exceeded", 503: "service_unavailable"}  # fmt: skip
+
+    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
+                 type: Optional[str] = None) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or self.TYPES.get(status, "server_error")
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str, param: Optional[str] = None, code: Optional[str] = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One message; `content` is a string or a list of text parts (joined). Other fields an SDK echoes back from
+    a response (`refusal`, `tool_calls: null`, ...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[TextPart], None] = None
+    name: Optional[str] = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+    def template_dict(self) -> dict:
+        """The message as the chat template reads it (`developer` is OpenAI's new name for `system`)."""
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+
+
+class _Sampling(_Strict):
+    """The sampling fields shared by chat and text completions."""
+
+    model: str
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0, le=MAX_TEMPERATURE)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    n: Optional[int] = None
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = Field(None, ge=0)
+    stream: Optional[bool] = False
+    stream_options: Optional[StreamOptions] = None
+    presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    logit_bias: Optional[dict] = None
+    user: Optional[str] = None
+    # vLLM's extensions
+    top_k: Optional[int] = Field(None, ge=-1)
+    repetition_penalty: Optional[float] = Field(None, gt=0)
+    stop_token_ids: Optional[list[int]] = None
+    ignore_eos: Optional[bool] = None
+    return_token_ids: Optional[bool] = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: Optional[int]) -> Optional[int]:
+        if value not in (None, 1):
+            raise ValueError(f"only n=1 is supported, got {value}")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: Union[str, list[str], None]) -> Optional[list[str]]:
+        stops = [value] if isinstance(value, str) else value
+        if stops is not None and any(not s for s in stops):
+            raise ValueError("stop strings must be non-empty")
+        return stops
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, value: Optional[float]) -> Optional[float]:
+        if value:
+            raise ValueError(f"only 0 is supported, got {value} (use repetition_penalty)")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, value: Optional[dict]) -> Optional[dict]:
+        if value:
+            raise ValueError("logit_bias is not supported")
+        return value
+
+    def sampling_overrides(self) -> dict:
+        """The settings this request gives, as `SamplingParams` fields (absent ones left to the model's
+        generation_config.json)."""
+        top_k = 0 if self.top_k == -1 else self.top_k
+        values = dict(temperature=self.temperature, top_p=self.top_p, top_k=top_k, seed=self.seed,
+                      repetition_penalty=self.repetition_penalty, stop=self.stop, stop_token_ids=self.stop_token_ids,
+                      ignore_eos=self.ignore_eos)  # fmt: skip
+        return {k: v for k, v in values.items() if v is not None}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_Sampling):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = None
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: Optional[bool]) -> Optional[bool]:
+        if value:
+            raise ValueError("logprobs are not supported")
+        return value
+
+    @property
+    def token_limit(self) -> Optional[int]:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class CompletionRequest(_Sampling):
+    """POST /v1/completions: one choice per prompt."""
+
+    prompt: Union[str, list[str]]
+    echo: Optional[bool] = None
+    suffix: Optional[str] = None
+    best_of: Optional[int] = None
+    logprobs: Optional[int] = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, value: Union[str, list[str]]) -> list[str]:
+        prompts = [value] if isinstance(value, str) else value
+        if not prompts:
+            raise ValueError("give at least one prompt")
+        return prompts
+
+    @field_validator("echo", "suffix", "logprobs")
+    @classmethod
+    def _unsupported(cls, value: Any, info) -> Any:
+        if value:
+            raise ValueError(f"{info.field_name} is not supported")
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _one_candidate(cls, value: Optional[int]) -> Optional[int]:
+        if value not in (None, 1):
+            raise ValueError(f"only best_of=1 is supported, got {value}")
+        return value
+
+    @property
+    def token_limit(self) -> Optional[int]:
+        return self.max_tokens
+
+
+class EmbeddingRequest(_Strict):
+    """POST /v1/embeddings."""
+
+    model: str
+    input: Union[str, list[str]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[int] = Field(None, ge=1)
+    user: Optional[str] = None
+
+    @field_validator("input")
+    @classmethod
+    def _texts(cls, value: Union[str, list[str]]) -> list[str]:
+        texts = [value] if isinstance(value, str) else value
+        if not texts:
+            raise ValueError("give at least one input text")
+        return texts
+
+
+# ------------------------------------------------------------------------------------------------- parsing
+_TAG_NAMES = {"str": "a string", "list[str]": "a list of strings", "list[TextPart]": "a list of text parts",
+              "int": "an integer", "float": "a number", "bool": "a boolean"}  # fmt: skip
+
+
+def _is_tag(part: Any) -> bool:
+    """A union branch in an error location (`str`, `list[str]`, `TextPart`), not a field name."""
+    return isinstance(part, str) and (not part.isidentifier() or part in _TAG_NAMES or part[:1].isupper())
+
+
+def _split(loc: tuple) -> tuple[Optional[str], Optional[str]]:
+    """`("messages", 0, "content", "str")` -> ("messages[0].content", "str"): the field, and the union branch."""
+    out = ""
+    for part in loc:
+        if _is_tag(part):
+            return out or None, part
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or None, None
+
+
+def _message(error: dict) -> str:
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return "field required"
+    if error["type"] == "extra_forbidden":
+        return "unknown field (not supported by this server)"
+    if error["type"] not in ("value_error",) and "input" in error and not isinstance(error["input"], (dict, list)):
+        return f"{message[:1].lower()}{message[1:]}, got {json.dumps(error['input'])[:80]}"
+    return message[:1].lower() + message[1:]
+
+
+def _describe(errors: list) -> tuple[Optional[str], str]:
+    """The field and the message of the plainest error (a union's branches summed up as "expected a or b")."""
+    error = min(errors, key=lambda e: (e["type"] != "missing", len(e["loc"])))
+    param, tag = _split(error["loc"])
+    if tag is None:
+        return param, f"{param or 'body'}: {_message(error)}"
+    tags = list(dict.fromkeys(t for p, t in (_split(e["loc"]) for e in errors) if p == param and t))
+    return param, f"{param}: expected {' or '.join(_TAG_NAMES.get(t, t) for t in tags)}"
+
+
+def parse_request(raw: bytes, model: type) -> Any:
+    """The JSON body `raw` as a `model` instance; APIError(400) naming the field for anything malformed."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        param, message = _describe(exc.errors(include_url=False))
+        raise APIError(400, message, param=param, code="invalid_value") from None
+
+
+# ------------------------------------------------------------------------------------------------ responses
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int = 0, embedding: bool = False) -> dict:
+    if embedding:
+        return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
