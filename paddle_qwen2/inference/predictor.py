@@ -58,6 +58,8 @@ def resolve_export(path: str | os.PathLike, task: str, cache_dir: str | os.PathL
         raise ExportError(f"{path}: no such model folder")
     out = Path(cache_dir or export_cache_dir()) / f"{path.name}-{task}-{_fingerprint(path, task)}"
     if not (out / META_FILE).is_file():
+        if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
+            raise ExportError(f"{path}: not a Qwen2 model (no config.json)")
         print(f"paddle_qwen2: exporting {path} ({task}) for Paddle Inference into {out}", file=sys.stderr)
         export_model(path, out, task, force=True)
     return out

@@ -45,8 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument("--engine", choices=("inference", "dygraph"), default="inference",
-                   help="inference: Paddle Inference on the exported decode program (a checkpoint is exported once "
-                   "into the export cache); dygraph: the paddle model (default inference)")  # fmt: skip
+                   help="inference: Paddle Inference on the exported decode and embedding programs (a "
+                   "checkpoint is exported once into the export cache); dygraph: the paddle models (default "
+                   "inference)")  # fmt: skip
     p.add_argument("--onednn", choices=("auto", "on", "off"), default="auto", help="oneDNN on CPU for --engine "
                    "inference (default auto: as the export recommends)")  # fmt: skip
     p.add_argument("--max-batch-size", type=int, default=16, metavar="N", help="sequences decoded together (16)")
@@ -129,7 +130,11 @@ def _load(args: argparse.Namespace):
         onednn = {"auto": None, "on": True, "off": False}[args.onednn]
         llm = LLM.from_pretrained(args.model, engine=args.engine, onednn=onednn, max_model_len=args.max_model_len,
                                   name=args.served_model_name or Path(args.model).resolve().name)  # fmt: skip
-    if args.embedding_model:
+    if args.embedding_model and args.engine == "inference":
+        from ..inference.embedding import InferenceEmbeddingModel
+
+        embedder = InferenceEmbeddingModel.from_pretrained(args.embedding_model)
+    elif args.embedding_model:
         from ..embedding.model import EmbeddingModel
 
         embedder = EmbeddingModel.from_pretrained(args.embedding_model)
