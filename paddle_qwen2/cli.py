@@ -47,6 +47,14 @@ __all__ = ["build_parser", "main"]
 
 _AFTER_INTERRUPT = {"finetune": "--resume continues from the last complete checkpoint"}
 
+# subcommands whose module gives DESCRIPTION, add_arguments(parser) and run(args): name -> (summary, module)
+_COMMANDS = {
+    "embed": ("sentence embeddings of a text file", embed_command),
+    "export": ("a static program for Paddle Inference or ONNX", export_command),
+    "generate": ("stream a model's answer to a prompt", generate_command),
+    "serve": ("an OpenAI-compatible HTTP server (continuous batching)", serve_command),
+}
+
 
 class _UsageError(Exception):
     """A command-line mistake (argparse would otherwise print the usage and exit)."""
@@ -96,22 +104,8 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         formatter_class=finetune_options.HelpFormatter,
     )
     finetune_options.add_arguments(finetune)
-    embed = commands.add_parser(
-        "embed", help="sentence embeddings of a text file", description=embed_command.DESCRIPTION
-    )
-    embed_command.add_arguments(embed)
-    export = commands.add_parser(
-        "export", help="a static program for Paddle Inference or ONNX", description=export_command.DESCRIPTION
-    )
-    export_command.add_arguments(export)
-    generate = commands.add_parser(
-        "generate", help="stream a model's answer to a prompt", description=generate_command.DESCRIPTION
-    )
-    generate_command.add_arguments(generate)
-    serve = commands.add_parser(
-        "serve", help="an OpenAI-compatible HTTP server (continuous batching)", description=serve_command.DESCRIPTION
-    )
-    serve_command.add_arguments(serve)
+    for name, (summary, module) in _COMMANDS.items():
+        module.add_arguments(commands.add_parser(name, help=summary, description=module.DESCRIPTION))
     return parser, finetune
 
 
@@ -167,12 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_finetune(parser, finetune, argv)
         if command == "embed":
             return embed_command.run(args, own_process=from_command_line)
-        if command == "export":
-            return export_command.run(args)
-        if command == "generate":
-            return generate_command.run(args)
-        if command == "serve":
-            return serve_command.run(args)
+        if command in _COMMANDS:
+            return _COMMANDS[command][1].run(args)
         return _run_convert(args)
     except _UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
