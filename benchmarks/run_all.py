@@ -1,4 +1,5 @@
-"""`make bench`: every benchmark (model, conversion, loading, embeddings), then a markdown summary of the results
+"""`make bench`: every benchmark (model, conversion, loading, embeddings, the inference engine, the server), then a
+markdown summary of the results
 (benchmarks/results/summary.md).
 
 `--config` is passed to bench_model.py: a config in configs/ by name or a path to an HF config.json.
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -72,7 +74,17 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-convert", action="store_true")
     parser.add_argument("--skip-load", action="store_true", help="leave out bench_load.py (~10 min)")
     parser.add_argument("--skip-embed", action="store_true", help="leave out bench_embed.py (~5 min)")
+    parser.add_argument("--skip-inference", action="store_true", help="leave out bench_inference.py (~5 min)")
+    parser.add_argument("--skip-serve", action="store_true", help="leave out bench_serve.py (~4 min)")
+    parser.add_argument("--summary-only", action="store_true", help="run nothing: summary.md from results/")
     args = parser.parse_args(argv)
+    if not args.summary_only:
+        run_benchmarks(args)
+    write_summary(args.config)
+    return 0
+
+
+def run_benchmarks(args: argparse.Namespace) -> None:
     run("bench_model.py", "--config", args.config, "--repeats", args.repeats)
     if not args.skip_convert:
         run("bench_convert.py")
@@ -80,7 +92,15 @@ def main(argv=None) -> int:
         run("bench_load.py")
     if not args.skip_embed:
         run("bench_embed.py")
-    summary = model_table(RESULTS / f"model_{Path(args.config).stem}_cpu_float32.json")
+    if not args.skip_inference:
+        run("bench_inference.py")
+    if not args.skip_serve:
+        run("bench_serve.py")
+
+
+def write_summary(config: str) -> None:
+    """benchmarks/results/summary.md from the results JSON files (printed too)."""
+    summary = model_table(RESULTS / f"model_{Path(config).stem}_cpu_float32.json")
     convert = RESULTS / "convert.json"
     if convert.exists():
         summary += "\n\nConversion benchmark (`benchmarks/bench_convert.py`):\n\n```\n" + convert.read_text() + "\n```"
@@ -96,9 +116,14 @@ def main(argv=None) -> int:
 
         data = json.loads(embed.read_text())
         summary += f"\n\nEmbedding benchmark (`benchmarks/bench_embed.py`), {data['date']}:\n\n" + embed_table(data)
+    for name, title in (("inference", "Inference engine"), ("serve", "Serving")):
+        path = RESULTS / f"{name}.json"
+        if path.exists():
+            table = importlib.import_module(f"bench_{name}").table
+            data = json.loads(path.read_text())
+            summary += f"\n\n{title} benchmark (`benchmarks/bench_{name}.py`), {data['date']}:\n\n" + table(data)
     (RESULTS / "summary.md").write_text(summary + "\n")
     print("\n" + summary)
-    return 0
 
 
 if __name__ == "__main__":

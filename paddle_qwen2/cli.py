@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         command = args.command
         if command == "finetune":
             return _run_finetune(parser, finetune, argv)
-        if command == "embed":
-            return embed_command.run(args, own_process=from_command_line)
+        if command in ("embed", "generate"):
+            return _COMMANDS[command][1].run(args, own_process=from_command_line)
         if command in _COMMANDS:
             return _COMMANDS[command][1].run(args)
         return _run_convert(args)

@@ -124,3 +124,62 @@ def test_model_bench_configs_fit_every_workload(bench_model, name):
         "train_4x256",
         "embed_32x64",
     }
+
+
+@pytest.fixture(scope="module")
+def bench_inference() -> ModuleType:
+    return load_script("bench_inference")
+
+
+def test_inference_weight_bytes_are_every_weight_but_the_embedding_table(bench_inference, model_configs):
+    config = model_configs.load_config("small")
+    # 8 layers of 2,819,840 parameters, the final norm, the lm_head [512, 8192] and one embedding row; fp32
+    expected = 4 * (8 * 2_819_840 + 512 + 512 * 8192 + 512)
+    assert bench_inference.weight_bytes_per_token(config) == expected
+    # a tied lm_head is read whole all the same
+    assert bench_inference.weight_bytes_per_token(dict(config, tie_word_embeddings=True)) == expected
+    recorded = json.loads((RESULTS / "inference.json").read_text())
+    assert recorded["memory_bandwidth"]["weight_bytes_per_token"] == expected
+    assert recorded["config"] == "small" and recorded["dtype"] == "float32"
+
+
+def test_inference_table_shows_every_implementation_and_target(bench_inference):
+    recorded = json.loads((RESULTS / "inference.json").read_text())
+    table = bench_inference.table(recorded)
+    for name in [*recorded["decode"], *recorded["embed"]]:
+        assert bench_inference.LABELS[name] in table
+    assert set(recorded["prefill"]) == set(bench_inference.PREFILL) == {"prefill_1x512", "prefill_4x256"}
+    assert [t["target"] for t in recorded["targets"]] == [0.70, 0.85, 0.85, 1.2]
+    assert table.count("| decode: ") == 1 and table.count(": engine time / HF sdpa time |") == 2
+
+
+def test_inference_verdicts_say_met_or_by_how_much(bench_inference):
+    decode = {"engine": {"fraction_of_limit": 0.6, "best_fraction_of_limit": 0.75}}
+    prefill = {
+        "prefill_1x512": {"engine": {"time_vs_hf_sdpa": 1.7, "best_time_vs_hf_sdpa": 1.4}},
+        "prefill_4x256": {"engine": {"time_vs_hf_sdpa": 0.6, "best_time_vs_hf_sdpa": 0.5}},
+    }
+    embed = {"embed_engine": {"speed_vs_sentence_transformers": 2.0, "best_texts_per_s": 130},
+             "embed_st": {"best_texts_per_s": 65}}  # fmt: skip
+    notes = [t["note"] for t in bench_inference.verdicts(decode, prefill, embed)]
+    assert notes == [
+        "missed by 10 percentage points (best runs: 75%, met)",
+        "missed: needs 2.00x the speed (best runs: 1.40x)",
+        "met",
+        "met",
+    ]
+
+
+@pytest.mark.slow
+def test_serve_bench_quick_run(tmp_path):
+    """bench_serve.py --quick: a real server on a tiny config, 1 and 4 streaming clients, no errors, exit 0."""
+    import subprocess
+
+    out = tmp_path / "serve.json"
+    done = subprocess.run([sys.executable, str(BENCH / "bench_serve.py"), "--quick", "--workdir", str(tmp_path / "w"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert {"1", "4"} <= set(result["levels"])
+    assert all(result["levels"][n]["errors"] == 0 for n in ("1", "4"))
+    assert result["server_exit_code"] == 0

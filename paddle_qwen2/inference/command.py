@@ -41,9 +41,16 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    """Generate and stream; raises `EngineError` / ValueError on bad input (the CLI prints `error: ...`, exit 1)."""
+def run(args: argparse.Namespace, own_process: bool = False) -> int:
+    """Generate and stream; raises `EngineError` / ValueError on bad input (the CLI prints `error: ...`, exit 1).
+    `own_process`: the command owns the process, so it may keep freed memory mapped (`runtime.keep_freed_memory`:
+    prompts then run without page faults)."""
+    from ..runtime import configure_cpu_threads, keep_freed_memory
     from .engine import LLM, EngineError
+
+    configure_cpu_threads()
+    if own_process:
+        keep_freed_memory()
 
     if args.system is not None and not args.chat:
         raise EngineError("--system needs --chat")
