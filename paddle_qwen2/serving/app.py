@@ -108,13 +108,20 @@ class _Choice:
 def _submit(state: ServerState, sequences: list, events: _Events) -> list[GenerationRequest]:
     requests = [GenerationRequest(s, events.put, index) for index, s in enumerate(sequences)]
     state.check_accepting()
-    try:
+    with _scheduler_errors():
         state.scheduler.submit(requests)
+    return requests
+
+
+@contextlib.contextmanager
+def _scheduler_errors():
+    """The scheduler's refusals as OpenAI errors: a full queue is 429, a closing server 503."""
+    try:
+        yield
     except QueueFull as exc:
         raise APIError(429, str(exc), code="rate_limit_exceeded") from None
     except SchedulerClosed as exc:
         raise APIError(503, str(exc), code="unavailable") from None
-    return requests
 
 
 def _cancel(state: ServerState, requests: list[GenerationRequest]) -> None:
@@ -390,12 +397,8 @@ async def _embeddings(state: ServerState, http: Request) -> Response:
             loop.call_soon_threadsafe(settle)
 
     job = EmbeddingJob(body.input, done)
-    try:
+    with _scheduler_errors():
         state.scheduler.submit_embedding(job)
-    except QueueFull as exc:
-        raise APIError(429, str(exc), code="rate_limit_exceeded") from None
-    except SchedulerClosed as exc:
-        raise APIError(503, str(exc), code="unavailable") from None
     try:
         vectors, counts = await result
     except asyncio.CancelledError:
