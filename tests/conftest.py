@@ -5,6 +5,7 @@ transpose, a missing bias or a norm applied in the wrong dtype shows up as a num
 """
 
 import atexit
+import gc
 import json
 import os
 import shutil
@@ -144,6 +145,15 @@ def write_hf_checkpoint(path: Path, variant: str, head: str = "causal_lm", seed:
     redraw_weights(model, seed)
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_first():
+    """Free the previous tests' garbage before each test: with the whole suite in one process, Paddle 3.3.1's
+    dy2static crashed (SIGFPE in `pir_partial_program.get_value_name`) tracing a program while a cyclic-garbage
+    collection ran; it never did with the same tests in smaller groups."""
+    gc.collect()
+    yield
 
 
 @pytest.fixture(scope="session")
