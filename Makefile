@@ -3,10 +3,10 @@ PY     ?= python3
 VENV   ?= .venv
 VENV26 ?= .venv26
 
-# CPU threading defaults for test/bench runs; only applied when not already set.
-OMP_NUM_THREADS    ?= 2
-MKL_DEBUG_CPU_TYPE ?= 5
-export OMP_NUM_THREADS MKL_DEBUG_CPU_TYPE
+# CPU threads for test/bench runs when not already set. MKL_DEBUG_CPU_TYPE is chosen per CPU by
+# paddle_qwen2.runtime.configure_cpu_threads(), which the tests, benchmarks, examples and CLI call before paddle loads.
+OMP_NUM_THREADS ?= 2
+export OMP_NUM_THREADS
 
 .PHONY: all venv venv26 lint format test test-paddle26 demo bench clean distclean
 

@@ -120,8 +120,18 @@ class Server:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+        """The resident memory of the server and its child processes (the engine process holds the models)."""
+        total, pids = 0, [self.proc.pid]
+        while pids:
+            pid = pids.pop()
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                children = [Path(t, "children").read_text().split() for t in Path(f"/proc/{pid}/task").iterdir()]
+            except OSError:  # it has just exited
+                continue
+            total += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
+            pids += [int(c) for tid in children for c in tid]
+        return total / 1024
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

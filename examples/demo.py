@@ -175,7 +175,8 @@ def main(argv=None) -> None:
     out.mkdir(parents=True)
     total = 7
     print(f"paddle_qwen2 demo: model {args.model}, output {out}")
-    print(f"threads: OMP_NUM_THREADS={THREADS['OMP_NUM_THREADS']} MKL_DEBUG_CPU_TYPE={THREADS['MKL_DEBUG_CPU_TYPE']}")
+    mkl = THREADS.get("MKL_DEBUG_CPU_TYPE", "unset")
+    print(f"threads: OMP_NUM_THREADS={THREADS['OMP_NUM_THREADS']} MKL_DEBUG_CPU_TYPE={mkl}")
 
     banner(1, total, "Convert the bundled HF checkpoint to Paddle")
     base = out / "base-paddle"

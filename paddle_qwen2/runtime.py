@@ -12,7 +12,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["configure_cpu_threads", "keep_freed_memory"]
+__all__ = ["configure_cpu_threads", "keep_freed_memory", "mkl_cpu_type"]
 
 # glibc mallopt parameters
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
@@ -43,9 +43,39 @@ def keep_freed_memory() -> bool:
     return _kept_freed_memory
 
 
+# MKL picks its kernels by CPU vendor and runs generic SSE code on AMD CPUs unless MKL_DEBUG_CPU_TYPE names an
+# instruction set (the MKL that paddle bundles honours it): 5 = AVX2, 7 = AVX-512 (the Skylake-SP set below).
+_AVX2 = ("avx2", "fma")
+_AVX512 = ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
+
+
+def mkl_cpu_type(cpuinfo: str | None = None) -> str | None:
+    """The `MKL_DEBUG_CPU_TYPE` for this CPU (`cpuinfo`: the text of /proc/cpuinfo, read when None): "7" on AMD
+    CPUs with AVX-512 (Zen 4 and later), "5" on AMD CPUs with AVX2 and FMA, None otherwise (Intel CPUs get MKL's
+    own dispatch; without /proc/cpuinfo nothing is known). Measured on an AMD EPYC (Zen 5), an 8x512 @ 512x8192
+    fp32 matmul on one thread: 2.7 ms unset, 1.16 ms with 5, 0.37 ms with 7."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    first_cpu = cpuinfo.strip().split("\n\n")[0]
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first_cpu.splitlines())}
+    if fields.get("vendor_id") != "AuthenticAMD":
+        return None
+    flags = set(fields.get("flags", "").split())
+    if flags.issuperset(_AVX512):
+        return "7"
+    if flags.issuperset(_AVX2):
+        return "5"
+    return None
+
+
 def configure_cpu_threads(num_threads: int | None = None) -> dict[str, str]:
-    """Set `OMP_NUM_THREADS` (default: all usable cores, at least 1) and `MKL_DEBUG_CPU_TYPE=5` (lets MKL use
-    its AVX2 kernels on AMD CPUs), keeping any value already in the environment. Returns the values in effect.
+    """Set `OMP_NUM_THREADS` (default: all usable cores, at least 1) and `MKL_DEBUG_CPU_TYPE` (see `mkl_cpu_type`:
+    lets MKL use its AVX2 / AVX-512 kernels on AMD CPUs; left unset elsewhere), keeping any value already in the
+    environment. Returns the values in effect (a variable that stays unset is left out).
 
     Warns on stderr if it sets a variable after paddle was imported, since the setting then comes too late.
     """
@@ -54,12 +84,13 @@ def configure_cpu_threads(num_threads: int | None = None) -> dict[str, str]:
             num_threads = len(os.sched_getaffinity(0))
         except AttributeError:  # not on Linux
             num_threads = os.cpu_count() or 1
-    missing = [key for key in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE") if key not in os.environ]
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(num_threads))))
-    os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    wanted = {"OMP_NUM_THREADS": str(max(1, int(num_threads))), "MKL_DEBUG_CPU_TYPE": mkl_cpu_type()}
+    missing = [key for key, value in wanted.items() if value is not None and key not in os.environ]
+    for key in missing:
+        os.environ[key] = wanted[key]
     if missing and "paddle" in sys.modules:
         print(
             "paddle_qwen2.runtime: paddle was imported before configure_cpu_threads(); thread settings may not apply",
             file=sys.stderr,
         )
-    return {key: os.environ[key] for key in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")}
+    return {key: os.environ[key] for key in wanted if key in os.environ}

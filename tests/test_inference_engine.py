@@ -137,6 +137,25 @@ def test_rows_joining_and_leaving_get_their_lone_tokens(decode_export):
     assert [trim_at_stop(tokens[0]), trim_at_stop(tokens[1])] == alone
 
 
+@pytest.mark.paddle26
+@pytest.mark.parametrize("onednn", [False, None], ids=["one-predictor", "auto"])
+def test_batches_kept_side_by_side_keep_their_caches(decode_export, onednn):
+    """Three batches of the same shapes, prefilled and decoded in turns: more batches hold predictor outputs than
+    there are predictor clones, so runs must not write into a cache a kept batch still holds."""
+    llm = LLM.from_pretrained(decode_export("gqa"), onednn=onednn)
+    prompts = [[17, 230, 1201, 9, 3050], [5, 919, 2048, 64, 311], [88, 7, 1500, 12, 640]]
+    alone = [llm.generate([p], GREEDY)[0].token_ids for p in prompts]
+    batches, tokens = [], []
+    for p in prompts:
+        logits, batch = llm.prefill([p])
+        batches.append(batch)
+        tokens.append([int(logits[0].argmax())])
+    for _ in range(NEW_TOKENS - 1):
+        for batch, row in zip(batches, tokens):
+            row.append(int(llm.decode(batch, [row[-1]])[0].argmax()))
+    assert [trim_at_stop(row) for row in tokens] == alone
+
+
 # ------------------------------------------------------------------------------------- sampling, stops, streaming
 @pytest.mark.paddle26
 def test_seeded_sampling_is_reproducible_and_engine_independent(decode_export, chat_checkpoint):

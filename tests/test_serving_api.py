@@ -221,3 +221,17 @@ def test_health_and_metrics_count_requests(serving_server, client):
     assert after["paddle_qwen2_generation_tokens_total"] - before["paddle_qwen2_generation_tokens_total"] == 3
     assert after["paddle_qwen2_time_to_first_token_seconds_count"] >= 1
     assert after["paddle_qwen2_running_sequences"] == 0
+
+
+def test_the_http_process_leaves_paddle_to_the_engine_process(serving_server):
+    """The models run in the engine process: the HTTP process (uvicorn) has no paddle library mapped, so no
+    predictor run can hold its GIL; the engine process has."""
+    from pathlib import Path
+
+    def paddle_mapped(pid: int) -> bool:
+        return "libpaddle" in Path(f"/proc/{pid}/maps").read_text()
+
+    children = [int(p) for t in Path(f"/proc/{serving_server.proc.pid}/task").iterdir()
+                for p in (t / "children").read_text().split()]  # fmt: skip
+    assert not paddle_mapped(serving_server.proc.pid)
+    assert any(paddle_mapped(pid) for pid in children)

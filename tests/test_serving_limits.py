@@ -1,13 +1,15 @@
 """The server at its limits, on a slowed-down server (one running sequence, one queued, 30 ms per decode step): a
-full queue answers 429, a client that hangs up mid-stream frees its slot at the next step, and SIGTERM lets the
-running request finish and exits 0."""
+full queue answers 429, a client that hangs up mid-stream frees its slot at the next step, SIGTERM lets the
+running request finish and exits 0, and an engine process that dies fails its requests and /health."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -133,3 +135,36 @@ def test_sigterm_lets_the_running_request_finish_and_exits_0(chat_checkpoint, tm
     assert sum(len(c["choices"][0]["token_ids"]) for c in stream.chunks) == 30  # all of it, after the SIGTERM
     assert [c["choices"][0]["finish_reason"] for c in stream.chunks][-1] == "length"
     assert "Traceback" not in server.log()
+
+
+def engine_process(server_pid: int) -> int:
+    """The pid of the server's engine process (its child running the models; the other one is multiprocessing's
+    resource tracker)."""
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text():
+                return int(pid)
+    raise AssertionError("the server has no engine process")
+
+
+@pytest.mark.slow
+def test_an_engine_process_that_dies_fails_its_requests_and_health(chat_checkpoint, tmp_path):
+    """The engine runs in a child process; when it dies the running stream ends with an error object, new requests
+    get 503 with one, /health turns 503, and the HTTP process still answers and exits 0 on SIGTERM."""
+    server = ServerProcess.start(slow_server_args(chat_checkpoint), tmp_path)
+    try:
+        stream = Stream(server.url, LONG)
+        assert stream.first.wait(30)
+        os.kill(engine_process(server.proc.pid), signal.SIGKILL)
+        stream.join()
+        health = server.get("/health")
+        refused = server.post("/v1/completions", key=None, json={**LONG, "stream": False})
+        assert server.stop() == 0
+    finally:
+        server.stop()
+    errors = [c["error"] for c in stream.chunks if "error" in c]
+    assert len(errors) == 1 and "engine process exited unexpectedly" in errors[0]["message"], stream.chunks[-2:]
+    assert stream.done  # the stream still ends with [DONE]
+    assert health.status_code == 503 and "engine process" in health.json()["error"]["message"]
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "unavailable" and "engine process" in refused.json()["error"]["message"]

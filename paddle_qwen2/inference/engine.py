@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -112,32 +113,74 @@ class _DygraphStep:
         self.config = model.config.to_dict()
         self.description = f"dygraph ({dtype})"
 
-    def __call__(self, inputs: list) -> list:
+    def __call__(self, inputs: list, owner: Batch) -> tuple:
         import paddle
 
         with paddle.no_grad():
-            return self.program(inputs[0], inputs[1], inputs[2:])
+            logits, *cache = self.program(inputs[0], inputs[1], inputs[2:])
+        return logits, cache
+
+
+class _Lane:
+    """A predictor and the `Batch` holding the outputs of its last run. A CPU predictor writes each run's outputs
+    into the buffers of its previous outputs when they fit (a later run of the same shapes overwrote a batch's
+    cache), so a lane is free for a run only when no live batch holds its last outputs any more."""
+
+    def __init__(self, predictor) -> None:
+        self.predictor = predictor
+        self.owner = None  # weakref to the Batch
+        self.cache: list | None = None  # the list that batch was given
+
+    def busy(self) -> bool:
+        owner = self.owner() if self.owner is not None else None
+        return owner is not None and owner.cache is self.cache
+
+    def release(self) -> None:
+        """Give the holding batch copies of its cache: the buffers are the predictor's again."""
+        import paddle
+
+        owner = self.owner() if self.owner is not None else None
+        if owner is not None and owner.cache is self.cache:
+            owner.cache = [paddle.assign(t) for t in owner.cache]
+        self.owner = self.cache = None
 
 
 class _PredictorStep:
     """The exported decode program on Paddle Inference. On CPU with `onednn=None` it runs as two predictors of the
     same files: one for prefills (oneDNN, all threads: 1.7x faster on 512-token prompts) and one for one-token
-    steps (no oneDNN, one thread: a step reads every weight once, which one core does at the memory bandwidth,
-    and oneDNN's per-op overhead costs 3x). That holds the weights twice; `onednn=True` / `False` runs one."""
+    steps (no oneDNN, one thread: a step of one row reads every weight once, which one core does at the memory
+    bandwidth, and oneDNN's per-op overhead costs 3x). A step of several rows is a matrix product per weight that
+    one core computes slower than it reads: its matmuls get all threads (MKL's thread-local count; 8 rows of the
+    `small` config 9.7 -> 8.1 ms, one row stays on one). That holds the weights twice; `onednn=True` / `False`
+    runs one predictor as it is.
+
+    Steps alternate between two clones of the step predictor (shared weights, their own buffers): the cache a
+    step returns stays in its clone's output buffers while the other clone runs the next step, so it is never
+    copied (a copy of every layer's cache per step cost 1 ms of 10 at 8 rows). A batch still holding a clone's
+    outputs when that clone must run again gets copies first (`_Lane.release`)."""
 
     def __init__(self, folder: Path, onednn: bool | None, threads: int | None):
         from .predictor import Predictor
 
-        self.step = Predictor(folder, onednn=onednn if onednn is not None else False,
-                              threads=threads or (1 if onednn is None else None))  # fmt: skip
-        self.prefill = self.step
-        if onednn is None and self.step.device == "cpu" and self.step.meta["paddle_inference"]["onednn"]:
-            self.prefill = Predictor(folder, onednn=True)
-        self.predictor = self.step
-        self.config = self.step.meta["config"]
-        self.description = f"paddle.inference ({self._describe(self.prefill)}"
-        if self.prefill is not self.step:
-            self.description += f" prefill, {self._describe(self.step)} steps"
+        step = Predictor(folder, onednn=onednn if onednn is not None else False,
+                         threads=threads or (1 if onednn is None else None))  # fmt: skip
+        prefill = step
+        self.batch_matmul_threads = None
+        if onednn is None and step.device == "cpu":
+            if step.meta["paddle_inference"]["onednn"]:
+                prefill = Predictor(folder, onednn=True)
+            cores = int(os.environ.get("OMP_NUM_THREADS", "1"))
+            if threads is None and cores > 1 and step.can_widen_matmuls:
+                self.batch_matmul_threads = cores
+        self.step_lanes = [_Lane(step), _Lane(step.twin())]
+        self.prefill_lanes = self.step_lanes if prefill is step else [_Lane(prefill)]
+        self.predictor = step
+        self.config = step.meta["config"]
+        self.description = f"paddle.inference ({self._describe(prefill)}"
+        if prefill is not step:
+            self.description += f" prefill, {self._describe(step)} steps"
+        if self.batch_matmul_threads:
+            self.description += f", matmuls of batched steps on {self.batch_matmul_threads} threads"
         self.description += ")"
 
     @staticmethod
@@ -147,13 +190,18 @@ class _PredictorStep:
         threads = f"{predictor.threads} thread{'s' * (predictor.threads > 1)}"
         return f"cpu {threads}, oneDNN {'on' if predictor.onednn else 'off'}"
 
-    def __call__(self, inputs: list) -> list:
-        import paddle
-
-        logits, *cache = (self.step if inputs[0].shape[1] == 1 else self.prefill).run(inputs)
-        # the predictor may write a later run's outputs into these buffers (seen without oneDNN, when another
-        # batch's run has the same shapes): the cache a Batch keeps must be its own
-        return [logits, *(paddle.assign(t) for t in cache)]
+    def __call__(self, inputs: list, owner: Batch) -> tuple:
+        """`(logits, cache)`, run on a free lane; `owner` is the batch that will hold `cache` (as its list)."""
+        rows, new = inputs[0].shape
+        lanes = self.prefill_lanes if new > 1 else self.step_lanes
+        lane = next((lane for lane in lanes if not lane.busy()), None)
+        if lane is None:
+            lane = lanes[0]
+            lane.release()
+        threads = self.batch_matmul_threads if new == 1 and rows > 1 else None
+        logits, *cache = lane.predictor.run(inputs, threads)
+        lane.owner, lane.cache = weakref.ref(owner), cache
+        return logits, cache
 
 
 class LLM:
@@ -226,11 +274,12 @@ class LLM:
         return f"{self.name}: {self.step.description}, context {self.max_model_len}"
 
     # ----------------------------------------------------------------------------------------------- stepping
-    def _run(self, ids: np.ndarray, mask: np.ndarray, cache: list) -> tuple[np.ndarray, list]:
+    def _run(self, ids: np.ndarray, batch: Batch) -> np.ndarray:
+        """One program run on `batch` (its mask already covers `ids`); its cache is replaced by the grown one."""
         import paddle
 
-        outputs = self.step([paddle.to_tensor(ids), paddle.to_tensor(mask), *cache])
-        return outputs[0].numpy(), list(outputs[1:])
+        logits, batch.cache = self.step([paddle.to_tensor(ids), paddle.to_tensor(batch.mask), *batch.cache], batch)
+        return logits.numpy()
 
     def empty_cache(self, rows: int) -> list:
         import paddle
@@ -245,18 +294,21 @@ class LLM:
             raise EngineError("prefill needs at least one prompt, each with at least one token")
         self._check_ids(prompts)
         ids, mask = _left_pad(prompts, self.tokenizer.pad_token_id)
-        logits, cache = self._run(ids, mask, self.empty_cache(len(prompts)))
-        return logits, Batch(cache, mask)
+        batch = Batch(self.empty_cache(len(prompts)), mask)
+        return self._run(ids, batch), batch
 
     def decode(self, batch: Batch, tokens: Sequence[int]) -> np.ndarray:
         """Append one token per row of `batch` (in row order); returns the next logits `[rows, vocab]`."""
         if len(tokens) != len(batch):
             raise EngineError(f"decode got {len(tokens)} tokens for a batch of {len(batch)} rows")
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1, 1)
-        mask = np.concatenate([batch.mask, np.ones((len(batch), 1), dtype=np.int64)], axis=1)
-        logits, batch.cache = self._run(ids, mask, batch.cache)
-        batch.mask = mask
-        return logits
+        previous = batch.mask
+        batch.mask = np.concatenate([previous, np.ones((len(batch), 1), dtype=np.int64)], axis=1)
+        try:
+            return self._run(ids, batch)
+        except BaseException:
+            batch.mask = previous
+            raise
 
     def _check_ids(self, prompts: Sequence[Sequence[int]]) -> None:
         for i, p in enumerate(prompts):

@@ -2,7 +2,7 @@
 
 `resolve_export(path, task)` gives an export folder for `path`: `path` itself when it is one (of that task), else a
 folder in the export cache (`$PADDLE_QWEN2_CACHE`, default `~/.cache/paddle_qwen2/exports`), exported on first use
-and found again by the checkpoint's path, file sizes and times, the task and the Paddle version.
+and found again by the checkpoint's path, file sizes and times, the task, the Paddle version and paddle_qwen2's source.
 
 `Predictor` runs an export folder with `paddle.inference` on CPU (oneDNN as the folder's `export_meta.json`
 runs it correctly, unless told) or on the GPU when Paddle has one; each thread that calls it gets its own
@@ -12,6 +12,7 @@ runs it correctly, unless told) or on the GPU when Paddle has one; each thread t
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import hashlib
 import json
@@ -33,7 +34,9 @@ def export_cache_dir() -> Path:
 
 
 def _fingerprint(folder: Path, task: str) -> str:
-    """A key that changes when any file of `folder` (and its sentence-transformers submodules) changes."""
+    """A key that changes when any file of `folder` (and its sentence-transformers submodules) changes, or the
+    Paddle version, or the source of paddle_qwen2 (which traces the program: an edited checkout is not a stale
+    export's version bump)."""
     import paddle
 
     from .. import __version__
@@ -42,6 +45,9 @@ def _fingerprint(folder: Path, task: str) -> str:
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         stat = path.stat()
         digest.update(f"|{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    package = Path(__file__).resolve().parent.parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:20]
 
 
@@ -82,6 +88,20 @@ def _stdout_silenced():
         os.close(devnull)
 
 
+def _mkl_local_threads():
+    """`mkl_set_num_threads_local` of the MKL that paddle bundles (None when there is none): the MKL thread count
+    of the calling thread alone, which takes precedence over the count a predictor sets for the process."""
+    import paddle
+
+    path = Path(paddle.__file__).parent / "libs" / "libmklml_intel.so"
+    try:
+        function = ctypes.CDLL(str(path)).MKL_Set_Num_Threads_Local
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+    return function
+
+
 class Predictor:
     """A Paddle Inference predictor of an export folder; `run(tensors) -> tensors` in the program's input and
     output order, on a clone of the predictor per calling thread."""
@@ -109,11 +129,20 @@ class Predictor:
         config.disable_glog_info()
         self._main = inference.create_predictor(config)
         self._threads = None if self.device == "gpu" else int(os.environ.get("OMP_NUM_THREADS", "1"))
+        self._mkl_local = None if self.device == "gpu" else _mkl_local_threads()
         self._core = paddle.base.core
         self._tensor_api = int(paddle.__version__.split(".")[0]) >= 3
         self._main_thread = threading.get_ident()
         self._local = threading.local()
         self.input_names = self._main.get_input_names()
+
+    def twin(self) -> Predictor:
+        """Another predictor of the same program sharing this one's weights (a `clone()`), with buffers of its
+        own: its runs leave this one's outputs alone."""
+        other = copy.copy(self)
+        other._main = self._main.clone()
+        other._local = threading.local()
+        return other
 
     def _predictor(self):
         if threading.get_ident() == self._main_thread:
@@ -122,14 +151,26 @@ class Predictor:
             self._local.predictor = self._main.clone()
         return self._local.predictor
 
-    def run(self, inputs: Sequence) -> list:
-        """`paddle.Tensor`s in the program's input order -> its outputs as `paddle.Tensor`s."""
+    @property
+    def can_widen_matmuls(self) -> bool:
+        """Whether `run(..., matmul_threads=n)` takes effect (CPU, with paddle's MKL)."""
+        return self._mkl_local is not None
+
+    def run(self, inputs: Sequence, matmul_threads: int | None = None) -> list:
+        """`paddle.Tensor`s in the program's input order -> its outputs as `paddle.Tensor`s. `matmul_threads`: MKL's
+        threads for this run (on CPU), whatever the predictor's own count; its other kernels keep theirs."""
         predictor = self._predictor()
-        with _stdout_silenced() if self.onednn else contextlib.nullcontext():
-            if self._tensor_api:
-                outputs = predictor.run(list(inputs))
-            else:  # Paddle 2.6's run(tensors) crashes on empty tensors (the prefill's cache): copy through numpy
-                outputs = self._run_handles(predictor, inputs)
+        widen = matmul_threads is not None and self._mkl_local is not None
+        previous = self._mkl_local(matmul_threads) if widen else None
+        try:
+            with _stdout_silenced() if self.onednn else contextlib.nullcontext():
+                if self._tensor_api:
+                    outputs = predictor.run(list(inputs))
+                else:  # Paddle 2.6's run(tensors) crashes on empty tensors (the prefill's cache): copy through numpy
+                    outputs = self._run_handles(predictor, inputs)
+        finally:
+            if widen:
+                self._mkl_local(previous)
         if self._threads is not None:
             # a CPU run leaves MKL at one thread: dygraph paddle in this process would then compute (and round)
             # differently, and slower

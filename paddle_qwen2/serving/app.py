@@ -488,7 +488,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        if state.scheduler._thread is None:
+        if not state.scheduler.started:
             state.scheduler.start()
         yield
         await asyncio.get_running_loop().run_in_executor(None, state.scheduler.close)

@@ -115,33 +115,23 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _load(args: argparse.Namespace):
-    """The models, the scheduler and the server state (no HTTP yet)."""
+    """The engine process (it loads the models) and the server state (no HTTP yet)."""
     from ..runtime import configure_cpu_threads
 
-    configure_cpu_threads()
+    configure_cpu_threads()  # before the engine process starts: it inherits the environment
     from .app import ServerState
+    from .engine_process import EngineProcess, EngineSpec
     from .metrics import ServerMetrics
-    from .scheduler import Scheduler
 
-    llm = embedder = None
-    if args.model:
-        from ..inference import LLM
-
-        onednn = {"auto": None, "on": True, "off": False}[args.onednn]
-        llm = LLM.from_pretrained(args.model, engine=args.engine, onednn=onednn, max_model_len=args.max_model_len,
-                                  name=args.served_model_name or Path(args.model).resolve().name)  # fmt: skip
-    if args.embedding_model and args.engine == "inference":
-        from ..inference.embedding import InferenceEmbeddingModel
-
-        embedder = InferenceEmbeddingModel.from_pretrained(args.embedding_model)
-    elif args.embedding_model:
-        from ..embedding.model import EmbeddingModel
-
-        embedder = EmbeddingModel.from_pretrained(args.embedding_model)
+    onednn = {"auto": None, "on": True, "off": False}[args.onednn]
+    name = args.served_model_name or (Path(args.model).resolve().name if args.model else None)
+    spec = EngineSpec(args.model, args.engine, onednn, args.max_model_len, name, args.embedding_model,
+                      args.max_batch_size, args.debug_step_delay)  # fmt: skip
     metrics = ServerMetrics()
-    scheduler = Scheduler(llm, embedder, args.max_batch_size, args.max_queue_size, metrics, args.debug_step_delay)
+    engine = EngineProcess(spec, args.max_queue_size, metrics)
+    llm, embedder = engine.start()
     embedder_name = args.embedding_model_name or (Path(args.embedding_model).resolve().name if embedder else None)
-    return ServerState(scheduler, llm, embedder, llm.name if llm else None, embedder_name, args.api_key, metrics)
+    return ServerState(engine, llm, embedder, llm.name if llm else None, embedder_name, args.api_key, metrics)
 
 
 def _ignore_signal(signum, frame) -> None:
@@ -151,10 +141,7 @@ def _ignore_signal(signum, frame) -> None:
 def _serve(args: argparse.Namespace, state, sock: socket.socket) -> int:
     import uvicorn
 
-    from ..runtime import keep_freed_memory
     from .app import create_app
-
-    keep_freed_memory()  # a serving process computes with paddle only (see runtime.keep_freed_memory)
 
     config = uvicorn.Config(create_app(state), http="h11", ws="none", lifespan="on", loop="asyncio",
                             log_level=args.log_level, access_log=args.access_log,

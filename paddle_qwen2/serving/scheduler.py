@@ -131,6 +131,10 @@ class Scheduler:
         return self
 
     @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._closing
 

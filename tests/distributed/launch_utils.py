@@ -23,9 +23,7 @@ def launch(script: str, spec: dict, workdir: Path, nproc: int = 2, timeout: int 
     log_dir = workdir / f"{Path(script).stem}.logs"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), str(HERE), env.get("PYTHONPATH")) if p)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["OMP_NUM_THREADS"] = "1"  # two ranks share the cores
-    env.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    env["OMP_NUM_THREADS"] = "1"  # two ranks share the cores (MKL_DEBUG_CPU_TYPE: set by conftest)
     cmd = [
         sys.executable,
         "-m",
