@@ -5,17 +5,19 @@ transformers, with the bundled tokenizer; the vocabulary is raised to the tokeni
 fewer), on 127.0.0.1 only, `--max-batch-size 16`. Each level starts N clients at once (asyncio + httpx in this
 process); each sends `--requests` streamed `/v1/completions` one after the other: a prompt of 30 to 120 tokens cut
 from the bundled corpus, `--max-tokens` new tokens (greedy, eos ignored, so every answer has the same length).
-Reported per level: aggregate tokens/s (all tokens / the level's wall time), time to first token p50 / p95, time
-per output token p50 / p95 (the gap between stream chunks, per token), requests and errors. The levels run
-`--repeats` times, the order rotated each pass (1 4 8 16, 4 8 16 1, ...); tokens/s is the median of the passes,
-the latencies are pooled. The headline is the 8-client aggregate over the 1-client one (per pass, median of the
+Reported per level: aggregate tokens/s (all tokens / the level's wall time), time to first token p50 / p95 (to the
+first streamed piece: a random-weight model often emits byte tokens that are no whole character yet, which the
+stream holds back, so this overstates the engine's first token), time per output token p50 / p95 (the gap between
+stream chunks, per token), requests and errors. After an untimed warm-up (1 client, then the most clients) the
+levels run `--repeats` times (5), the order rotated each pass (1 4 8 16, 4 8 16 1, ...); tokens/s is the median
+of the passes, the latencies are pooled. The headline is the 8-client aggregate over the 1-client one (per pass, median of the
 passes): continuous batching should give >= 4x on the same two cores. Other load on the machine skews it; the
 script warns when the 1-client rate varies by more than 20% between passes.
 
 `--soak-seconds S` then keeps 8 clients busy for S seconds (at most `--soak-requests` requests) and reports the
 server's RSS after a warm-up (the first 10% of the time) and at the end: a leak shows as growth.
 
-    python benchmarks/bench_serve.py                          # small config, levels 1 4 8 16 (~4 min on 2 cores)
+    python benchmarks/bench_serve.py                          # small config, levels 1 4 8 16 (~5 min on 2 cores)
     python benchmarks/bench_serve.py --soak-seconds 300       # plus a 5-minute soak
     python benchmarks/bench_serve.py --quick                  # smoke run: tiny config, levels 1 and 4 (~30 s)
 """
@@ -293,7 +295,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine", default="inference", choices=("inference", "dygraph"))
     p.add_argument("--clients", default="1,4,8,16", help="concurrency levels (default 1,4,8,16)")
     p.add_argument("--requests", type=int, default=4, help="requests per client per level (default 4)")
-    p.add_argument("--repeats", type=int, default=3, help="passes over the levels, order rotated (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="passes over the levels, order rotated (default 5)")
     p.add_argument("--max-tokens", type=int, default=128, help="new tokens per request (default 128)")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--soak-seconds", type=float, default=0.0, help="then a soak of this many seconds (default none)")
@@ -321,7 +323,9 @@ def main(argv: list[str] | None = None) -> dict:
     server = Server(folder, workdir, args.engine, args.max_batch_size)
     print(f"server up at {server.url} (RSS {server.rss_mb():.0f} MB)", flush=True)
     try:
-        asyncio.run(run_clients(server.url, 2, prompts, args.max_tokens, requests=1))  # warm-up, untimed
+        # warm-up, untimed: the first runs of a predictor on new shapes (prompt lengths, batch sizes) are slow
+        asyncio.run(run_clients(server.url, 1, prompts, args.max_tokens, requests=2))
+        asyncio.run(run_clients(server.url, max(levels), prompts, args.max_tokens, requests=1))
         runs: dict[int, list[tuple[list[dict], float]]] = {c: [] for c in levels}
         for repeat in range(args.repeats):
             for clients in levels[repeat % len(levels) :] + levels[: repeat % len(levels)]:
