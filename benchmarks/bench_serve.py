@@ -10,9 +10,9 @@ first streamed piece: a random-weight model often emits byte tokens that are no 
 stream holds back, so this overstates the engine's first token), time per output token p50 / p95 (the gap between
 stream chunks, per token), requests and errors. After an untimed warm-up (1 client, then the most clients) the
 levels run `--repeats` times (5), the order rotated each pass (1 4 8 16, 4 8 16 1, ...); tokens/s is the median
-of the passes, the latencies are pooled. The headline is the 8-client aggregate over the 1-client one (per pass, median of the
-passes): continuous batching should give >= 4x on the same two cores. Other load on the machine skews it; the
-script warns when the 1-client rate varies by more than 20% between passes.
+of the passes, the latencies are pooled. The headline is the 8-client aggregate over the 1-client one (per pass,
+median of the passes): continuous batching should give >= 4x on the same two cores. Other load on the machine
+skews it; the script warns when the 1-client rate varies by more than 20% between passes.
 
 `--soak-seconds S` then keeps 8 clients busy for S seconds (at most `--soak-requests` requests) and reports the
 server's RSS after a warm-up (the first 10% of the time) and at the end: a leak shows as growth.
