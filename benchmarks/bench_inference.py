@@ -291,14 +291,13 @@ def engine_step_parts(llm, prompt: list[int], new_tokens: int) -> dict:
     parts = {"inputs": [], "program_run": [], "logits_numpy": [], "argmax": []}
     for _ in range(new_tokens):
         t0 = time.perf_counter()
-        mask = np.concatenate([batch.mask, np.ones((1, 1), dtype=np.int64)], axis=1)
-        inputs = [paddle.to_tensor(np.asarray([[token]], dtype=np.int64)), paddle.to_tensor(mask), *batch.cache]
+        batch.mask = np.concatenate([batch.mask, np.ones((1, 1), dtype=np.int64)], axis=1)
+        inputs = [paddle.to_tensor(np.asarray([[token]], dtype=np.int64)), paddle.to_tensor(batch.mask), *batch.cache]
         t1 = time.perf_counter()
-        outputs = llm.step(inputs)
+        logits, batch.cache = llm.step(inputs, batch)  # the batch will hold the new cache (see engine._Lane)
         t2 = time.perf_counter()
-        logits = outputs[0].numpy()
+        logits = logits.numpy()
         t3 = time.perf_counter()
-        batch.cache, batch.mask = list(outputs[1:]), mask
         token = int(logits[0].argmax())
         t4 = time.perf_counter()
         for key, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):

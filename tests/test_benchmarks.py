@@ -170,6 +170,17 @@ def test_inference_verdicts_say_met_or_by_how_much(bench_inference):
     ]
 
 
+def test_inference_step_parts_time_the_engines_own_step(bench_inference, chat_checkpoint):
+    """bench_inference.py's split of one decode step drives the engine's step function as `LLM.decode` does (it
+    broke once when the step's signature changed, and only `make bench` ran it)."""
+    from paddle_qwen2.inference import LLM
+
+    llm = LLM.from_pretrained(chat_checkpoint("gqa"))
+    parts = bench_inference.engine_step_parts(llm, [17, 230, 1201, 9], 3)
+    assert set(parts) == {"inputs", "program_run", "logits_numpy", "argmax"}
+    assert all(ms > 0 for ms in parts.values()) and parts["program_run"] == max(parts.values())
+
+
 @pytest.mark.slow
 def test_serve_bench_quick_run(tmp_path):
     """bench_serve.py --quick: a real server on a tiny config, 1 and 4 streaming clients, no errors, exit 0."""
