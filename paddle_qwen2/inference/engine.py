@@ -195,8 +195,8 @@ class _PredictorStep:
         rows, new = inputs[0].shape
         lanes = self.prefill_lanes if new > 1 else self.step_lanes
         lane = next((lane for lane in lanes if not lane.busy()), None)
-        if lane is None:
-            lane = lanes[0]
+        if lane is None:  # more live batches than lanes: free one that is not holding this run's own inputs
+            lane = next((lane for lane in lanes if lane.owner() is not owner), lanes[0])
             lane.release()
         threads = self.batch_matmul_threads if new == 1 and rows > 1 else None
         logits, *cache = lane.predictor.run(inputs, threads)
