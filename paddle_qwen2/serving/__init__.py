@@ -3,6 +3,8 @@
 - `protocol.py`: request schemas (pydantic, strict), `APIError` and the OpenAI error object, response pieces.
 - `scheduler.py`: `Scheduler`, the one thread that runs the engine: continuous batching of generation requests
   (prefill joins at the next step, finished or cancelled rows leave at once) and batched embedding requests.
+- `engine_process.py`: `EngineProcess`, the models and the scheduler in a process of their own (Paddle Inference
+  holds the GIL for a whole run), with the scheduler's client side, request metrics and the 429 check here.
 - `app.py`: `create_app(ServerState)`, the FastAPI routes, SSE streaming, API key and request metrics.
 - `metrics.py`: the Prometheus metrics and their text exposition format.
 - `command.py`: the `serve` subcommand (argument parsing, binding, loading, uvicorn and its signals).

@@ -152,6 +152,8 @@ def _serve(args: argparse.Namespace, state, sock: socket.socket) -> int:
     host, port = sock.getsockname()[:2]
     host = f"[{host}]" if ":" in host else host
     models = ", ".join(f"{name!r}" for name in state.model_names())
+    if state.llm is not None:  # what runs it, e.g. "paddle.inference (cpu 2 threads, oneDNN on prefill, ...)"
+        print(f"paddle-qwen2 serve: engine process: {state.llm.description}", flush=True)
     print(f"paddle-qwen2 serve: {models} on http://{host}:{port}", flush=True)
     in_main = threading.current_thread() is threading.main_thread()
     handled = (signal.SIGTERM, signal.SIGINT)
