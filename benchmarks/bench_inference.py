@@ -8,8 +8,8 @@ paddlenlp and HF transformers, measured in one run: `small` config, fp32, CPU, t
   `np.copyto` of that many bytes (a same-sized float32 array, one thread; median), timed in each decode child
   right around its timing (its % of the limit) and between the children. Target: the engine at >= 70%.
   Implementations: `engine` (`LLM.from_pretrained(folder)`: the exported `decode` program on Paddle Inference),
-  `engine_serve` (the same after `runtime.keep_freed_memory()`, as `paddle-qwen2 serve` runs it), `engine_onednn`
-  (oneDNN for every run), `dygraph` (`LLM.from_pretrained(folder, engine="dygraph")`), `hf`
+  `engine_serve` (the same after `runtime.keep_freed_memory()` with `ENGINE_ENVIRONMENT`, as `paddle-qwen2 serve`
+  runs it), `engine_onednn` (oneDNN for every run), `dygraph` (`LLM.from_pretrained(folder, engine="dygraph")`), `hf`
   (transformers `generate`, sdpa) and `paddlenlp` (paddlenlp 3.0.0b2's `Qwen2ForCausalLM.generate`, the
   checkpoint's weights). The engine also runs its bare `llm.prefill` + `llm.decode` + argmax loop, and one decode
   step split into its parts (inputs, program run, `.numpy()` of the logits, argmax).
@@ -89,7 +89,7 @@ CHILDREN = {
 }
 LABELS = {
     "engine": "engine (Paddle Inference)",
-    "engine_serve": "the same after `keep_freed_memory()` (`paddle-qwen2 serve`)",
+    "engine_serve": "the same after `keep_freed_memory()`, KMP_BLOCKTIME=0 (`paddle-qwen2 serve`)",
     "engine_onednn": "engine, oneDNN",
     "dygraph": "dygraph engine",
     "hf": "HF transformers (sdpa)",
@@ -388,7 +388,7 @@ def child_engine(name: str, workdir: Path, settings: dict) -> dict:
     if name == "engine_serve":
         from paddle_qwen2.runtime import keep_freed_memory
 
-        keep_freed_memory()  # as `paddle-qwen2 serve` runs the engine
+        keep_freed_memory()  # as `paddle-qwen2 serve` runs the engine (run_child sets its environment)
     if name == "dygraph":
         llm = LLM.from_pretrained(checkpoint, engine="dygraph")
     else:
@@ -552,6 +552,10 @@ def run_child(name: str, workdir: Path, settings: dict) -> dict:
     """Run child `name` in a fresh process; its result, or {"error": ...} when it failed."""
     cmd = [sys.executable, __file__, "--child", name, "--workdir", str(workdir), "--settings", json.dumps(settings)]
     env = dict(os.environ, PADDLE_QWEN2_CACHE=str(workdir / "exports"), OMP_NUM_THREADS=str(THREADS))
+    if name == "engine_serve":  # the settings of `serve`'s engine process
+        from paddle_qwen2.serving.engine_process import ENGINE_ENVIRONMENT
+
+        env = {**ENGINE_ENVIRONMENT, **env}
     start, load = time.perf_counter(), os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

@@ -391,8 +391,10 @@ def scaled_dot_product_attention(
     output_attentions: bool = False,
     dropout: float = 0.0,
     training: bool = False,
+    kv_heads_first: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """Attention core. q: `[batch, q_len, heads, head_dim]`; k, v: `[batch, kv_len, kv_heads, head_dim]`;
+    """Attention core. q: `[batch, q_len, heads, head_dim]`; k, v: `[batch, kv_len, kv_heads, head_dim]`, or
+    `[batch, kv_heads, kv_len, head_dim]` with `kv_heads_first`;
     `attention_mask`: additive `[batch or 1, 1, q_len, kv_len]`, or None for plain (bottom-right aligned) causal.
 
     Returns `([batch, q_len, heads * head_dim], attn_weights or None)`. The math path matches HF eager
@@ -400,7 +402,7 @@ def scaled_dot_product_attention(
     version support it (falling back to the math path otherwise); it cannot return attention weights.
     """
     batch, q_len, num_heads, head_dim = query_states.shape
-    kv_len = key_states.shape[1]
+    kv_len = key_states.shape[2 if kv_heads_first else 1]
     # (a traced program does not know q_len: it always builds the causal mask, all-True for a single query)
     if attention_mask is None and (not _eager() or q_len > 1):
         attention_mask = _additive_mask(_causal_allowed(q_len, kv_len - q_len).unsqueeze([0, 1]), query_states.dtype)
@@ -410,12 +412,16 @@ def scaled_dot_product_attention(
         _warn_once("use_flash_attention: no fused attention kernel on this device/Paddle; using the math path")
         use_kernel = False
     if use_kernel:
+        if kv_heads_first:
+            key_states, value_states = key_states.transpose([0, 2, 1, 3]), value_states.transpose([0, 2, 1, 3])
         n_rep = num_heads // key_states.shape[2]
         key_states, value_states = repeat_kv(key_states, n_rep), repeat_kv(value_states, n_rep)
         out = F.scaled_dot_product_attention(
             query_states, key_states, value_states, attn_mask=attention_mask, dropout_p=dropout, training=training
         )
         return out.reshape([batch, q_len, num_heads * head_dim]), None
+    if not kv_heads_first:
+        key_states, value_states = key_states.transpose([0, 2, 1, 3]), value_states.transpose([0, 2, 1, 3])
     return _math_attention(query_states, key_states, value_states, attention_mask, output_attentions, dropout, training)
 
 
@@ -423,11 +429,11 @@ def _math_attention(q, k, v, attention_mask, output_attentions, dropout, trainin
     """softmax(q k^T / sqrt(d) + mask) v with HF eager's numerics (softmax in float32), arranged for speed:
     the query heads sharing a kv head are stacked so k and v are never repeated, the scale is applied to q,
     and a mask shared by the whole batch is added as a 2D `[q_len, kv_len]` broadcast. Reshapes name only the
-    static sizes (0 copies a dim, -1 infers one), so a traced program computes no shapes."""
-    num_heads, head_dim, kv_heads = q.shape[2], q.shape[3], k.shape[2]
+    static sizes (0 copies a dim, -1 infers one), so a traced program computes no shapes. k, v:
+    `[batch, kv_heads, kv_len, head_dim]`."""
+    num_heads, head_dim, kv_heads = q.shape[2], q.shape[3], k.shape[1]
     # [batch, kv_heads, n_rep * q_len, head_dim]: rows of query head h = g * n_rep + r sit in group g
     q = (q * head_dim**-0.5).transpose([0, 2, 1, 3]).reshape([0, kv_heads, -1, head_dim])
-    k, v = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
     scores = paddle.matmul(q, k, transpose_y=True).reshape([0, num_heads, -1, 0])  # [batch, heads, q_len, kv_len]
     if attention_mask is not None:
         if not _eager():  # a broadcast over the heads (expanding would need the shapes as tensors)
@@ -594,13 +600,16 @@ class Qwen2Attention(nn.Layer):
         use_cache: bool = False,
         output_attentions: bool = False,
         sequence_shape: tuple[int, int] | None = None,
+        heads_first_cache: bool = False,
     ) -> tuple[Tensor, Tensor | None, KVCache | None]:
         """hidden_states `[batch, seq, hidden]`; position_embeddings `(cos, sin)` `[batch, seq, head_dim]` (traced:
         the four tables of `traced_rope_tables`);
         attention_mask additive `[batch, 1, seq, past + seq]`; past_key_value `(k, v)`
-        `[batch, past, kv_heads, head_dim]`. Under sequence parallelism hidden_states is this rank's
-        `[seq / tp * batch, hidden]` and `sequence_shape` must give the full `(batch, seq)`.
-        Returns `(output shaped like hidden_states, attn_weights or None, (k, v) or None)`."""
+        `[batch, past, kv_heads, head_dim]`, or `[batch, kv_heads, past, head_dim]` with `heads_first_cache` (the
+        layout attention computes in: a step then transposes only its new keys and values, not the whole cache).
+        Under sequence parallelism hidden_states is this rank's `[seq / tp * batch, hidden]` and `sequence_shape`
+        must give the full `(batch, seq)`. Returns `(output shaped like hidden_states, attn_weights or None, (k, v)
+        or None)`, the cache in the layout it came in."""
         if self.sequence_parallel:
             if sequence_shape is None:
                 raise ValueError("Qwen2Attention under sequence parallelism needs sequence_shape=(batch, seq)")
@@ -612,15 +621,19 @@ class Qwen2Attention(nn.Layer):
             query, key = apply_traced_rope(query, key, *position_embeddings)
         else:
             query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        if heads_first_cache:
+            key, value = key.transpose([0, 2, 1, 3]), value.transpose([0, 2, 1, 3])
         if past_key_value is not None:
-            key = paddle.concat([past_key_value[0], key], axis=1)
-            value = paddle.concat([past_key_value[1], value], axis=1)
+            seq_axis = 2 if heads_first_cache else 1
+            key = paddle.concat([past_key_value[0], key], axis=seq_axis)
+            value = paddle.concat([past_key_value[1], value], axis=seq_axis)
         present = (key, value) if use_cache else None
 
         dropout = self.attention_dropout if self.training else 0.0
         attn_output, attn_weights = _maybe_recompute(
             self, "core_attn", scaled_dot_product_attention,
             query, key, value, attention_mask, self.config, output_attentions, dropout, self.training,
+            heads_first_cache,
         )  # fmt: skip
         if self.sequence_parallel:  # [batch, seq, heads * head_dim] -> [seq * batch, heads * head_dim]
             attn_output = attn_output.transpose([1, 0, 2]).reshape([seq_len * batch, attn_output.shape[-1]])
@@ -653,6 +666,7 @@ class Qwen2DecoderLayer(nn.Layer):
         use_cache: bool = False,
         output_attentions: bool = False,
         sequence_shape: tuple[int, int] | None = None,
+        heads_first_cache: bool = False,
     ) -> tuple[Tensor, Tensor | None, KVCache | None]:
         """Arguments as `Qwen2Attention.forward`; returns `(hidden_states, attn_weights or None, (k, v) or None)`."""
         residual = hidden_states
@@ -660,7 +674,7 @@ class Qwen2DecoderLayer(nn.Layer):
         attn_out, attn_weights, present = _maybe_recompute(
             self, "full_attn", self.self_attn,
             hidden_states, position_embeddings, attention_mask, past_key_value, use_cache, output_attentions,
-            sequence_shape,
+            sequence_shape, heads_first_cache,
         )  # fmt: skip
         hidden_states = residual + attn_out
         hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
@@ -932,16 +946,19 @@ class Qwen2Model(Qwen2PretrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        heads_first_cache: bool = False,
     ) -> tuple | BaseModelOutputWithPast:
         """input_ids `[batch, seq]` (or inputs_embeds `[batch, seq, hidden]`); attention_mask `[batch, past + seq]`
-        (1 = token, 0 = padding) or a 4D mask; position_ids `[batch, seq]` (default `past .. past + seq - 1`)."""
+        (1 = token, 0 = padding) or a 4D mask; position_ids `[batch, seq]` (default `past .. past + seq - 1`).
+        The KV cache (in and out) is `[batch, seq, kv_heads, head_dim]` per tensor, or `[batch, kv_heads, seq,
+        head_dim]` with `heads_first_cache` (the decode program's layout, see `Qwen2Attention.forward`)."""
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         use_cache = cfg.use_cache if use_cache is None else use_cache
         return_dict = cfg.use_return_dict if return_dict is None else return_dict
 
-        past_length = past_key_values[0][0].shape[1] if past_key_values is not None else 0
+        past_length = past_key_values[0][0].shape[2 if heads_first_cache else 1] if past_key_values is not None else 0
         batch, seq_len = self._validate_inputs(input_ids, inputs_embeds, attention_mask, past_length)
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
@@ -970,6 +987,7 @@ class Qwen2Model(Qwen2PretrainedModel):
                 use_cache,
                 output_attentions,
                 (batch, seq_len),
+                heads_first_cache,
             )
             if _recomputes(layer, "full", hidden_states):
                 hidden_states, attn_weights, present = self.recompute_training_full(layer, hidden_states, *args)

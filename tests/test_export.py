@@ -330,8 +330,10 @@ def test_decode_export_meta(chat_checkpoint, tmp_path):
     meta = json.loads((folder / META_FILE).read_text())
     cache = [f"past_{kind}_{i}" for i in range(3) for kind in ("key", "value")]
     assert [i["name"] for i in meta["inputs"]] == ["input_ids", "attention_mask", *cache]
-    assert meta["inputs"][2] == {"name": "past_key_0", "dtype": "float32", "shape": ["batch", "past", 2, 16],
-                                 "dynamic_axes": {"0": "batch", "1": "past"}}  # fmt: skip
+    assert meta["inputs"][2] == {"name": "past_key_0", "dtype": "float32", "shape": ["batch", 2, "past", 16],
+                                 "dynamic_axes": {"0": "batch", "2": "past"}}  # fmt: skip
+    assert meta["decode"]["cache_layout"] == ["batch", "kv_heads", "past", "head_dim"]
+    assert meta["outputs"][1]["shape"] == ["batch", 2, "past+new", 16]
     assert [o["name"] for o in meta["outputs"]] == ["logits", *[n.replace("past", "present") for n in cache]]
     assert meta["outputs"][0]["shape"] == ["batch", 4096]
     assert meta["decode"]["cache_inputs"] == cache and meta["decode"]["padding_side"] == "left"
@@ -348,7 +350,7 @@ def onnx_greedy(folder: Path, prompts: list, new_tokens: int) -> list:
     ids = np.array([[0] * (width - len(p)) + p for p in prompts], dtype=np.int64)
     mask = (np.arange(width)[None, :] >= np.array([[width - len(p)] for p in prompts])).astype(np.int64)
     names = [i.name for i in session.get_inputs()]
-    cache = [np.zeros((len(prompts), 0, 2, 16), np.float32) for _ in names[2:]]
+    cache = [np.zeros((len(prompts), 2, 0, 16), np.float32) for _ in names[2:]]  # [batch, kv_heads, past, head_dim]
     tokens = []
     for _ in range(new_tokens):
         logits, *cache = session.run(None, dict(zip(names, [ids, mask, *cache])))
@@ -411,8 +413,8 @@ predictor = inference.create_predictor(config)
 decode = meta["decode"]
 ids = np.array([tokenizer.encode(prompt).ids], dtype=np.int64)
 mask = np.ones_like(ids)
-cache = [np.zeros((1, 0, decode["num_key_value_heads"], decode["head_dim"]), np.float32)
-         for _ in decode["cache_inputs"]]
+sizes = {"batch": 1, "kv_heads": decode["num_key_value_heads"], "past": 0, "head_dim": decode["head_dim"]}
+cache = [np.zeros([sizes[axis] for axis in decode["cache_layout"]], np.float32) for _ in decode["cache_inputs"]]
 eos = meta["generation_config"]["eos_token_id"]
 out = []
 for _ in range(new_tokens):

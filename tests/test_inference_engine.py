@@ -87,6 +87,29 @@ def test_decode_program_generates_as_transformers(decode_export, chat_checkpoint
 
 
 @pytest.mark.paddle26
+def test_an_export_with_the_earlier_cache_layout_still_runs(chat_checkpoint, tmp_path, monkeypatch):
+    """Exports written before the `[batch, kv_heads, past, head_dim]` cache have `[batch, past, kv_heads,
+    head_dim]` in their meta's `cache_layout`: the engine feeds them that layout (prefill, joining rows, leaving
+    rows) and gets transformers' tokens."""
+    from paddle_qwen2.export.programs import DecodeProgram
+
+    monkeypatch.setattr(DecodeProgram, "CACHE_LAYOUT", ("batch", "past", "kv_heads", "head_dim"))
+    folder = export_model(chat_checkpoint("gqa"), tmp_path / "old", "decode")
+    monkeypatch.undo()
+    meta = json.loads((folder / META_FILE).read_text())
+    assert meta["decode"]["cache_layout"] == ["batch", "past", "kv_heads", "head_dim"]
+    assert meta["inputs"][2]["shape"] == ["batch", "past", 2, 16]
+    llm = LLM.from_pretrained(folder)
+    logits, first = llm.prefill([PROMPTS[0]])
+    assert list(first.cache[0].shape) == [1, len(PROMPTS[0]), 2, 16]
+    _, second = llm.prefill([PROMPTS[1]])
+    both = Batch.concat([first, second])
+    assert list(both.cache[0].shape) == [2, len(PROMPTS[0]), 2, 16] and both.select([1]).cache[0].shape[1] == 5
+    got = [c.token_ids for c in llm.generate(PROMPTS, GREEDY)]
+    assert got == [trim_at_stop(t) for t in hf_generate(chat_checkpoint("gqa"), PROMPTS)]
+
+
+@pytest.mark.paddle26
 def test_dygraph_engine_generates_as_transformers(chat_checkpoint):
     llm = LLM.from_pretrained(chat_checkpoint("sliding"), engine="dygraph")
     got = [c.token_ids for c in llm.generate(PROMPTS, GREEDY)]

@@ -130,36 +130,35 @@ def test_question_answering_parity(hf_checkpoint, padding):
 
 
 @pytest.mark.paddle26
+@pytest.mark.parametrize("heads_first_cache", [False, True], ids=["seq-major-cache", "heads-first-cache"])
 @pytest.mark.parametrize("padding", ["none", "left"])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_incremental_decoding_equals_full_forward(hf_checkpoint, variant, padding):
-    """Prefill 6 tokens, then feed one token at a time with the cache: logits equal the full forward."""
+def test_incremental_decoding_equals_full_forward(hf_checkpoint, variant, padding, heads_first_cache):
+    """Prefill 6 tokens, then feed one token at a time with the cache: logits equal the full forward, with the
+    cache in either layout (`[batch, seq, kv_heads, head_dim]`, or `[batch, kv_heads, seq, head_dim]`)."""
     pd_model = load_paddle(hf_checkpoint(variant))
+    cfg = pd_model.config
     seq = 11  # stays inside rope_dynamic's max_position_embeddings so both paths use the same frequencies
     ids, mask = make_batch(padding, seq=seq)
     full = pd_model(paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask), return_dict=True).logits.numpy()
+
+    def run(cache, start, stop, positions=None):
+        out = pd_model.qwen2(paddle.to_tensor(ids[:, start:stop]), attention_mask=paddle.to_tensor(mask[:, :stop]),
+                             position_ids=positions, past_key_values=cache, use_cache=True, return_dict=True,
+                             heads_first_cache=heads_first_cache)  # fmt: skip
+        return pd_model.lm_head(out.last_hidden_state).numpy(), out.past_key_values
+
     prefill = 6
-    out = pd_model(
-        paddle.to_tensor(ids[:, :prefill]),
-        attention_mask=paddle.to_tensor(mask[:, :prefill]),
-        use_cache=True,
-        return_dict=True,
-    )
-    steps = [out.logits.numpy()]
-    cache = out.past_key_values
+    logits, cache = run(None, 0, prefill)
+    steps = [logits]
     for t in range(prefill, seq):
-        out = pd_model(
-            paddle.to_tensor(ids[:, t : t + 1]),
-            attention_mask=paddle.to_tensor(mask[:, : t + 1]),
-            position_ids=paddle.to_tensor([[t], [t]]),
-            past_key_values=cache,
-            use_cache=True,
-            return_dict=True,
-        )
-        cache = out.past_key_values
-        steps.append(out.logits.numpy())
+        logits, cache = run(cache, t, t + 1, paddle.to_tensor([[t], [t]]))
+        steps.append(logits)
     incremental = np.concatenate(steps, axis=1)
-    assert cache[0][0].shape[1] == seq
+    layout = [2, cfg.num_key_value_heads, seq, cfg.attention_head_dim]
+    if not heads_first_cache:
+        layout[1], layout[2] = layout[2], layout[1]
+    assert [list(t.shape) for t in cache[0]] == [layout, layout]
     assert_close(valid(incremental, mask), valid(full, mask), what="incremental vs full")
 
 

@@ -280,6 +280,21 @@ def test_sdpa_math_path_matches_hf_eager():
 
 
 @pytest.mark.paddle26
+@pytest.mark.parametrize("flash", [False, True], ids=["math", "kernel"])
+@pytest.mark.parametrize("q_len, kv_len, masked", [(5, 5, True), (1, 6, True), (5, 5, False)])
+def test_keys_and_values_heads_first_give_the_same_attention(q_len, kv_len, masked, flash):
+    """k, v as `[batch, kv_heads, kv_len, head_dim]` (`kv_heads_first`, the decode program's cache layout): the
+    same output as `[batch, kv_len, kv_heads, head_dim]`, with a padding mask and with the implicit causal one."""
+    q, k, v, mask = _attention_inputs(q_len, kv_len, seed=5)
+    mask = mask if masked else None
+    config = tiny_config(use_flash_attention=flash)
+    want, _ = scaled_dot_product_attention(q, k, v, mask, config)
+    heads_first = [t.transpose([0, 2, 1, 3]) for t in (k, v)]
+    got, _ = scaled_dot_product_attention(q, *heads_first, mask, config, kv_heads_first=True)
+    assert_close(got, want, max_abs=0, mean_abs=0, what="heads-first k, v")
+
+
+@pytest.mark.paddle26
 @pytest.mark.parametrize("q_len, kv_len", [(5, 5), (1, 6)])
 def test_fused_kernel_path_equals_math_path(q_len, kv_len):
     """use_flash_attention picks Paddle's fused kernel where it exists (CPU SDPA on Paddle 3); on Paddle 2.6's

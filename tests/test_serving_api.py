@@ -225,7 +225,8 @@ def test_health_and_metrics_count_requests(serving_server, client):
 
 def test_the_http_process_leaves_paddle_to_the_engine_process(serving_server):
     """The models run in the engine process: the HTTP process (uvicorn) has no paddle library mapped, so no
-    predictor run can hold its GIL; the engine process has."""
+    predictor run can hold its GIL; the engine process has. Its startup line names the engine and the CPU settings
+    it runs with (OpenMP workers that sleep between runs, not spin on the HTTP process's core)."""
     from pathlib import Path
 
     def paddle_mapped(pid: int) -> bool:
@@ -235,3 +236,5 @@ def test_the_http_process_leaves_paddle_to_the_engine_process(serving_server):
                 for p in (t / "children").read_text().split()]  # fmt: skip
     assert not paddle_mapped(serving_server.proc.pid)
     assert any(paddle_mapped(pid) for pid in children)
+    (line,) = [x for x in serving_server.log().splitlines() if x.startswith("paddle-qwen2 serve: engine process:")]
+    assert "paddle.inference (cpu" in line and "KMP_BLOCKTIME=0" in line and "OMP_NUM_THREADS=" in line, line

@@ -10,9 +10,10 @@ Inputs `input_ids` and `attention_mask`, int64 `[batch, seq]`, both dims dynamic
   Dense..., Normalize; bidirectional when config.json says `is_causal: false`).
 - sequence-classification: logits `[batch, num_labels]` float32.
 - decode: one generation step, what `paddle_qwen2.inference` loops over: inputs `input_ids` `[batch, new]`,
-  `attention_mask` `[batch, past + new]` and the KV cache `past_key_0, past_value_0, ...` `[batch, past, kv_heads,
-  head_dim]` (past = 0 for the prefill); outputs the logits of the last position `[batch, vocab]` float32 and the
-  present cache `present_key_0, present_value_0, ...` (past + new). Rows are left-padded.
+  `attention_mask` `[batch, past + new]` and the KV cache `past_key_0, past_value_0, ...` `[batch, kv_heads, past,
+  head_dim]` (past = 0 for the prefill; `export_meta.json`'s `decode.cache_layout` names the axes); outputs the
+  logits of the last position `[batch, vocab]` float32 and the present cache `present_key_0, present_value_0, ...`
+  (past + new). Rows are left-padded.
 
 `--dtype` sets the weights' (and the KV cache's) dtype; outputs stay float32. bfloat16 and float16 programs need a
 GPU to run (Paddle has no CPU kernels for their matmuls).
@@ -225,15 +226,23 @@ def _decode_meta(config, dtype: str) -> dict:
         "num_key_value_heads": config.num_key_value_heads,
         "head_dim": config.attention_head_dim,
         "cache_dtype": dtype,
-        "cache_layout": ["batch", "past", "kv_heads", "head_dim"],
+        "cache_layout": list(_programs()["decode"].CACHE_LAYOUT),
         "cache_inputs": _cache_names(config, "past"),
         "cache_outputs": _cache_names(config, "present"),
         "padding_side": "left",
     }
 
 
+def _cache_shape(decode: dict, past: str | None) -> list:
+    """A cache tensor's shape in the decode program's layout: named axes, the sizes of the fixed ones (`past` as
+    None: the `InputSpec` form)."""
+    sizes = {"batch": None if past is None else "batch", "kv_heads": decode["num_key_value_heads"],
+             "past": past, "head_dim": decode["head_dim"]}  # fmt: skip
+    return [sizes[axis] for axis in decode["cache_layout"]]
+
+
 def _decode_outputs(config, dtype: str) -> list[dict]:
-    cache = ["batch", "past+new", config.num_key_value_heads, config.attention_head_dim]
+    cache = _cache_shape(_decode_meta(config, dtype), "past+new")
     return [{"name": "logits", "dtype": "float32", "shape": ["batch", config.vocab_size]}] + [
         {"name": name, "dtype": dtype, "shape": cache} for name in _cache_names(config, "present")
     ]
@@ -245,7 +254,7 @@ def _input_spec(task: str, decode: dict | None):
 
     spec = [InputSpec([None, None], "int64", name) for name in INPUT_NAMES]
     if task == "decode":
-        shape = [None, None, decode["num_key_value_heads"], decode["head_dim"]]
+        shape = _cache_shape(decode, None)
         spec.append([InputSpec(shape, decode["cache_dtype"], name) for name in decode["cache_inputs"]])
     return spec
 
@@ -256,9 +265,9 @@ def _input_meta(task: str, decode: dict | None) -> list[dict]:
     if task == "decode":
         inputs[0].update(shape=["batch", "new"], dynamic_axes={"0": "batch", "1": "new"})
         inputs[1].update(shape=["batch", "past+new"], dynamic_axes={"0": "batch", "1": "past+new"})
-        shape = ["batch", "past", decode["num_key_value_heads"], decode["head_dim"]]
+        shape, past_axis = _cache_shape(decode, "past"), str(decode["cache_layout"].index("past"))
         inputs += [{"name": name, "dtype": decode["cache_dtype"], "shape": shape,
-                    "dynamic_axes": {"0": "batch", "1": "past"}} for name in decode["cache_inputs"]]  # fmt: skip
+                    "dynamic_axes": {"0": "batch", past_axis: "past"}} for name in decode["cache_inputs"]]  # fmt: skip
     return inputs
 
 

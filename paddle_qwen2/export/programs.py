@@ -57,9 +57,13 @@ class DecodeProgram(nn.Layer):
     """One generation step with the KV cache in and out, what the inference engine loops over.
 
     `(input_ids [batch, new], attention_mask [batch, past + new], cache)` -> `[logits [batch, vocab] float32 of the
-    last position, *present cache]`, the cache as `[key_0, value_0, key_1, ...]`, each `[batch, past, kv_heads,
-    head_dim]` in the model's dtype (`past` = 0 for the prefill). Position ids come from the mask, so rows are
-    left-padded; the present cache is the past with the new tokens appended."""
+    last position, *present cache]`, the cache as `[key_0, value_0, key_1, ...]`, each `[batch, kv_heads, past,
+    head_dim]` (`CACHE_LAYOUT`) in the model's dtype (`past` = 0 for the prefill). Position ids come from the mask,
+    so rows are left-padded; the present cache is the past with the new tokens appended. The cache is kept in the
+    layout attention computes in, so a step transposes its new keys and values only, not the whole cache (exports
+    before this layout wrote `[batch, past, kv_heads, head_dim]`; their meta says which)."""
+
+    CACHE_LAYOUT = ("batch", "kv_heads", "past", "head_dim")
 
     def __init__(self, model):
         super().__init__()
@@ -69,7 +73,8 @@ class DecodeProgram(nn.Layer):
         past = tuple((cache[2 * i], cache[2 * i + 1]) for i in range(len(cache) // 2))
         positions = mask_positions(attention_mask)[:, -input_ids.shape[1] :]
         out = self.model.qwen2(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                               past_key_values=past, use_cache=True, return_dict=True)  # fmt: skip
+                               past_key_values=past, use_cache=True, return_dict=True,
+                               heads_first_cache=self.CACHE_LAYOUT[1] == "kv_heads")  # fmt: skip
         logits = self.model.lm_head(out.last_hidden_state[:, -1:])[:, 0]  # the head on the last position only
         return [logits.astype("float32"), *[t for kv in out.past_key_values for t in kv]]
 

@@ -13,8 +13,9 @@ The low-level API the server's scheduler uses (continuous batching):
     batch = batch.select(rows)                # leave
 
 Rows are left-padded: position ids are counted over each row's real tokens, so a row gives the same tokens alone
-or in a batch. The KV cache is a list of `[batch, past, kv_heads, head_dim]` tensors that the program returns and
-is fed again without host copies; sampling runs on the host (`sampling.Sampler`). Not thread-safe: one thread
+or in a batch. The KV cache is a list of `[batch, kv_heads, past, head_dim]` tensors (the decode program's layout;
+an older export's `[batch, past, kv_heads, head_dim]` runs too) that the program returns and is fed again without
+host copies; sampling runs on the host (`sampling.Sampler`). Not thread-safe: one thread
 drives an `LLM`.
 """
 
@@ -40,12 +41,14 @@ ENGINES = ("inference", "dygraph")
 
 
 class Batch:
-    """The KV cache of a set of rows: `cache` `[key_0, value_0, ...]`, each `[rows, width, kv_heads, head_dim]`,
-    and `mask` `[rows, width]` int64 (1 for a real token; rows are left-padded)."""
+    """The KV cache of a set of rows: `cache` `[key_0, value_0, ...]`, each `[rows, kv_heads, width, head_dim]`
+    (`width` on axis `past_axis`: 1 in older exports' layout), and `mask` `[rows, width]` int64 (1 for a real
+    token; rows are left-padded)."""
 
-    def __init__(self, cache: list, mask: np.ndarray):
+    def __init__(self, cache: list, mask: np.ndarray, past_axis: int = 2):
         self.cache = cache
         self.mask = mask
+        self.past_axis = past_axis
 
     def __len__(self) -> int:
         return int(self.mask.shape[0])
@@ -63,6 +66,7 @@ class Batch:
         batches = [b for b in batches if len(b)]
         if len(batches) == 1:
             return batches[0]
+        axis = batches[0].past_axis
         width = max(b.mask.shape[1] for b in batches)
         masks = [np.pad(b.mask, ((0, 0), (width - b.mask.shape[1], 0))) for b in batches]
         cache = []
@@ -71,10 +75,12 @@ class Batch:
             for b in batches:
                 t, missing = b.cache[i], width - b.mask.shape[1]
                 if missing:
-                    t = paddle.concat([paddle.zeros([t.shape[0], missing, *t.shape[2:]], t.dtype), t], axis=1)
+                    shape = list(t.shape)
+                    shape[axis] = missing
+                    t = paddle.concat([paddle.zeros(shape, t.dtype), t], axis=axis)
                 parts.append(t)
             cache.append(paddle.concat(parts, axis=0))
-        return Batch(cache, np.concatenate(masks, axis=0))
+        return Batch(cache, np.concatenate(masks, axis=0), axis)
 
     def select(self, rows: Sequence[int]) -> Batch:
         """These rows, in this order; columns that are padding in every kept row are dropped."""
@@ -85,9 +91,10 @@ class Batch:
         real = np.flatnonzero(mask.any(axis=0))
         start = int(real[0]) if len(real) else mask.shape[1]
         index = paddle.to_tensor(np.asarray(rows, dtype=np.int64))
+        columns = (slice(None),) * self.past_axis + (slice(start, None),)
         # contiguous: Paddle Inference reads a strided view (the column slice) as if it were dense
-        cache = [paddle.gather(t, index, axis=0)[:, start:].contiguous() for t in self.cache]
-        return Batch(cache, np.ascontiguousarray(mask[:, start:]))
+        cache = [paddle.gather(t, index, axis=0)[columns].contiguous() for t in self.cache]
+        return Batch(cache, np.ascontiguousarray(mask[:, start:]), self.past_axis)
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,6 +118,7 @@ class _DygraphStep:
         model.eval()
         self.program = DecodeProgram(model)
         self.config = model.config.to_dict()
+        self.cache_layout = DecodeProgram.CACHE_LAYOUT
         self.description = f"dygraph ({dtype})"
 
     def __call__(self, inputs: list, owner: Batch) -> tuple:
@@ -145,6 +153,9 @@ class _Lane:
         self.owner = self.cache = None
 
 
+_FIRST_CACHE_LAYOUT = ("batch", "past", "kv_heads", "head_dim")  # of exports that do not name theirs
+
+
 class _PredictorStep:
     """The exported decode program on Paddle Inference. On CPU with `onednn=None` it runs as two predictors of the
     same files: one for prefills (oneDNN, all threads: 1.7x faster on 512-token prompts) and one for one-token
@@ -176,6 +187,7 @@ class _PredictorStep:
         self.prefill_lanes = self.step_lanes if prefill is step else [_Lane(prefill)]
         self.predictor = step
         self.config = step.meta["config"]
+        self.cache_layout = tuple(step.meta["decode"].get("cache_layout", _FIRST_CACHE_LAYOUT))
         self.description = f"paddle.inference ({self._describe(prefill)}"
         if prefill is not step:
             self.description += f" prefill, {self._describe(step)} steps"
@@ -222,8 +234,9 @@ class LLM:
             raise EngineError(f"max_model_len must be in [1, {limit}] (the model's context), got {max_model_len}")
         self.max_model_len = max_model_len or limit
         heads = int(config["num_attention_heads"])
-        self._cache_shape = (int(config.get("num_key_value_heads") or heads),
-                             int(config.get("head_dim") or config["hidden_size"] // heads))  # fmt: skip
+        self._cache_sizes = {"kv_heads": int(config.get("num_key_value_heads") or heads),
+                             "head_dim": int(config.get("head_dim") or config["hidden_size"] // heads)}  # fmt: skip
+        self._cache_layout = tuple(step.cache_layout)
         self._layers = int(config["num_hidden_layers"])
         self._cache_dtype = cache_dtype
 
@@ -282,9 +295,11 @@ class LLM:
         return logits.numpy()
 
     def empty_cache(self, rows: int) -> list:
+        """The cache of `rows` rows before their prefill: `past` = 0, in the step program's layout."""
         import paddle
 
-        shape = [rows, 0, *self._cache_shape]
+        sizes = {**self._cache_sizes, "batch": rows, "past": 0}
+        shape = [sizes[axis] for axis in self._cache_layout]
         return [paddle.zeros(shape, self._cache_dtype) for _ in range(2 * self._layers)]
 
     def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, Batch]:
@@ -294,7 +309,7 @@ class LLM:
             raise EngineError("prefill needs at least one prompt, each with at least one token")
         self._check_ids(prompts)
         ids, mask = _left_pad(prompts, self.tokenizer.pad_token_id)
-        batch = Batch(self.empty_cache(len(prompts)), mask)
+        batch = Batch(self.empty_cache(len(prompts)), mask, self._cache_layout.index("past"))
         return self._run(ids, batch), batch
 
     def decode(self, batch: Batch, tokens: Sequence[int]) -> np.ndarray:
