@@ -8,11 +8,12 @@ paddlenlp and HF transformers, measured in one run: `small` config, fp32, CPU, t
   `np.copyto` of that many bytes (a same-sized float32 array, one thread; median), timed in each decode child
   right around its timing (its % of the limit) and between the children. Target: the engine at >= 70%.
   Implementations: `engine` (`LLM.from_pretrained(folder)`: the exported `decode` program on Paddle Inference),
-  `engine_serve` (the same after `runtime.keep_freed_memory()` with `ENGINE_ENVIRONMENT`, as `paddle-qwen2 serve`
-  runs it), `engine_onednn` (oneDNN for every run), `dygraph` (`LLM.from_pretrained(folder, engine="dygraph")`), `hf`
-  (transformers `generate`, sdpa) and `paddlenlp` (paddlenlp 3.0.0b2's `Qwen2ForCausalLM.generate`, the
-  checkpoint's weights). The engine also runs its bare `llm.prefill` + `llm.decode` + argmax loop, and one decode
-  step split into its parts (inputs, program run, `.numpy()` of the logits, argmax).
+  `engine_serve` (`onednn=False` after `runtime.keep_freed_memory()` with `ENGINE_ENVIRONMENT`, as
+  `paddle-qwen2 serve` runs it), `engine_onednn` (oneDNN for every run), `dygraph`
+  (`LLM.from_pretrained(folder, engine="dygraph")`), `hf` (transformers `generate`, sdpa) and `paddlenlp`
+  (paddlenlp 3.0.0b2's `Qwen2ForCausalLM.generate`, the checkpoint's weights). The engine also runs its bare
+  `llm.prefill` + `llm.decode` + argmax loop, and one decode step split into its parts (inputs, program run,
+  `.numpy()` of the logits, argmax).
 * prefill 1x512 and 4x256: the engine's `llm.prefill` (last-token logits and the cache) against an HF sdpa forward
   with `use_cache=True` (logits of every position); the exported `causal-lm` program on Paddle Inference besides.
   Target: the engine at <= 0.85x HF sdpa's time. The minor page faults of each run are counted too.
@@ -89,7 +90,7 @@ CHILDREN = {
 }
 LABELS = {
     "engine": "engine (Paddle Inference)",
-    "engine_serve": "the same after `keep_freed_memory()`, KMP_BLOCKTIME=0 (`paddle-qwen2 serve`)",
+    "engine_serve": "no oneDNN, after `keep_freed_memory()`, KMP_BLOCKTIME=0 (`paddle-qwen2 serve`)",
     "engine_onednn": "engine, oneDNN",
     "dygraph": "dygraph engine",
     "hf": "HF transformers (sdpa)",
@@ -393,7 +394,8 @@ def child_engine(name: str, workdir: Path, settings: dict) -> dict:
         llm = LLM.from_pretrained(checkpoint, engine="dygraph")
     else:
         # `engine`: as `LLM.from_pretrained` chooses by default; `engine_onednn`: oneDNN for every run
-        llm = LLM.from_pretrained(checkpoint, engine="inference", onednn=True if name == "engine_onednn" else None)
+        onednn = {"engine_onednn": True, "engine_serve": False}.get(name)  # `serve` runs prompts without oneDNN
+        llm = LLM.from_pretrained(checkpoint, engine="inference", onednn=onednn)
 
     def generate(n):
         return llm.generate([prompt], SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True))[0].token_ids

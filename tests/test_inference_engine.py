@@ -86,6 +86,18 @@ def test_decode_program_generates_as_transformers(decode_export, chat_checkpoint
     assert got == [trim_at_stop(t) for t in hf_generate(chat_checkpoint(variant), PROMPTS)]
 
 
+@pytest.mark.parametrize("onednn, prefill", [(None, "oneDNN on prefill"), (False, "prompts and batched steps")])
+def test_where_prompts_run(decode_export, onednn, prefill, monkeypatch):
+    """auto: prompts on a oneDNN predictor of their own, batched steps' matmuls on all threads; off (what `serve`
+    runs): one predictor of one thread (one copy of the weights) whose matmuls get all threads for prompts and
+    batched steps."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    llm = LLM.from_pretrained(decode_export("gqa"), onednn=onednn)
+    assert prefill in llm.describe() and "cpu 1 thread, oneDNN off" in llm.describe(), llm.describe()
+    assert (llm.step.prefill_lanes is llm.step.step_lanes) == (onednn is False)
+    assert llm.step.matmul_threads == 2
+
+
 @pytest.mark.paddle26
 def test_an_export_with_the_earlier_cache_layout_still_runs(chat_checkpoint, tmp_path, monkeypatch):
     """Exports written before the `[batch, kv_heads, past, head_dim]` cache have `[batch, past, kv_heads,

@@ -157,13 +157,15 @@ _FIRST_CACHE_LAYOUT = ("batch", "past", "kv_heads", "head_dim")  # of exports th
 
 
 class _PredictorStep:
-    """The exported decode program on Paddle Inference. On CPU with `onednn=None` it runs as two predictors of the
-    same files: one for prefills (oneDNN, all threads: 1.7x faster on 512-token prompts) and one for one-token
-    steps (no oneDNN, one thread: a step of one row reads every weight once, which one core does at the memory
-    bandwidth, and oneDNN's per-op overhead costs 3x). A step of several rows is a matrix product per weight that
-    one core computes slower than it reads: its matmuls get all threads (MKL's thread-local count; 8 rows of the
-    `small` config 9.7 -> 8.1 ms, one row stays on one). That holds the weights twice; `onednn=True` / `False`
-    runs one predictor as it is.
+    """The exported decode program on Paddle Inference. On CPU, one-token steps run without oneDNN on one thread (a
+    step of one row reads every weight once, which one core does at the memory bandwidth, and oneDNN's per-op
+    overhead costs 3x). A run of several rows or tokens is a matrix product per weight that one core computes slower
+    than it reads: its matmuls get all threads (MKL's thread-local count; 8 rows of the `small` config 9.7 -> 8.1
+    ms). Prompts: with `onednn=None` a second predictor of the same files runs them with oneDNN on all threads
+    (1.7x faster on 512-token prompts when OpenMP workers spin between regions), holding the weights twice; with
+    `onednn=False` the step predictor runs them too (faster where OpenMP workers sleep between regions, as in
+    `serve`'s engine process: a 60-token prompt 17 against 36 ms). `onednn=True`, or a `threads` count, runs one
+    predictor as it is.
 
     Steps alternate between two clones of the step predictor (shared weights, their own buffers): the cache a
     step returns stays in its clone's output buffers while the other clone runs the next step, so it is never
@@ -173,16 +175,16 @@ class _PredictorStep:
     def __init__(self, folder: Path, onednn: bool | None, threads: int | None):
         from .predictor import Predictor
 
-        step = Predictor(folder, onednn=onednn if onednn is not None else False,
-                         threads=threads or (1 if onednn is None else None))  # fmt: skip
+        widen = onednn is not True and threads is None  # one thread, matmuls on all of them where that pays
+        step = Predictor(folder, onednn=bool(onednn), threads=threads or (1 if widen else None))
         prefill = step
-        self.batch_matmul_threads = None
-        if onednn is None and step.device == "cpu":
-            if step.meta["paddle_inference"]["onednn"]:
+        self.matmul_threads = None
+        if widen and step.device == "cpu":
+            if onednn is None and step.meta["paddle_inference"]["onednn"]:
                 prefill = Predictor(folder, onednn=True)
             cores = int(os.environ.get("OMP_NUM_THREADS", "1"))
-            if threads is None and cores > 1 and step.can_widen_matmuls:
-                self.batch_matmul_threads = cores
+            if cores > 1 and step.can_widen_matmuls:
+                self.matmul_threads = cores
         self.step_lanes = [_Lane(step), _Lane(step.twin())]
         self.prefill_lanes = self.step_lanes if prefill is step else [_Lane(prefill)]
         self.predictor = step
@@ -191,8 +193,9 @@ class _PredictorStep:
         self.description = f"paddle.inference ({self._describe(prefill)}"
         if prefill is not step:
             self.description += f" prefill, {self._describe(step)} steps"
-        if self.batch_matmul_threads:
-            self.description += f", matmuls of batched steps on {self.batch_matmul_threads} threads"
+        if self.matmul_threads:
+            runs = "batched steps" if prefill is not step else "prompts and batched steps"
+            self.description += f", matmuls of {runs} on {self.matmul_threads} threads"
         self.description += ")"
 
     @staticmethod
@@ -210,7 +213,7 @@ class _PredictorStep:
         if lane is None:  # more live batches than lanes: free one that is not holding this run's own inputs
             lane = next((lane for lane in lanes if lane.owner() is not owner), lanes[0])
             lane.release()
-        threads = self.batch_matmul_threads if new == 1 and rows > 1 else None
+        threads = self.matmul_threads if lanes is self.step_lanes and rows * new > 1 else None
         logits, *cache = lane.predictor.run(inputs, threads)
         lane.owner, lane.cache = weakref.ref(owner), cache
         return logits, cache

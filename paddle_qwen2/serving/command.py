@@ -48,8 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="inference: Paddle Inference on the exported decode and embedding programs (a "
                    "checkpoint is exported once into the export cache); dygraph: the paddle models (default "
                    "inference)")  # fmt: skip
-    p.add_argument("--onednn", choices=("auto", "on", "off"), default="auto", help="oneDNN on CPU for --engine "
-                   "inference (default auto: as the export recommends)")  # fmt: skip
+    p.add_argument("--onednn", choices=("auto", "on", "off"), default="off", help="oneDNN on CPU for --engine "
+                   "inference (default off: the engine process's OpenMP workers sleep between parallel regions, "
+                   "where MKL runs prompts faster than oneDNN and one predictor holds the weights once; auto: "
+                   "prompts with oneDNN, as `generate` does)")  # fmt: skip
     p.add_argument("--max-batch-size", type=int, default=16, metavar="N", help="sequences decoded together (16)")
     p.add_argument("--max-queue-size", type=int, default=128, metavar="N", help="sequences waiting for a slot "
                    "before requests get 429 (128)")  # fmt: skip
@@ -152,7 +154,7 @@ def _serve(args: argparse.Namespace, state, sock: socket.socket) -> int:
     host, port = sock.getsockname()[:2]
     host = f"[{host}]" if ":" in host else host
     models = ", ".join(f"{name!r}" for name in state.model_names())
-    if state.llm is not None:  # what runs it, e.g. "paddle.inference (cpu 2 threads, oneDNN on prefill, ...)"
+    if state.llm is not None:  # what runs it, e.g. "paddle.inference (cpu 1 thread, oneDNN off, ...)"
         print(f"paddle-qwen2 serve: engine process: {state.llm.description}", flush=True)
     print(f"paddle-qwen2 serve: {models} on http://{host}:{port}", flush=True)
     in_main = threading.current_thread() is threading.main_thread()
