@@ -162,7 +162,7 @@ class _PredictorStep:
     overhead costs 3x). A run of several rows or tokens is a matrix product per weight that one core computes slower
     than it reads: its matmuls get all threads (MKL's thread-local count; 8 rows of the `small` config 9.7 -> 8.1
     ms). Prompts: with `onednn=None` a second predictor of the same files runs them with oneDNN on all threads
-    (1.7x faster on 512-token prompts when OpenMP workers spin between regions), holding the weights twice; with
+    (512 tokens: 167 against 187 ms when OpenMP workers spin between regions), holding the weights twice; with
     `onednn=False` the step predictor runs them too (faster where OpenMP workers sleep between regions, as in
     `serve`'s engine process: a 60-token prompt 17 against 36 ms). `onednn=True`, or a `threads` count, runs one
     predictor as it is.
