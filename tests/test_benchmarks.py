@@ -10,6 +10,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from conftest import assert_close
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 RESULTS = BENCH / "results"
@@ -159,8 +161,10 @@ def test_inference_verdicts_say_met_or_by_how_much(bench_inference):
         "prefill_1x512": {"engine": {"time_vs_hf_sdpa": 1.7, "best_time_vs_hf_sdpa": 1.4}},
         "prefill_4x256": {"engine": {"time_vs_hf_sdpa": 0.6, "best_time_vs_hf_sdpa": 0.5}},
     }
-    embed = {"embed_engine": {"speed_vs_sentence_transformers": 2.0, "best_texts_per_s": 130},
-             "embed_st": {"best_texts_per_s": 65}}  # fmt: skip
+    embed = {
+        "embed_engine": {"speed_vs_sentence_transformers": 2.0, "best_texts_per_s": 130},
+        "embed_st": {"best_texts_per_s": 65},
+    }
     notes = [t["note"] for t in bench_inference.verdicts(decode, prefill, embed)]
     assert notes == [
         "missed by 10 percentage points (best runs: 75%, met)",
@@ -170,15 +174,35 @@ def test_inference_verdicts_say_met_or_by_how_much(bench_inference):
     ]
 
 
-def test_inference_step_parts_time_the_engines_own_step(bench_inference, chat_checkpoint):
-    """bench_inference.py's split of one decode step drives the engine's step function as `LLM.decode` does (it
-    broke once when the step's signature changed, and only `make bench` ran it)."""
+def test_inference_step_parts_drive_the_engines_own_step(bench_inference, chat_checkpoint):
+    """bench_inference.py's split of one decode step drives the engine's step function as `LLM.decode` does
+    (otherwise only `make bench` would run it): its prefill and steps give the logits of `LLM.prefill` and greedy
+    `LLM.decode` steps; each part is a duration in ms."""
     from paddle_qwen2.inference import LLM
 
     llm = LLM.from_pretrained(chat_checkpoint("gqa"))
-    parts = bench_inference.engine_step_parts(llm, [17, 230, 1201, 9], 3)
+    prompt, steps = [17, 230, 1201, 9], 3
+    seen, step = [], llm.step
+
+    def recording_step(inputs, owner):
+        logits, cache = step(inputs, owner)
+        seen.append(np.array(logits.numpy()))
+        return logits, cache
+
+    llm.step = recording_step
+    parts = bench_inference.engine_step_parts(llm, prompt, steps)
+    llm.step = step
     assert set(parts) == {"inputs", "program_run", "logits_numpy", "argmax"}
-    assert all(ms > 0 for ms in parts.values()) and parts["program_run"] == max(parts.values())
+    assert all(isinstance(ms, float) and 0 <= ms < 60_000 for ms in parts.values()), parts
+
+    logits, batch = llm.prefill([prompt])
+    expected = [logits]
+    for _ in range(steps):
+        logits = llm.decode(batch, [int(logits[0].argmax())])
+        expected.append(logits)
+    assert len(seen) == 1 + steps
+    for i, (got, want) in enumerate(zip(seen, expected)):
+        assert_close(got, want, what=f"run {i} (0: the prefill)")
 
 
 @pytest.mark.slow
@@ -187,8 +211,12 @@ def test_serve_bench_quick_run(tmp_path):
     import subprocess
 
     out = tmp_path / "serve.json"
-    done = subprocess.run([sys.executable, str(BENCH / "bench_serve.py"), "--quick", "--workdir", str(tmp_path / "w"),
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench_serve.py"), "--quick", "--workdir", str(tmp_path / "w"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert {"1", "4"} <= set(result["levels"])
