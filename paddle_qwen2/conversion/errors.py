@@ -1,5 +1,11 @@
-"""The one exception of the converter."""
+"""The one exception of the converter (import-free, so the CLI can catch it cheaply)."""
+
+from __future__ import annotations
+
+from ..errors import PaddleQwen2Error
+
+__all__ = ["ConversionError"]
 
 
-class ConversionError(ValueError):
+class ConversionError(PaddleQwen2Error):
     """Bad input for a conversion; the message names the file / tensor and what was expected."""

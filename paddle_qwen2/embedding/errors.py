@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from ..errors import PaddleQwen2Error
+
 __all__ = ["EmbeddingError", "EmbedInputError"]
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(PaddleQwen2Error):
     """A sentence-transformers folder or an encode argument this package cannot use; the message names the file
     (and module, key or value) and what was expected."""
 
 
-class EmbedInputError(ValueError):
+class EmbedInputError(PaddleQwen2Error):
     """Bad input / output path or input data; the message names the file (and line) and reads after `error: `."""

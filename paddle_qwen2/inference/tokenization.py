@@ -19,13 +19,14 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from ..chat_template import CHATML_TEMPLATE, ENDOFTEXT, check_conversation, render_chat
+from ..errors import PaddleQwen2Error
 
 __all__ = ["ChatTokenizer", "TokenizerError"]
 
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(PaddleQwen2Error):
     """Tokenizer files that cannot be used; the message names the file."""
 
 

@@ -1,10 +1,12 @@
 """Fine-tune Qwen2 with paddlenlp's Trainer: chat SFT (full or LoRA), sequence classification, or a sentence-embedding
 model (InfoNCE, full or LoRA; `.embedding`).
 
-    from paddle_qwen2.training.finetune import main
-    summary = main(["--config", "configs/finetune_sft.json", "--max-steps", "50"])
+    from paddle_qwen2.training.finetune import run
+    from paddle_qwen2.training.options import FinetuneOptions
+    summary = run(FinetuneOptions(model="examples/model", train_file="chats.jsonl", max_steps=50))
 
-The same as `paddle-qwen2 finetune ...` (options: `paddle_qwen2.training.options`). `--model` is a Paddle checkpoint
+What `paddle-qwen2 finetune ...` runs (`paddle_qwen2.cli.finetune` turns the command line and its `--config` JSON into
+the `FinetuneOptions`; `paddle_qwen2.cli.finetune.main(argv)` does it from Python). `--model` is a Paddle checkpoint
 folder or an HF one (converted into OUTPUT/base-paddle first); for `--task embedding` also a sentence-transformers
 folder (a plain Qwen2 folder gets `--pooling`, default last-token, and a Normalize).
 
@@ -22,7 +24,6 @@ Writes into `--output-dir` (OUTPUT):
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -56,7 +57,7 @@ from .embedding import (
     resolve_prompts,
 )
 from .lora import apply_lora, merge_lora
-from .options import parse_args
+from .options import FinetuneOptions
 from .saving import save_final
 
 __all__ = [
@@ -65,8 +66,6 @@ __all__ = [
     "count_parameters",
     "ensure_paddle_checkpoint",
     "load_model",
-    "main",
-    "parse_args",
     "run",
     "training_arguments",
 ]
@@ -74,20 +73,17 @@ __all__ = [
 PDPARAMS_INDEX = "model_state.pdparams.index.json"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Parse `argv` (see `options.parse_args`) and `run` the fine-tuning job; returns its summary."""
-    return run(parse_args(argv))
-
-
-def run(args: argparse.Namespace) -> dict:
-    """Run a fine-tuning job; returns its summary (also written to OUTPUT/summary.json)."""
+def run(options: FinetuneOptions) -> dict:
+    """Run a fine-tuning job; returns its summary (also written to OUTPUT/summary.json). `options` is checked first
+    (`FinetuneOptions.check`: OptionsError naming the option)."""
+    options.check()
     # Parameter and optimizer-state names come from Paddle's global name counters; a fresh counter makes them
     # the same as in a new process, so a checkpoint resumes even after other models were built in this one.
     with paddle.utils.unique_name.guard():
-        return _run(args)
+        return _run(options)
 
 
-def _run(args: argparse.Namespace) -> dict:
+def _run(args: FinetuneOptions) -> dict:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.task == "embedding":
@@ -120,7 +116,7 @@ def _run(args: argparse.Namespace) -> dict:
     return summary
 
 
-def _run_embedding(args: argparse.Namespace, output_dir: Path) -> dict:
+def _run_embedding(args: FinetuneOptions, output_dir: Path) -> dict:
     """`--task embedding`: InfoNCE training of an `EmbeddingModel`; OUTPUT/final is a sentence-transformers folder.
     With `--eval-file`, held-out retrieval metrics before and after training go into the summary."""
     examples = load_retrieval_examples(args.train_file)
@@ -158,7 +154,7 @@ def _run_embedding(args: argparse.Namespace, output_dir: Path) -> dict:
     return summary
 
 
-def _embedding_lora(args: argparse.Namespace, embedder):
+def _embedding_lora(args: FinetuneOptions, embedder):
     """With `--lora`: adapters on the Qwen2 Linear layers named by `--lora-targets` (returns the LoRAModel), all
     else (Dense modules included) frozen; else None."""
     if not args.lora:
@@ -195,7 +191,7 @@ def _retrieval(embedder, pairs, prompts: tuple[str, str], batch_size: int, when:
     return metrics
 
 
-def _resume_checkpoint(args: argparse.Namespace, output_dir: Path) -> Path | None:
+def _resume_checkpoint(args: FinetuneOptions, output_dir: Path) -> Path | None:
     """The checkpoint `--resume` names: the newest complete one (`--resume`), PATH (`--resume PATH`) or none."""
     if args.resume == "last":
         resume = last_complete_checkpoint(output_dir / "checkpoints")
@@ -209,7 +205,7 @@ def _resume_checkpoint(args: argparse.Namespace, output_dir: Path) -> Path | Non
     return None
 
 
-def _train(trainer: Trainer, args: argparse.Namespace, resume: Path | None, params: dict[str, int]) -> dict:
+def _train(trainer: Trainer, args: FinetuneOptions, resume: Path | None, params: dict[str, int]) -> dict:
     """Train (and evaluate when there is eval data); the summary of the run."""
     start = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -226,7 +222,7 @@ def _train(trainer: Trainer, args: argparse.Namespace, resume: Path | None, para
     return summary
 
 
-def _save(args: argparse.Namespace, model, output_dir: Path, model_dir: Path, tokenizer) -> dict[str, str]:
+def _save(args: FinetuneOptions, model, output_dir: Path, model_dir: Path, tokenizer) -> dict[str, str]:
     """OUTPUT/final (LoRA merged in), OUTPUT/lora-adapter (`--lora`) and the HF copy (`--export-hf`)."""
     final_dir = output_dir / "final"
     export_model = merge_lora(model) if args.lora else model
@@ -258,7 +254,7 @@ def ensure_paddle_checkpoint(model_dir: Path, work_dir: Path) -> Path:
     return model_dir
 
 
-def build_datasets(args: argparse.Namespace, tokenizer) -> tuple[object, object | None, object]:
+def build_datasets(args: FinetuneOptions, tokenizer) -> tuple[object, object | None, object]:
     """(train dataset, eval dataset or None, collator) for `args.task`; prints what was loaded."""
     if args.task == "sft":
         train, stats = build_sft_dataset(tokenizer, args.train_file, args.max_length, packing=args.packing)
@@ -278,7 +274,7 @@ def build_datasets(args: argparse.Namespace, tokenizer) -> tuple[object, object 
     return train, evaluation, DataCollatorForClassification(tokenizer.pad_token_id)
 
 
-def load_model(args: argparse.Namespace, model_dir: Path, tokenizer):
+def load_model(args: FinetuneOptions, model_dir: Path, tokenizer):
     """The float32 model of `args.task` (a seq_cls head is initialised from `--seed`), without the KV cache."""
     if args.task == "sft":
         model = Qwen2ForCausalLM.from_pretrained(str(model_dir), dtype="float32")
@@ -293,7 +289,7 @@ def load_model(args: argparse.Namespace, model_dir: Path, tokenizer):
     return model
 
 
-def training_arguments(args: argparse.Namespace, output_dir: Path, has_eval: bool) -> TrainingArguments:
+def training_arguments(args: FinetuneOptions, output_dir: Path, has_eval: bool) -> TrainingArguments:
     """paddlenlp `TrainingArguments` from the options; checkpoints go to OUTPUT/checkpoints."""
     eval_strategy = "steps" if (has_eval and args.eval_steps) else "no"
     return TrainingArguments(

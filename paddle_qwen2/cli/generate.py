@@ -13,8 +13,9 @@ import argparse
 import sys
 import time
 
-__all__ = ["DESCRIPTION", "add_arguments", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
+HELP = "stream a model's answer to a prompt"
 DESCRIPTION = (
     "Generate text for one prompt and stream it to stdout, with the exported decode program on Paddle Inference "
     "(--engine inference, default; a checkpoint is exported once into the export cache) or the dygraph model. "
@@ -42,11 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, own_process: bool = False) -> int:
-    """Generate and stream; raises `EngineError` / ValueError on bad input (the CLI prints `error: ...`, exit 1).
+    """Generate and stream; raises `EngineError` on bad input (the CLI prints `error: ...`, exit 1).
     `own_process`: the command owns the process, so it may keep freed memory mapped (`runtime.keep_freed_memory`:
     prompts then run without page faults)."""
+    from ..inference.engine import LLM, EngineError
     from ..runtime import configure_cpu_threads, keep_freed_memory
-    from .engine import LLM, EngineError
 
     configure_cpu_threads()
     if own_process:
@@ -58,9 +59,15 @@ def run(args: argparse.Namespace, own_process: bool = False) -> int:
         args.model, engine=args.engine, onednn={"auto": None, "on": True, "off": False}[args.onednn]
     )
     try:
-        params = llm.sampling_params(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                     top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
-                                     seed=args.seed, stop=args.stop)  # fmt: skip
+        params = llm.sampling_params(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            repetition_penalty=args.repetition_penalty,
+            seed=args.seed,
+            stop=args.stop,
+        )
     except ValueError as exc:
         raise EngineError(str(exc)) from None
     if args.chat:
@@ -74,9 +81,12 @@ def run(args: argparse.Namespace, own_process: bool = False) -> int:
     sys.stdout.write("\n")
     sys.stdout.flush()
     if not args.quiet:
-        print(f"[{llm.describe()}] {len(ids)} prompt tokens, {out.completion_tokens} generated in {seconds:.2f} s "
-              f"({out.completion_tokens / max(seconds, 1e-9):.1f} tokens/s), finish_reason {out.finish_reason}",
-              file=sys.stderr)  # fmt: skip
+        rate = out.completion_tokens / max(seconds, 1e-9)
+        print(
+            f"[{llm.describe()}] {len(ids)} prompt tokens, {out.completion_tokens} generated in {seconds:.2f} s "
+            f"({rate:.1f} tokens/s), finish_reason {out.finish_reason}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -7,7 +7,8 @@
 The port is bound and the folders are checked before any model loads, so a port in use or a missing folder is
 one `error: ...` line and exit code 1 at once. uvicorn owns SIGTERM / SIGINT while it serves: the listening
 socket closes, requests already running finish (at most `--grace-period` seconds), the scheduler stops, and the
-command returns 0. Nothing here imports fastapi, uvicorn or paddle until `run` (the CLI builds its parser from it).
+command returns 0. Nothing here imports fastapi, uvicorn or paddle until `run` (the CLI builds its parser from it);
+the server itself is `paddle_qwen2.serving`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ import sys
 import threading
 from pathlib import Path
 
-__all__ = ["DESCRIPTION", "add_arguments", "run", "ServeError"]
+from .errors import ServeError
 
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
+
+HELP = "an OpenAI-compatible HTTP server (continuous batching)"
 DESCRIPTION = (
     "Serve a causal LM (--model: a Qwen2 checkpoint or a decode export folder) and/or a sentence-embedding model "
     "(--embedding-model: a sentence-transformers folder) over an OpenAI-compatible HTTP API: /v1/chat/completions, "
@@ -31,43 +35,62 @@ DESCRIPTION = (
 )
 
 
-class ServeError(ValueError):
-    """Bad `serve` input (a folder, the address); printed as one `error: ...` line, exit code 1."""
-
-
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The `serve` options on `p`; returns `p`."""
     p.add_argument("--model", metavar="DIR", help="causal LM: Qwen2 checkpoint (HF or Paddle) or decode export")
     p.add_argument("--embedding-model", metavar="DIR", help="sentence-transformers (or Qwen2 embedding) folder")
     p.add_argument("--served-model-name", metavar="NAME", help="the API name of --model (default: its folder's name)")
-    p.add_argument("--embedding-model-name", metavar="NAME", help="the API name of --embedding-model (default: "
-                   "its folder's name)")  # fmt: skip
+    p.add_argument(
+        "--embedding-model-name", metavar="NAME", help="the API name of --embedding-model (default: its folder's name)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
-    p.add_argument("--engine", choices=("inference", "dygraph"), default="inference",
-                   help="inference: Paddle Inference on the exported decode and embedding programs (a "
-                   "checkpoint is exported once into the export cache); dygraph: the paddle models (default "
-                   "inference)")  # fmt: skip
-    p.add_argument("--onednn", choices=("auto", "on", "off"), default="off", help="oneDNN on CPU for --engine "
-                   "inference (default off: the engine process's OpenMP workers sleep between parallel regions, "
-                   "where MKL runs prompts faster than oneDNN and one predictor holds the weights once; auto: "
-                   "prompts with oneDNN, as `generate` does)")  # fmt: skip
+    p.add_argument(
+        "--engine",
+        choices=("inference", "dygraph"),
+        default="inference",
+        help="inference: Paddle Inference on the exported decode and embedding programs (a checkpoint is exported "
+        "once into the export cache); dygraph: the paddle models (default inference)",
+    )
+    p.add_argument(
+        "--onednn",
+        choices=("auto", "on", "off"),
+        default="off",
+        help="oneDNN on CPU for --engine inference (default off: the engine process's OpenMP workers sleep between "
+        "parallel regions, where MKL runs prompts faster than oneDNN and one predictor holds the weights once; "
+        "auto: prompts with oneDNN, as `generate` does)",
+    )
     p.add_argument("--max-batch-size", type=int, default=16, metavar="N", help="sequences decoded together (16)")
-    p.add_argument("--max-queue-size", type=int, default=128, metavar="N", help="sequences waiting for a slot "
-                   "before requests get 429 (128)")  # fmt: skip
-    p.add_argument("--max-model-len", type=int, metavar="N", help="context limit, prompt + completion (default: the "
-                   "model's max_position_embeddings)")  # fmt: skip
+    p.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=128,
+        metavar="N",
+        help="sequences waiting for a slot before requests get 429 (128)",
+    )
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        metavar="N",
+        help="context limit, prompt + completion (default: the model's max_position_embeddings)",
+    )
     p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1/*")
-    p.add_argument("--grace-period", type=float, default=30.0, metavar="S", help="on SIGTERM, seconds running "
-                   "requests get to finish (30)")  # fmt: skip
+    p.add_argument(
+        "--grace-period",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, seconds running requests get to finish (30)",
+    )
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--debug-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow decoding
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    """Check, bind, load, serve until SIGTERM / SIGINT. Returns 0, or 1 after one `error: ...` line."""
+def run(args: argparse.Namespace, own_process: bool = False) -> int:
+    """Check, bind, load, serve until SIGTERM / SIGINT. Returns 0, or 1 after one `error: ...` line. (`own_process`:
+    the subcommands' shared signature; the engine runs in a process of its own anyway.)"""
     try:
         _check_args(args)
         sock = _bind(args.host, args.port)
@@ -102,8 +125,9 @@ def _check_args(args: argparse.Namespace) -> None:
 def _bind(host: str, port: int) -> socket.socket:
     """A bound (not yet listening) TCP socket; ServeError naming the address when that fails."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]  # fmt: skip
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
         raise ServeError(f"cannot listen on {host}:{port}: {exc}") from None
@@ -121,14 +145,21 @@ def _load(args: argparse.Namespace):
     from ..runtime import configure_cpu_threads
 
     configure_cpu_threads()  # before the engine process starts: it inherits the environment
-    from .app import ServerState
-    from .engine_process import EngineProcess, EngineSpec
-    from .metrics import ServerMetrics
+    from ..serving import ServerMetrics, ServerState
+    from ..serving.engine_process import EngineProcess, EngineSpec
 
     onednn = {"auto": None, "on": True, "off": False}[args.onednn]
     name = args.served_model_name or (Path(args.model).resolve().name if args.model else None)
-    spec = EngineSpec(args.model, args.engine, onednn, args.max_model_len, name, args.embedding_model,
-                      args.max_batch_size, args.debug_step_delay)  # fmt: skip
+    spec = EngineSpec(
+        args.model,
+        args.engine,
+        onednn,
+        args.max_model_len,
+        name,
+        args.embedding_model,
+        args.max_batch_size,
+        args.debug_step_delay,
+    )
     metrics = ServerMetrics()
     engine = EngineProcess(spec, args.max_queue_size, metrics)
     llm, embedder = engine.start()
@@ -143,11 +174,18 @@ def _ignore_signal(signum, frame) -> None:
 def _serve(args: argparse.Namespace, state, sock: socket.socket) -> int:
     import uvicorn
 
-    from .app import create_app
+    from ..serving import create_app
 
-    config = uvicorn.Config(create_app(state), http="h11", ws="none", lifespan="on", loop="asyncio",
-                            log_level=args.log_level, access_log=args.access_log,
-                            timeout_graceful_shutdown=args.grace_period)  # fmt: skip
+    config = uvicorn.Config(
+        create_app(state),
+        http="h11",
+        ws="none",
+        lifespan="on",
+        loop="asyncio",
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=args.grace_period,
+    )
     server = uvicorn.Server(config)
     state.accepting = lambda: not server.should_exit
     _configure_logging(args.log_level)

@@ -4,7 +4,7 @@
 
 Paths and the input file are checked before the model loads; the output is written to a temporary file beside
 it and renamed at the end, so a failed or interrupted run leaves no output file. No paddle import until the
-model loads (nor numpy until the command runs: `paddle-qwen2 convert` builds the same parser).
+model loads (nor numpy until the command runs: every subcommand builds the same parser).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import time
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
+HELP = "sentence embeddings of a text file"
 DESCRIPTION = (
     "Embed every text of a file with a sentence-transformers folder (its pooling, Dense, Normalize and prompts; "
     "Qwen2 weights in HF or Paddle layout) or a plain Qwen2 folder (--pooling). Input .txt, .jsonl or .parquet; "
@@ -35,9 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--text-field", default="text", metavar="NAME", help="JSONL field / parquet column (text)")
     p.add_argument("--no-normalize", action="store_true", help="skip the model's Normalize module")
     p.add_argument("--pooling", metavar="MODE", help="last | mean | cls | max | ...; required for a plain Qwen2 folder")
-    p.add_argument("--engine", choices=("dygraph", "inference"), default="dygraph",
-                   help="dygraph (default) or inference: the exported program on Paddle Inference (a folder is "
-                   "exported once into the export cache)")  # fmt: skip
+    p.add_argument(
+        "--engine",
+        choices=("dygraph", "inference"),
+        default="dygraph",
+        help="dygraph (default) or inference: the exported program on Paddle Inference (a folder is exported once "
+        "into the export cache)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     return p
 
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace, own_process: bool = False) -> int:
     `EmbeddingError` on bad input (the CLI prints them as `error: ...`, exit 1). `own_process`: the command owns
     the process (run from the command line), so it may set process-wide malloc behaviour
     (`runtime.keep_freed_memory`); a call from Python leaves the caller's process as it is."""
-    from .io import check_input_path, check_output_path, read_texts, write_embeddings
+    from ..embedding.io import check_input_path, check_output_path, read_texts, write_embeddings
 
     check_input_path(args.input)
     check_output_path(args.output)
@@ -73,19 +78,20 @@ def run(args: argparse.Namespace, own_process: bool = False) -> int:
     write_embeddings(args.output, records, embeddings, args.text_field)
     if not args.quiet:
         n, dim = embeddings.shape
-        print(f"embedded {n} texts, dim {dim}, in {seconds:.1f} s ({n / max(seconds, 1e-9):.1f} texts/s) -> "
-              f"{args.output}")  # fmt: skip
+        rate = n / max(seconds, 1e-9)
+        print(f"embedded {n} texts, dim {dim}, in {seconds:.1f} s ({rate:.1f} texts/s) -> {args.output}")
     return 0
 
 
 def _load(args: argparse.Namespace):
     """The dygraph `EmbeddingModel`, or the exported program (`--engine inference`), as the options say."""
     if args.engine == "dygraph":
-        from .model import EmbeddingModel
+        from ..embedding.model import EmbeddingModel
 
-        return EmbeddingModel.from_pretrained(args.model, pooling=args.pooling, max_length=args.max_length,
-                                              normalize=not args.no_normalize)  # fmt: skip
-    from .errors import EmbeddingError
+        return EmbeddingModel.from_pretrained(
+            args.model, pooling=args.pooling, max_length=args.max_length, normalize=not args.no_normalize
+        )
+    from ..embedding.errors import EmbeddingError
 
     fixed = [flag for flag, value in (("--pooling", args.pooling), ("--max-length", args.max_length)) if value]
     if fixed:
