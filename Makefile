@@ -8,7 +8,7 @@ VENV26 ?= .venv26
 OMP_NUM_THREADS ?= 2
 export OMP_NUM_THREADS
 
-.PHONY: all venv venv26 lint format test test-paddle26 demo bench clean distclean
+.PHONY: all venv venv26 lint format test test-paddle26 demo bench clean distclean docs
 
 all: test
 
@@ -17,10 +17,11 @@ venv26: $(VENV26)/.installed
 
 # Main venv (paddlepaddle 3.3.1). requirements-test.txt is installed second on
 # purpose: it overrides huggingface_hub for transformers (see the file's header).
-$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml setup.py paddle_qwen2/conversion/_transpose.c
+$(VENV)/.installed: requirements.txt requirements-test.txt requirements-docs.txt pyproject.toml setup.py paddle_qwen2/conversion/_transpose.c
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -r requirements.txt
 	$(VENV)/bin/python -m pip install -r requirements-test.txt
+	$(VENV)/bin/python -m pip install -r requirements-docs.txt
 	$(VENV)/bin/python -m pip install -e . --no-deps
 	touch $@
 
@@ -43,8 +44,13 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff format .
 
 test: lint
+	$(MAKE) docs
 	$(VENV)/bin/python -m pytest -q tests
 	$(MAKE) test-paddle26
+
+# The docs site (mkdocs.yml, docs/): a strict build fails on any warning (broken link, missing page, hook error).
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 test-paddle26: $(VENV26)/.installed
 	$(VENV26)/bin/python -m pytest -q -m paddle26 tests
