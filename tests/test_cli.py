@@ -135,7 +135,7 @@ BAD_INPUT = [
     (
         {"bad.jsonl": '{"prompt": "a", "response": "b"}\n{oops\n'},
         ["--train-file", "{tmp}/bad.jsonl"],
-        "{tmp}/bad.jsonl:2: malformed JSON",
+        "{tmp}/bad.jsonl:2: not valid JSON",
     ),
     (
         {"bad.jsonl": '{"prompt": "a", "response": "b"}\n{"prompt": 3, "response": "b"}\n'},
@@ -175,7 +175,7 @@ def test_script_reports_bad_input_in_one_line(tmp_path):
     command = [sys.executable, "-m", "paddle_qwen2", "finetune", "--model", MODEL, "--train-file", bad]
     result = run(*command, "--output-dir", tmp_path / "out")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:2: malformed JSON")
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:2: not valid JSON")
     assert "Traceback" not in result.stderr
 
 

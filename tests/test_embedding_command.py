@@ -89,7 +89,7 @@ def _no_field(path):
 
 BAD_INPUTS = [
     # (what, input writer, extra args / replacements, expected stderr regex)
-    ("malformed JSONL", _bad_jsonl, {}, r"error: \S+in\.jsonl:2: invalid JSON"),
+    ("malformed JSONL", _bad_jsonl, {}, r"error: \S+in\.jsonl:2: not valid JSON"),
     ("missing text field", _no_field, {}, r'error: \S+in\.jsonl:3: no "text" field \(keys: body\)'),
     ("missing input", None, {}, r"error: \S+in\.jsonl: no such file"),
     ("missing model folder", write_input, {"--model": "no-such-model"}, r"error: no-such-model: no such model folder"),

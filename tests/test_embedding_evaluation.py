@@ -118,13 +118,13 @@ GOOD = '{"query": "q", "pos": "p"}'
 
 # (file content, line named in the error, message)
 BAD_FILES = {
-    "invalid json": (GOOD + "\n" + '{"query": "q", "pos": }\n', 2, "not valid JSON"),
+    "invalid json": (GOOD + "\n" + '{"query": "q", "pos": }\n', 2, "not valid JSON (Expecting value at column 23)"),
     "not an object": (GOOD + "\n" + '["q", "p"]\n', 2, "expected a JSON object"),
     "missing pos": ('{"query": "q"}\n', 1, "missing key 'pos'"),
     "missing query": ("\n" + GOOD + "\n" + '{"pos": "p"}\n', 3, "missing key 'query'"),
     "pos not a string": ('{"query": "q", "pos": ["p"]}\n', 1, "'pos' must be a string, got list"),
     "empty query": (GOOD + "\n" + '{"query": "  ", "pos": "p"}\n', 2, "'query' is empty"),
-    "not utf-8": (GOOD.encode() + b'\n{"query": "\xff", "pos": "p"}\n', 2, "not UTF-8"),
+    "not utf-8": (GOOD.encode() + b'\n{"query": "\xff"}\n', 2, "not valid UTF-8 (invalid start byte at byte 12)"),
 }
 
 

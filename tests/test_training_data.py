@@ -9,6 +9,7 @@ import pytest
 pytestmark = pytest.mark.paddle26
 
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM
+from paddle_qwen2.jsonl import JSONLError
 from paddle_qwen2.tokenizer import load_tokenizer, save_qwen2_tokenizer, train_qwen2_bpe
 from paddle_qwen2.training.data import (
     IGNORE_INDEX,
@@ -102,16 +103,31 @@ def test_collator_pads_with_pad_id_and_masks_labels(tok):
     assert padded["input_ids"].shape[1] % 64 == 0
 
 
-def test_malformed_line_names_its_number(tok, tmp_path):
-    path = write_jsonl(tmp_path / "bad.jsonl", [{"messages": CHAT[:2]}, "", '{"messages": [oops]}'])
-    with pytest.raises(DataError, match=r"bad\.jsonl:3: malformed JSON"):
+# (lines of bad.jsonl, the error type, the message after "bad.jsonl:")
+BAD_SFT_FILES = [
+    (
+        [{"messages": CHAT[:2]}, "", '{"messages": [oops]}'],
+        JSONLError,
+        r"3: not valid JSON \(Expecting value at column 15\)",
+    ),
+    (
+        [{"messages": CHAT[:2]}, {"question": "x"}],
+        DataError,
+        r"2: expected a 'messages' list or 'prompt' and 'response'",
+    ),
+    ([{"messages": [{"role": "user", "content": 3}]}], DataError, r"1: messages\[0\] must be an object"),
+    (["[1, 2]"], DataError, r"1: expected a JSON object, got list"),
+    ([{"prompt": 3, "response": "b"}], DataError, r"1: 'prompt' must be a string"),
+]
+
+
+@pytest.mark.parametrize("lines, error, message", BAD_SFT_FILES)
+def test_malformed_line_names_its_number(tok, tmp_path, lines, error, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(error, match=r"bad\.jsonl:" + message):
+        load_chats(path)
+    with pytest.raises(error, match=r"bad\.jsonl:" + message):
         build_sft_dataset(tok, path, max_length=64)
-    path = write_jsonl(tmp_path / "keys.jsonl", [{"messages": CHAT[:2]}, {"question": "x"}])
-    with pytest.raises(DataError, match=r"keys\.jsonl:2: expected a 'messages' list or 'prompt' and 'response'"):
-        load_chats(path)
-    path = write_jsonl(tmp_path / "role.jsonl", [{"messages": [{"role": "user", "content": 3}]}])
-    with pytest.raises(DataError, match=r"role\.jsonl:1: messages\[0\]"):
-        load_chats(path)
 
 
 def test_chat_without_assistant_is_skipped_and_counted(tok, tmp_path):

@@ -11,11 +11,12 @@ an encoder that maps everything to the same vector scores recall@1 = 0 (with mor
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
 import numpy as np
+
+from ..jsonl import JSONLError, read_jsonl
 
 __all__ = ["load_retrieval_pairs", "retrieval_metrics"]
 
@@ -81,42 +82,32 @@ def load_retrieval_pairs(path: str | os.PathLike) -> tuple[list[str], list[str],
     """(queries, passages, relevant) from a JSONL file of {"query": str, "pos": str} rows.
 
     passages are the distinct `pos` strings in first-seen order; relevant[i] is the index of query i's `pos` in
-    them. Blank lines are skipped; any other malformed line raises ValueError naming FILE:LINE.
+    them. Blank lines are skipped; a missing file, a line that is not valid JSON or a row without non-empty string
+    `query` and `pos` raises `JSONLError` naming FILE:LINE; so does a file with no rows.
     """
     path = os.fspath(path)
     queries: list[str] = []
     passages: list[str] = []
     index: dict[str, int] = {}
     relevant: list[int] = []
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object with 'query' and 'pos', got {type(row).__name__}")
-            for key in ("query", "pos"):
-                if key not in row:
-                    raise ValueError(f"{where}: missing key {key!r} (a row needs 'query' and 'pos')")
-                value = row[key]
-                if not isinstance(value, str):
-                    raise ValueError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
-                if not value.strip():
-                    raise ValueError(f"{where}: {key!r} is empty")
-            pos = row["pos"]
-            if pos not in index:
-                index[pos] = len(passages)
-                passages.append(pos)
-            queries.append(row["query"])
-            relevant.append(index[pos])
+    for number, row in read_jsonl(path):
+        where = f"{path}:{number}"
+        if not isinstance(row, dict):
+            raise JSONLError(f"{where}: expected a JSON object with 'query' and 'pos', got {type(row).__name__}")
+        for key in ("query", "pos"):
+            if key not in row:
+                raise JSONLError(f"{where}: missing key {key!r} (a row needs 'query' and 'pos')")
+            value = row[key]
+            if not isinstance(value, str):
+                raise JSONLError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
+            if not value.strip():
+                raise JSONLError(f"{where}: {key!r} is empty")
+        pos = row["pos"]
+        if pos not in index:
+            index[pos] = len(passages)
+            passages.append(pos)
+        queries.append(row["query"])
+        relevant.append(index[pos])
     if not queries:
-        raise ValueError(f"{path}: no retrieval pairs (the file is empty)")
+        raise JSONLError(f"{path}: no retrieval pairs (the file is empty)")
     return queries, passages, relevant

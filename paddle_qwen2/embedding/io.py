@@ -15,8 +15,9 @@ Outputs (`n` texts, embeddings of width `dim`):
 An `embedding` key / column already in the input is replaced.
 
 Every output is written to a temp file beside it (`.{name}.tmp-XXXXXXXX`) and renamed into place when complete; a
-failure (or Ctrl-C) leaves neither. Bad input raises `EmbedInputError`, whose message names the file (and line) and
-is ready to print after `error: `. No paddle here: numpy, json and pyarrow only.
+failure (or Ctrl-C) leaves neither. Bad input raises `EmbedInputError` (a line that is not UTF-8 or not valid JSON:
+`paddle_qwen2.jsonl.JSONLError`), whose message names the file (and line) and is ready to print after `error: `.
+No paddle here: numpy, json and pyarrow only.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..jsonl import read_jsonl, read_lines, where
 from .errors import EmbedInputError
 
 __all__ = [
@@ -148,26 +150,10 @@ def read_texts(path: PathLike, text_field: str = "text") -> Records:
     path = check_input_path(path)
     suffix = _suffix(path)
     if suffix == ".txt":
-        return Records(texts=[line for _, line in _read_lines(path)])
+        return Records(texts=[line for _, line in read_lines(path)])
     if suffix == ".jsonl":
         return _read_jsonl(path, text_field)
     return _read_parquet(path, text_field)
-
-
-def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """`(line_number, line)` of every line (1-based) without its `\\n` / `\\r\\n`; a leading UTF-8 BOM is dropped
-    and the final newline does not make an extra empty line. Lines that are not UTF-8 raise `EmbedInputError`."""
-    data = path.read_bytes()
-    data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
-    lines = data.split(b"\n")
-    if lines[-1] == b"":  # the file ends with a newline (or is empty)
-        lines.pop()
-    for lineno, raw in enumerate(lines, start=1):
-        raw = raw[:-1] if raw.endswith(b"\r") else raw
-        try:
-            yield lineno, raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise EmbedInputError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start + 1})") from None
 
 
 def _json_type(value: Any) -> str:
@@ -176,14 +162,8 @@ def _json_type(value: Any) -> str:
 
 def _read_jsonl(path: Path, text_field: str) -> Records:
     texts, rows = [], []
-    for lineno, line in _read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EmbedInputError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-        row = _jsonl_row(value, text_field, f"{path}:{lineno}")
+    for lineno, value in read_jsonl(path):
+        row = _jsonl_row(value, text_field, where(path, lineno))
         texts.append(row[text_field])
         rows.append(row)
     return Records(texts=texts, rows=rows)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from paddlenlp.trainer import TrainerCallback
 
+from ..jsonl import read_jsonl
+
 __all__ = ["COMPLETE_MARKER", "CheckpointMarker", "JsonlLogger", "last_complete_checkpoint", "read_log"]
 
 COMPLETE_MARKER = "checkpoint_complete.json"
@@ -49,14 +51,13 @@ def _echo(record: dict) -> None:
 
 
 def read_log(path: Path) -> dict[int, dict]:
-    """`step -> last record` of a `train_log.jsonl` (a resumed run overwrites the steps it repeats)."""
+    """`step -> last record` of a `train_log.jsonl` (a resumed run overwrites the steps it repeats); {} without the
+    file, `JSONLError` naming the line for one that is not JSON."""
     records: dict[int, dict] = {}
     if Path(path).is_file():
-        for line in Path(path).read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if "loss" in record:
-                    records[record["step"]] = record
+        for _, record in read_jsonl(path):
+            if "loss" in record:
+                records[record["step"]] = record
     return records
 
 

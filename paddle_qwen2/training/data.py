@@ -19,9 +19,8 @@ integers in `[0, num_labels)`.
 from __future__ import annotations
 
 import csv
-import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ from typing import Any
 import numpy as np
 import paddle
 
+from ..errors import PaddleQwen2Error
+from ..jsonl import read_jsonl
 from ..tokenizer import IM_END, render_chat
 
 __all__ = [
@@ -52,7 +53,7 @@ __all__ = [
 IGNORE_INDEX = -100
 
 
-class DataError(ValueError):
+class DataError(PaddleQwen2Error):
     """Bad input data; the message names the file and line."""
 
 
@@ -72,21 +73,6 @@ class DataStats:
 # ------------------------------------------------------------------------------------------------------------------
 # Reading
 # ------------------------------------------------------------------------------------------------------------------
-
-
-def read_jsonl(path) -> Iterator[tuple[int, Any]]:
-    """Yield `(line_number, object)` for every non-blank line (1-based); a malformed line raises `DataError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
 
 
 def record_to_messages(record: Any, where: str) -> list[dict[str, str]]:
