@@ -135,8 +135,9 @@ class HFReference:
         self._answers: dict[tuple, tuple[list[int], int]] = {}
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
-        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                       return_dict=False))  # fmt: skip
+        return list(
+            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        )
 
     def text_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -152,9 +153,14 @@ class HFReference:
             n = max(max_new_tokens, self.MIN_RUN)
             prompt = torch.tensor([prompt_ids])
             with torch.no_grad():
-                out = self.model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                          max_new_tokens=n, eos_token_id=self.eos + list(extra_eos),
-                                          pad_token_id=self.eos[0])  # fmt: skip
+                out = self.model.generate(
+                    prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    do_sample=False,
+                    max_new_tokens=n,
+                    eos_token_id=self.eos + list(extra_eos),
+                    pad_token_id=self.eos[0],
+                )
             ids = out[0, len(prompt_ids) :].tolist()
             self._answers[key] = (ids, n)
         return ids[:max_new_tokens]

@@ -52,8 +52,9 @@ def test_chat_greedy_answer_is_transformers_generate(client, hf_chat_reference, 
     hf = hf_chat_reference
     prompt = hf.chat_ids(messages)
     expected = hf.generate(prompt, max_tokens)
-    out = client.chat.completions.create(model="chat", messages=messages, max_tokens=max_tokens, temperature=0,
-                                         extra_body={"return_token_ids": True})  # fmt: skip
+    out = client.chat.completions.create(
+        model="chat", messages=messages, max_tokens=max_tokens, temperature=0, extra_body={"return_token_ids": True}
+    )
     assert out.object == "chat.completion" and out.model == "chat"
     assert _extra(out, "prompt_token_ids") == prompt
     choice = out.choices[0]
@@ -67,8 +68,9 @@ def test_chat_greedy_answer_is_transformers_generate(client, hf_chat_reference, 
 
 def test_chat_max_completion_tokens_wins_over_max_tokens(client, hf_chat_reference):
     messages = CONVERSATIONS["user"]
-    out = client.chat.completions.create(model="chat", messages=messages, max_tokens=20, max_completion_tokens=5,
-                                         temperature=0)  # fmt: skip
+    out = client.chat.completions.create(
+        model="chat", messages=messages, max_tokens=20, max_completion_tokens=5, temperature=0
+    )
     expected = hf_chat_reference.generate(hf_chat_reference.chat_ids(messages), 5)
     assert out.usage.completion_tokens == 5
     assert out.choices[0].message.content == hf_chat_reference.decode(expected)
@@ -78,8 +80,14 @@ def test_chat_max_completion_tokens_wins_over_max_tokens(client, hf_chat_referen
 def test_chat_stream_pieces_add_up_to_the_answer(client, hf_chat_reference, conversation):
     messages = CONVERSATIONS[conversation]
     expected = hf_chat_reference.generate(hf_chat_reference.chat_ids(messages), 30)
-    stream = client.chat.completions.create(model="chat", messages=messages, max_tokens=30, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})  # fmt: skip
+    stream = client.chat.completions.create(
+        model="chat",
+        messages=messages,
+        max_tokens=30,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -95,10 +103,21 @@ def test_chat_stream_pieces_add_up_to_the_answer(client, hf_chat_reference, conv
 def test_stream_pieces_are_whole_characters_and_carry_every_token(serving_server, hf_chat_reference):
     """Token ids of pieces held back (an incomplete UTF-8 character) ride with the next piece."""
     expected = hf_chat_reference.generate(hf_chat_reference.text_ids(PROMPTS[2]), 40)
-    body = {"model": "chat", "prompt": PROMPTS[2], "max_tokens": 40, "temperature": 0, "stream": True,
-            "return_token_ids": True}  # fmt: skip
-    with httpx.stream("POST", serving_server.base_url + "/completions", json=body, timeout=60,
-                                    headers={"Authorization": f"Bearer {API_KEY}"}) as response:  # fmt: skip
+    body = {
+        "model": "chat",
+        "prompt": PROMPTS[2],
+        "max_tokens": 40,
+        "temperature": 0,
+        "stream": True,
+        "return_token_ids": True,
+    }
+    with httpx.stream(
+        "POST",
+        serving_server.base_url + "/completions",
+        json=body,
+        timeout=60,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     choices = [json.loads(line[6:])["choices"][0] for line in lines[:-1]]
@@ -109,8 +128,9 @@ def test_stream_pieces_are_whole_characters_and_carry_every_token(serving_server
 
 def test_completions_of_a_list_of_prompts_are_transformers_generate(client, hf_chat_reference):
     hf = hf_chat_reference
-    out = client.completions.create(model="chat", prompt=PROMPTS, max_tokens=16, temperature=0,
-                                    extra_body={"return_token_ids": True})  # fmt: skip
+    out = client.completions.create(
+        model="chat", prompt=PROMPTS, max_tokens=16, temperature=0, extra_body={"return_token_ids": True}
+    )
     assert out.object == "text_completion"
     assert [c.index for c in out.choices] == [0, 1, 2]
     prompt_tokens = 0
@@ -125,8 +145,7 @@ def test_completions_of_a_list_of_prompts_are_transformers_generate(client, hf_c
 
 def test_completions_stream_adds_up(client, hf_chat_reference):
     expected = hf_chat_reference.generate(hf_chat_reference.text_ids(PROMPTS[0]), 20)
-    chunks = list(client.completions.create(model="chat", prompt=PROMPTS[0], max_tokens=20, temperature=0,
-                                            stream=True))  # fmt: skip
+    chunks = list(client.completions.create(model="chat", prompt=PROMPTS[0], max_tokens=20, temperature=0, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == hf_chat_reference.decode(expected)
     assert [c.choices[0].finish_reason for c in chunks][-1] == "length"
 
@@ -139,8 +158,9 @@ def test_stop_string_ends_the_answer_before_it(client, hf_chat_reference):
     stop = text[len(text) // 2 : len(text) // 2 + 2]
     # the answer ends with the token that completes the stop string
     used = next(k for k in range(1, len(ids) + 1) if stop in hf.decode(ids[:k]))
-    out = client.chat.completions.create(model="chat", messages=messages, max_tokens=40, temperature=0,
-                                         stop=["no such text", stop])  # fmt: skip
+    out = client.chat.completions.create(
+        model="chat", messages=messages, max_tokens=40, temperature=0, stop=["no such text", stop]
+    )
     assert out.choices[0].message.content == text[: text.index(stop)]
     assert out.choices[0].finish_reason == "stop"
     assert out.usage.completion_tokens == used
@@ -155,8 +175,13 @@ def test_stop_token_ids_end_with_stop_as_an_eos_does(client, hf_chat_reference):
     token = next(t for i, t in enumerate(free_run) if i >= 3 and t not in free_run[:i])
     expected = hf.generate(prompt, 16, extra_eos=(token,))
     assert expected[-1] == token and len(expected) < 16
-    out = client.completions.create(model="chat", prompt=PROMPTS[1], max_tokens=16, temperature=0,
-                                    extra_body={"stop_token_ids": [token], "return_token_ids": True})  # fmt: skip
+    out = client.completions.create(
+        model="chat",
+        prompt=PROMPTS[1],
+        max_tokens=16,
+        temperature=0,
+        extra_body={"stop_token_ids": [token], "return_token_ids": True},
+    )
     assert _extra(out.choices[0], "token_ids") == expected
     assert (out.choices[0].text, out.choices[0].finish_reason) == (hf.decode(expected[:-1]), "stop")
 
@@ -232,8 +257,11 @@ def test_the_http_process_leaves_paddle_to_the_engine_process(serving_server):
     def paddle_mapped(pid: int) -> bool:
         return "libpaddle" in Path(f"/proc/{pid}/maps").read_text()
 
-    children = [int(p) for t in Path(f"/proc/{serving_server.proc.pid}/task").iterdir()
-                for p in (t / "children").read_text().split()]  # fmt: skip
+    children = [
+        int(p)
+        for t in Path(f"/proc/{serving_server.proc.pid}/task").iterdir()
+        for p in (t / "children").read_text().split()
+    ]
     assert not paddle_mapped(serving_server.proc.pid)
     assert any(paddle_mapped(pid) for pid in children)
     (line,) = [x for x in serving_server.log().splitlines() if x.startswith("paddle-qwen2 serve: engine process:")]

@@ -78,8 +78,11 @@ BAD_REQUESTS = [
     [pytest.param(*row[1:], id=row[0]) for row in BAD_REQUESTS],
 )
 def test_bad_request_gets_its_status_and_error_object(serving_server, path, body, key, status, param, code, words):
-    kwargs = {"content": body, "headers": {"Content-Type": "application/json"}} if isinstance(body, bytes) else {
-        "json": body}  # fmt: skip
+    kwargs = (
+        {"content": body, "headers": {"Content-Type": "application/json"}}
+        if isinstance(body, bytes)
+        else {"json": body}
+    )
     response = serving_server.post(path, key=key, **kwargs)
     assert response.status_code == status, response.text
     error = response.json()["error"]

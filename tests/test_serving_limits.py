@@ -18,14 +18,36 @@ from serving_helpers import ServerProcess
 from conftest import SERVE_CHAT_VARIANT
 
 STEP_DELAY = 0.03
-LONG = {"model": "chat", "prompt": "The capital of France is", "max_tokens": 60, "temperature": 0,
-        "ignore_eos": True, "stream": True, "return_token_ids": True}  # fmt: skip
+LONG = {
+    "model": "chat",
+    "prompt": "The capital of France is",
+    "max_tokens": 60,
+    "temperature": 0,
+    "ignore_eos": True,
+    "stream": True,
+    "return_token_ids": True,
+}
 
 
 def slow_server_args(chat_checkpoint) -> list[str]:
-    return ["--model", str(chat_checkpoint(SERVE_CHAT_VARIANT)), "--served-model-name", "chat", "--engine", "dygraph",
-            "--max-batch-size", "1", "--max-queue-size", "1", "--debug-step-delay", str(STEP_DELAY),
-            "--max-model-len", "96", "--log-level", "warning"]  # fmt: skip
+    return [
+        "--model",
+        str(chat_checkpoint(SERVE_CHAT_VARIANT)),
+        "--served-model-name",
+        "chat",
+        "--engine",
+        "dygraph",
+        "--max-batch-size",
+        "1",
+        "--max-queue-size",
+        "1",
+        "--debug-step-delay",
+        str(STEP_DELAY),
+        "--max-model-len",
+        "96",
+        "--log-level",
+        "warning",
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,22 @@ def jobs(client_index: int) -> list[tuple[str, dict]]:
     """Three different requests per client (prompts and lengths vary by client)."""
     country, capital = CAPITALS[client_index]
     return [
-        ("chat", dict(messages=[{"role": "user", "content": f"What is the capital of {country}?"}],
-                      max_tokens=6 + 2 * client_index)),
-        ("chat_stream", dict(messages=[{"role": "system", "content": "Be brief."},
-                                       {"role": "user", "content": f"{capital} is in"}], max_tokens=10 + client_index)),
+        (
+            "chat",
+            dict(
+                messages=[{"role": "user", "content": f"What is the capital of {country}?"}],
+                max_tokens=6 + 2 * client_index,
+            ),
+        ),
+        (
+            "chat_stream",
+            dict(
+                messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"{capital} is in"}],
+                max_tokens=10 + client_index,
+            ),
+        ),
         ("completion", dict(prompt=f"{country} {capital}. " * (1 + client_index % 3), max_tokens=5 + 3 * client_index)),
-    ]  # fmt: skip
+    ]
 
 
 def answer(client: openai.OpenAI, kind: str, kwargs: dict) -> tuple[list[int], str, str]:
@@ -71,8 +81,9 @@ def test_eight_clients_at_once_get_the_answers_they_get_alone(serving_server):
         done.set()
         watcher.join()
     assert together == alone
-    assert all(finish == "length" and len(ids) == jobs(i)[k][1]["max_tokens"]
-               for (i, k), (ids, _, finish) in alone.items())  # fmt: skip
+    assert all(
+        finish == "length" and len(ids) == jobs(i)[k][1]["max_tokens"] for (i, k), (ids, _, finish) in alone.items()
+    )
     assert max(running_seen) <= 4  # --max-batch-size
     assert max(running_seen) >= 2  # they did run together
     assert serving_server.wait_metric("paddle_qwen2_running_sequences", 0) == 0

@@ -4,57 +4,95 @@ names), embedding truncation."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
-from paddle_qwen2.serving.app import _truncate
-from paddle_qwen2.serving.metrics import Counter, Histogram, Registry, ServerMetrics
+from paddle_qwen2.serving.metrics import TPOT_BUCKETS, TTFT_BUCKETS, ServerMetrics
 from paddle_qwen2.serving.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_request
+from paddle_qwen2.serving.serving_embedding import _truncate
 
 
 def test_metrics_exposition_format():
-    registry = Registry()
-    requests = registry.add(Counter("x_requests_total", "requests", ("endpoint", "status")))
-    latency = registry.add(Histogram("x_latency_seconds", "latency", (0.1, 1.0)))
-    requests.inc(endpoint='/a"b\\c', status="200")
-    requests.inc(2, endpoint="/v1/models", status="401")
-    for value in (0.05, 0.1, 0.5, 3.0):
-        latency.observe(value)
-    assert registry.render().splitlines() == [
-        "# HELP x_requests_total requests",
-        "# TYPE x_requests_total counter",
-        'x_requests_total{endpoint="/a\\"b\\\\c",status="200"} 1.0',
-        'x_requests_total{endpoint="/v1/models",status="401"} 2.0',
-        "# HELP x_latency_seconds latency",
-        "# TYPE x_latency_seconds histogram",
-        'x_latency_seconds_bucket{le="0.1"} 2',
-        'x_latency_seconds_bucket{le="1.0"} 3',
-        'x_latency_seconds_bucket{le="+Inf"} 4',
-        "x_latency_seconds_sum 3.65",
-        "x_latency_seconds_count 4",
+    metrics = ServerMetrics()
+    metrics.requests.labels(endpoint='/a"b\\c', status="200").inc()
+    metrics.requests.labels(endpoint="/v1/models", status="401").inc(2)
+    for value in (0.003, 0.005, 0.5, 9.0):
+        metrics.time_per_output_token.observe(value)
+    lines = metrics.render().splitlines()
+    assert lines[:4] == [
+        "# HELP paddle_qwen2_requests_total HTTP requests by endpoint and status code",
+        "# TYPE paddle_qwen2_requests_total counter",
+        'paddle_qwen2_requests_total{endpoint="/a\\"b\\\\c",status="200"} 1.0',
+        'paddle_qwen2_requests_total{endpoint="/v1/models",status="401"} 2.0',
     ]
+    tpot = [line for line in lines if line.startswith("paddle_qwen2_time_per_output_token_seconds")]
+    assert tpot[:3] == [
+        'paddle_qwen2_time_per_output_token_seconds_bucket{le="0.001"} 0.0',
+        'paddle_qwen2_time_per_output_token_seconds_bucket{le="0.0025"} 0.0',
+        'paddle_qwen2_time_per_output_token_seconds_bucket{le="0.005"} 2.0',
+    ]
+    assert tpot[-3:] == [
+        'paddle_qwen2_time_per_output_token_seconds_bucket{le="+Inf"} 4.0',
+        "paddle_qwen2_time_per_output_token_seconds_count 4.0",
+        "paddle_qwen2_time_per_output_token_seconds_sum 9.508",
+    ]
+    assert "# TYPE paddle_qwen2_time_per_output_token_seconds histogram" in lines
+    assert not [line for line in lines if "_created" in line]
 
 
-@pytest.mark.parametrize(
-    "action, message",
-    [
-        (lambda m: m.requests.inc(endpoint="/health"), "labels .'endpoint'. given, expected .'endpoint', 'status'."),
-        (lambda m: m.generation_tokens.inc(-1), "a counter cannot decrease"),
-        (lambda m: m.add(Counter("paddle_qwen2_generation_tokens_total", "again")), "registered twice"),
-    ],
-)
-def test_metrics_misuse_is_an_error(action, message):
-    with pytest.raises(ValueError, match=message):
-        action(ServerMetrics())
+def test_metrics_names_types_and_buckets():
+    types = {
+        "paddle_qwen2_requests_total": "counter",
+        "paddle_qwen2_prompt_tokens_total": "counter",
+        "paddle_qwen2_generation_tokens_total": "counter",
+        "paddle_qwen2_embedding_tokens_total": "counter",
+        "paddle_qwen2_running_sequences": "gauge",
+        "paddle_qwen2_queued_sequences": "gauge",
+        "paddle_qwen2_sequences_finished_total": "counter",
+        "paddle_qwen2_time_to_first_token_seconds": "histogram",
+        "paddle_qwen2_time_per_output_token_seconds": "histogram",
+    }
+    text = ServerMetrics().render()
+    assert [line.split()[2:] for line in text.splitlines() if line.startswith("# TYPE")] == [
+        [name, kind] for name, kind in types.items()
+    ]
+    for name, buckets in (("time_to_first_token", TTFT_BUCKETS), ("time_per_output_token", TPOT_BUCKETS)):
+        found = re.findall(rf'paddle_qwen2_{name}_seconds_bucket{{le="([^"]+)"}}', text)
+        assert found == [repr(b) for b in buckets] + ["+Inf"]
+
+
+def test_metrics_labels_and_values():
+    metrics = ServerMetrics()
+    metrics.finished.labels(reason="stop").inc()
+    metrics.running.set(3)
+    assert metrics.value("paddle_qwen2_sequences_finished_total", reason="stop") == 1.0
+    assert metrics.value("paddle_qwen2_sequences_finished_total", reason="length") == 0.0
+    assert metrics.value("paddle_qwen2_running_sequences") == 3.0
+    with pytest.raises(ValueError, match="Incorrect label names"):
+        metrics.requests.labels(endpoint="/health")
+    with pytest.raises(ValueError, match="non-negative"):
+        metrics.generation_tokens.inc(-1)
+
+
+def test_each_server_has_its_own_registry():
+    first, second = ServerMetrics(), ServerMetrics()
+    first.generation_tokens.inc(5)
+    assert first.value("paddle_qwen2_generation_tokens_total") == 5.0
+    assert second.value("paddle_qwen2_generation_tokens_total") == 0.0
 
 
 def test_server_metrics_start_at_zero():
-    text = ServerMetrics().render()
-    for line in ("paddle_qwen2_running_sequences 0.0", "paddle_qwen2_queued_sequences 0.0",
-                 "paddle_qwen2_generation_tokens_total 0.0", "paddle_qwen2_time_to_first_token_seconds_count 0",
-                 'paddle_qwen2_time_per_output_token_seconds_bucket{le="+Inf"} 0'):  # fmt: skip
-        assert line in text.splitlines()
+    lines = ServerMetrics().render().splitlines()
+    for line in (
+        "paddle_qwen2_running_sequences 0.0",
+        "paddle_qwen2_queued_sequences 0.0",
+        "paddle_qwen2_generation_tokens_total 0.0",
+        "paddle_qwen2_time_to_first_token_seconds_count 0.0",
+        'paddle_qwen2_time_per_output_token_seconds_bucket{le="+Inf"} 0.0',
+    ):
+        assert line in lines
 
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -88,8 +126,11 @@ def test_request_fields_map_to_sampling_params():
     )
     assert body.prompt == ["a"] and body.stop == ["x"]
     assert body.sampling_overrides() == {"temperature": 0.0, "top_k": 0, "stop": ["x"]}
-    chat = parse_request(b'{"model": "m", "messages": [{"role": "developer", "content": [{"type": "text", '
-                         b'"text": "a"}, {"type": "text", "text": "b"}]}]}', ChatCompletionRequest)  # fmt: skip
+    chat = parse_request(
+        b'{"model": "m", "messages": [{"role": "developer", "content": [{"type": "text", '
+        b'"text": "a"}, {"type": "text", "text": "b"}]}]}',
+        ChatCompletionRequest,
+    )
     assert chat.messages[0].template_dict() == {"role": "system", "content": "ab"}
 
 

@@ -122,9 +122,13 @@ WAVES = [[(0, 24), (1, 6)], [(2, 15), (3, 9), (0, 4), (1, 20)], [(2, 7), (3, 30)
 
 def test_waves_of_requests_get_the_answers_they_get_alone(llm):
     llm = llm.llm
-    greedy = {(p, n): llm.generate([llm.tokenizer.encode(PROMPTS[p], special=False)],
-                                   SamplingParams(temperature=0, max_new_tokens=n))[0].token_ids
-              for wave in WAVES for p, n in wave}  # fmt: skip
+    greedy = {
+        (p, n): llm.generate(
+            [llm.tokenizer.encode(PROMPTS[p], special=False)], SamplingParams(temperature=0, max_new_tokens=n)
+        )[0].token_ids
+        for wave in WAVES
+        for p, n in wave
+    }
     scheduler = Scheduler(llm, max_batch_size=4, step_delay=0.02).start()  # the next wave joins at a known step
     try:
         outputs = []
@@ -151,8 +155,10 @@ def test_rows_left_by_finished_ones_keep_their_answers(request_engine_llm, engin
     params = [SamplingParams(temperature=0, max_new_tokens=m) for _, m in LEAVE]
     alone = [llm.generate([p], sp)[0].token_ids for p, sp in zip(prompts, params)]
     collectors = [Collector() for _ in LEAVE]
-    requests = [GenerationRequest(GenerationSequence(p, sp, llm.tokenizer, llm.max_model_len), c)
-                for p, sp, c in zip(prompts, params, collectors)]  # fmt: skip
+    requests = [
+        GenerationRequest(GenerationSequence(p, sp, llm.tokenizer, llm.max_model_len), c)
+        for p, sp, c in zip(prompts, params, collectors)
+    ]
     scheduler = Scheduler(llm, max_batch_size=len(LEAVE)).start()
     try:
         scheduler.submit(requests)  # all five in one prefill
@@ -179,10 +185,10 @@ def test_a_cancelled_request_leaves_at_the_next_step(llm, scheduler_factory):
     short_ids, _, _ = short_out.result()
     assert len(short_ids) == 40
     deadline = time.monotonic() + 5
-    while metrics.running.value() and time.monotonic() < deadline:
+    while metrics.value("paddle_qwen2_running_sequences") and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert metrics.running.value() == 0
-    assert metrics.finished.value(reason="cancelled") == 1
+    assert metrics.value("paddle_qwen2_running_sequences") == 0
+    assert metrics.value("paddle_qwen2_sequences_finished_total", reason="cancelled") == 1
     assert long_out.events.qsize() < 50  # it stopped long before its 100 tokens
 
 

@@ -4,9 +4,8 @@ the scheduler run in a child process, on its one thread (`_EngineLoop`).
 
 Why a process: Paddle Inference holds the GIL for the whole of a predictor run (its Python binding releases it
 only for custom devices), and so does much of dygraph paddle. With the engine on a thread of the HTTP process,
-every decode step and prefill stopped the event loop, and each streamed token waited for the loop's work on top
-of the step: the per-token latency p95 of 8 streaming clients was 21-22 ms, 13-15 ms with the engine in its own
-process (A/B on the same code otherwise; aggregate tokens/s unchanged within noise).
+every decode step and prefill would stop the event loop, and each streamed token would wait for the loop's work
+on top of the step. In a process of its own the engine steps while the event loop streams.
 
     engine = EngineProcess(EngineSpec(model="ckpt", max_batch_size=16), max_queue_size=128, metrics=metrics)
     llm, embedder = engine.start()         # the child loads the models; EngineStartError if it cannot
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import PaddleQwen2Error
 from .metrics import ServerMetrics
 from .scheduler import EmbeddingJob, GenerationRequest, QueueFull, Scheduler, SchedulerClosed, TokenEvent
 
@@ -53,7 +53,7 @@ logger = logging.getLogger("paddle_qwen2.serving")
 _UNBOUNDED = 1 << 30  # the child's own queue: this process does the capacity check
 
 
-class EngineStartError(ValueError):
+class EngineStartError(PaddleQwen2Error):
     """The engine process could not load its models (the message names the folder and the problem)."""
 
 
@@ -106,8 +106,9 @@ class EngineProcess:
 
     def __init__(self, spec: EngineSpec, max_queue_size: int = 128, metrics: ServerMetrics | None = None) -> None:
         if spec.max_batch_size < 1 or max_queue_size < 0:
-            raise ValueError(f"max_batch_size must be >= 1 and max_queue_size >= 0, got {spec.max_batch_size}, "
-                             f"{max_queue_size}")  # fmt: skip
+            raise PaddleQwen2Error(
+                f"max_batch_size must be >= 1 and max_queue_size >= 0, got {spec.max_batch_size}, {max_queue_size}"
+            )
         self.spec = spec
         self.max_batch_size = spec.max_batch_size
         self.max_queue_size = max_queue_size
@@ -131,15 +132,22 @@ class EngineProcess:
 
     @property
     def alive(self) -> bool:
-        return (self._process is not None and self._process.is_alive() and self._reader is not None
-                and self._reader.is_alive() and not self._closing and self.error is None)  # fmt: skip
+        return (
+            self._process is not None
+            and self._process.is_alive()
+            and self._reader is not None
+            and self._reader.is_alive()
+            and not self._closing
+            and self.error is None
+        )
 
     def start(self, timeout: float | None = None) -> tuple[GenerationModelCard | None, EmbeddingModelCard | None]:
         """Start the child and wait until its models are loaded; their cards. EngineStartError when it cannot."""
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=_engine_main, args=(child, self.spec), name="paddle-qwen2-engine",
-                                        daemon=True)  # fmt: skip
+        self._process = context.Process(
+            target=_engine_main, args=(child, self.spec), name="paddle-qwen2-engine", daemon=True
+        )
         self._process.start()
         child.close()
         if not self._conn.poll(timeout):
@@ -149,8 +157,9 @@ class EngineProcess:
             kind, payload = self._conn.recv()
         except (EOFError, OSError):
             self._process.join(5)
-            raise EngineStartError(f"the engine process exited with code {self._process.exitcode} while loading "
-                                   "(see the log above)") from None  # fmt: skip
+            raise EngineStartError(
+                f"the engine process exited with code {self._process.exitcode} while loading (see the log above)"
+            ) from None
         if kind != "ready":
             self._process.join(5)
             raise EngineStartError(payload)
@@ -189,9 +198,11 @@ class EngineProcess:
             room = self.max_queue_size + self.max_batch_size - len(self._inflight)
             if len(requests) > room:
                 running = min(self._running, len(self._inflight))
-                raise QueueFull(f"the server is at capacity: {running} sequences running (at most "
-                                f"{self.max_batch_size}) and {len(self._inflight) - running} waiting (at most "
-                                f"{self.max_queue_size}); retry later")  # fmt: skip
+                raise QueueFull(
+                    f"the server is at capacity: {running} sequences running (at most "
+                    f"{self.max_batch_size}) and {len(self._inflight) - running} waiting (at most "
+                    f"{self.max_queue_size}); retry later"
+                )
             now = time.perf_counter()
             items = []
             for request in requests:
@@ -225,7 +236,7 @@ class EngineProcess:
         cancelled = [rid for rid, entry in self._inflight.items() if entry.request.cancelled]
         for rid in cancelled:
             del self._inflight[rid]
-            self.metrics.finished.inc(reason="cancelled")
+            self.metrics.finished.labels(reason="cancelled").inc()
         return cancelled
 
     def _check_open(self) -> None:
@@ -293,7 +304,7 @@ class EngineProcess:
                 self.metrics.time_per_output_token.observe(now - entry.last)
             entry.first, entry.last = False, now
         if finish_reason is not None:
-            self.metrics.finished.inc(reason=finish_reason)
+            self.metrics.finished.labels(reason=finish_reason).inc()
 
     def _embedded(self, jid: int, vectors, counts, error: str | None) -> None:
         with self._lock:
@@ -314,7 +325,7 @@ class EngineProcess:
             self.metrics.running.set(0)
             self.metrics.queued.set(0)
         for entry in inflight:
-            self.metrics.finished.inc(reason="error")
+            self.metrics.finished.labels(reason="error").inc()
             if not entry.request.cancelled:
                 entry.request.emit(TokenEvent(entry.request.index, finish_reason="error", error=message))
         for job in jobs:
@@ -423,10 +434,9 @@ class _EngineLoop(Scheduler):
 
 
 # Set in the engine process before paddle loads (a value already in the environment wins). KMP_BLOCKTIME=0: OpenMP
-# workers go to sleep as soon as a parallel region ends instead of spinning for 200 ms (Intel OpenMP's default). A
-# worker spinning after a batched step held the second core, so the HTTP process, woken by every step's events,
-# preempted this process's thread: at 8 clients sending a step's events took 0.4 ms instead of 0.1 and aggregate
-# tokens/s was ~5% lower; the price is prefills (oneDNN's many short parallel regions) ~15% slower.
+# workers go to sleep as soon as a parallel region ends instead of spinning (Intel OpenMP spins 200 ms by default),
+# so a spinning worker does not hold the core the HTTP process needs to send each step's events; prefills (oneDNN's
+# many short parallel regions) are slower for it.
 ENGINE_ENVIRONMENT = {"KMP_BLOCKTIME": "0"}
 
 
@@ -462,10 +472,12 @@ def _load(spec: EngineSpec, cpu_settings: str):
     if spec.model:
         from ..inference import LLM
 
-        llm = LLM.from_pretrained(spec.model, engine=spec.engine, onednn=spec.onednn,
-                                  max_model_len=spec.max_model_len, name=spec.name)  # fmt: skip
-        llm_card = GenerationModelCard(llm.name, str(llm.folder), llm.max_model_len, llm.generation_config,
-                                       f"{llm.describe()}; {cpu_settings}")  # fmt: skip
+        llm = LLM.from_pretrained(
+            spec.model, engine=spec.engine, onednn=spec.onednn, max_model_len=spec.max_model_len, name=spec.name
+        )
+        llm_card = GenerationModelCard(
+            llm.name, str(llm.folder), llm.max_model_len, llm.generation_config, f"{llm.describe()}; {cpu_settings}"
+        )
     if spec.embedding_model and spec.engine == "inference":
         from ..inference.embedding import InferenceEmbeddingModel
 

@@ -20,6 +20,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..errors import PaddleQwen2Error
+
 __all__ = [
     "APIError",
     "ChatMessage",
@@ -37,14 +39,25 @@ __all__ = [
 MAX_TEMPERATURE = 2.0  # OpenAI's range is [0, 2]
 
 
-class APIError(Exception):
+class APIError(PaddleQwen2Error):
     """An error answered as OpenAI does: HTTP `status` and `{"error": {message, type, param, code}}`."""
 
-    TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-             429: "rate_limit_exceeded", 503: "service_unavailable"}  # fmt: skip
+    TYPES = {
+        400: "invalid_request_error",
+        401: "invalid_request_error",
+        404: "invalid_request_error",
+        429: "rate_limit_exceeded",
+        503: "service_unavailable",
+    }
 
-    def __init__(self, status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
-                 type: Optional[str] = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: Optional[str] = None,
+        code: Optional[str] = None,
+        type: Optional[str] = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -149,9 +162,16 @@ class _Sampling(_Strict):
         """The settings this request gives, as `SamplingParams` fields (absent ones left to the model's
         generation_config.json)."""
         top_k = 0 if self.top_k == -1 else self.top_k
-        values = dict(temperature=self.temperature, top_p=self.top_p, top_k=top_k, seed=self.seed,
-                      repetition_penalty=self.repetition_penalty, stop=self.stop, stop_token_ids=self.stop_token_ids,
-                      ignore_eos=self.ignore_eos)  # fmt: skip
+        values = dict(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=top_k,
+            seed=self.seed,
+            repetition_penalty=self.repetition_penalty,
+            stop=self.stop,
+            stop_token_ids=self.stop_token_ids,
+            ignore_eos=self.ignore_eos,
+        )
         return {k: v for k, v in values.items() if v is not None}
 
     @property
@@ -234,8 +254,14 @@ class EmbeddingRequest(_Strict):
 
 
 # ------------------------------------------------------------------------------------------------- parsing
-_TAG_NAMES = {"str": "a string", "list[str]": "a list of strings", "list[TextPart]": "a list of text parts",
-              "int": "an integer", "float": "a number", "bool": "a boolean"}  # fmt: skip
+_TAG_NAMES = {
+    "str": "a string",
+    "list[str]": "a list of strings",
+    "list[TextPart]": "a list of text parts",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+}
 
 
 def _is_tag(part: Any) -> bool:
@@ -301,5 +327,8 @@ def now() -> int:
 def usage(prompt_tokens: int, completion_tokens: int = 0, embedding: bool = False) -> dict:
     if embedding:
         return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import PaddleQwen2Error
 from .metrics import ServerMetrics
 
 __all__ = ["Scheduler", "GenerationRequest", "EmbeddingJob", "TokenEvent", "QueueFull", "SchedulerClosed"]
@@ -38,11 +39,11 @@ __all__ = ["Scheduler", "GenerationRequest", "EmbeddingJob", "TokenEvent", "Queu
 logger = logging.getLogger("paddle_qwen2.serving")
 
 
-class QueueFull(Exception):
+class QueueFull(PaddleQwen2Error):
     """The bounded waiting queue has no room (HTTP 429)."""
 
 
-class SchedulerClosed(Exception):
+class SchedulerClosed(PaddleQwen2Error):
     """The scheduler is shutting down or has stopped (HTTP 503)."""
 
 
@@ -104,8 +105,9 @@ class Scheduler:
         max_embedding_texts: int = 256,
     ) -> None:
         if max_batch_size < 1 or max_queue_size < 0:
-            raise ValueError(f"max_batch_size must be >= 1 and max_queue_size >= 0, got {max_batch_size}, "
-                             f"{max_queue_size}")  # fmt: skip
+            raise PaddleQwen2Error(
+                f"max_batch_size must be >= 1 and max_queue_size >= 0, got {max_batch_size}, {max_queue_size}"
+            )
         self.llm = llm
         self.embedder = embedder
         self.max_batch_size = max_batch_size
@@ -145,9 +147,11 @@ class Scheduler:
             self._drop_cancelled_waiting()
             room = self.max_queue_size + max(0, self.max_batch_size - self._running_count) - len(self._waiting)
             if len(requests) > room:
-                raise QueueFull(f"the server is at capacity: {self._running_count} sequences running (at most "
-                                f"{self.max_batch_size}) and {len(self._waiting)} waiting (at most "
-                                f"{self.max_queue_size}); retry later")  # fmt: skip
+                raise QueueFull(
+                    f"the server is at capacity: {self._running_count} sequences running (at most "
+                    f"{self.max_batch_size}) and {len(self._waiting)} waiting (at most "
+                    f"{self.max_queue_size}); retry later"
+                )
             now = time.perf_counter()
             for request in requests:
                 request.arrival = now
@@ -185,7 +189,7 @@ class Scheduler:
         if any(r.cancelled for r in self._waiting):
             kept = [r for r in self._waiting if not r.cancelled]
             for _ in range(len(self._waiting) - len(kept)):
-                self.metrics.finished.inc(reason="cancelled")
+                self.metrics.finished.labels(reason="cancelled").inc()
             self._waiting = deque(kept)
 
     # --------------------------------------------------------------------------------------- scheduler thread
@@ -300,7 +304,7 @@ class Scheduler:
             self.metrics.time_per_output_token.observe(now - request.last_token_at)
         request.last_token_at = now
         if sequence.finished:
-            self.metrics.finished.inc(reason=sequence.finish_reason)
+            self.metrics.finished.labels(reason=sequence.finish_reason).inc()
         if not request.cancelled:
             request.emit(TokenEvent(request.index, text, [int(token)], sequence.finish_reason))
 
@@ -308,7 +312,7 @@ class Scheduler:
         keep = [row for row, r in enumerate(self._running) if not r.cancelled]
         if len(keep) < len(self._running):
             for _ in range(len(self._running) - len(keep)):
-                self.metrics.finished.inc(reason="cancelled")
+                self.metrics.finished.labels(reason="cancelled").inc()
             self._leave(keep)
 
     def _leave(self, keep: list[int]) -> None:
@@ -320,7 +324,7 @@ class Scheduler:
         self._publish_counts()
 
     def _fail(self, request: GenerationRequest, message: str) -> None:
-        self.metrics.finished.inc(reason="error")
+        self.metrics.finished.labels(reason="error").inc()
         if not request.cancelled:
             request.emit(TokenEvent(request.index, finish_reason="error", error=message))
 

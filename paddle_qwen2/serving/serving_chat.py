@@ -1,0 +1,284 @@
+"""The generation routes: `POST /v1/chat/completions` and `POST /v1/completions`.
+
+    response = await chat(state, http_request)           # JSONResponse, or an SSE stream when `stream` is set
+    response = await completions(state, http_request)
+
+Each prompt becomes a `GenerationSequence` (the request's sampling settings on top of the model's
+generation_config.json) submitted to the scheduler; its `TokenEvent`s come back through an asyncio queue. A plain
+request waits for every choice (a client that disconnects first cancels its sequences and gets 499); a streamed one
+is server-sent events: the chunks of each text piece, each choice's finish chunk, the usage chunk when asked for,
+then `data: [DONE]`. However a stream ends, its sequences are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from .protocol import APIError, ChatCompletionRequest, CompletionRequest, new_id, now, parse_request, usage
+from .scheduler import GenerationRequest, TokenEvent
+from .state import ServerState
+
+__all__ = ["chat", "completions"]
+
+
+async def chat(state: ServerState, http: Request) -> Response:
+    """`POST /v1/chat/completions`: the messages through the model's chat template, one choice."""
+    body = parse_request(await http.body(), ChatCompletionRequest)
+    state.check_model(body.model, "generation")
+    messages = [m.template_dict() for m in body.messages]
+    try:
+        prompt = state.llm.tokenizer.encode_chat(messages)
+    except Exception as exc:  # ValueError from the checks, jinja2's TemplateError from the template itself
+        raise APIError(400, f"messages: {exc}", param="messages", code="invalid_value") from None
+    return await _generate(state, http, body, [prompt], "messages", chat=True)
+
+
+async def completions(state: ServerState, http: Request) -> Response:
+    """`POST /v1/completions`: a choice per prompt (a string or a list of strings), no special tokens added."""
+    body = parse_request(await http.body(), CompletionRequest)
+    state.check_model(body.model, "generation")
+    prompts = [state.llm.tokenizer.encode(text, special=False) for text in body.prompt]
+    for i, ids in enumerate(prompts):
+        if not ids:
+            param = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+            raise APIError(
+                400, f"{param}: the prompt is empty (at least one token is needed)", param=param, code="invalid_value"
+            )
+    return await _generate(state, http, body, prompts, "prompt", chat=False)
+
+
+# ------------------------------------------------------------------------------------------- generation
+async def _generate(state: ServerState, http: Request, body, prompts: list[list[int]], what: str, chat: bool):
+    sequences = _sequences(state, body, prompts, what)
+    events = _Events()
+    requests = [GenerationRequest(s, events.put, index) for index, s in enumerate(sequences)]
+    state.submit(requests)
+    if body.stream:
+        maker = _ChunkMaker(chat, state.llm_name, body.include_usage, bool(body.return_token_ids))
+        return _EventStream(_stream(state, requests, events, maker), lambda: state.cancel(requests))
+    try:
+        choices = await _collect(state, requests, events, http)
+    except _ClientGone:  # its sequences are cancelled; nobody reads this (499: nginx's "client closed request")
+        return Response(status_code=499)
+    prompt_tokens = sum(len(p) for p in prompts)
+    completion_tokens = sum(len(c.token_ids) for c in choices)
+    out = {
+        "id": new_id("chatcmpl" if chat else "cmpl"),
+        "object": "chat.completion" if chat else "text_completion",
+        "created": now(),
+        "model": state.llm_name,
+        "choices": [_choice_body(i, c, chat, bool(body.return_token_ids)) for i, c in enumerate(choices)],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
+    if body.return_token_ids:
+        out["prompt_token_ids"] = prompts[0] if chat else prompts
+    return JSONResponse(out)
+
+
+def _check_fit(prompt_tokens: int, max_tokens: int | None, context: int, what: str) -> None:
+    """400 when the prompt (with `max_tokens`, if given) does not fit the context; both lengths named."""
+    if prompt_tokens >= context:
+        message = (
+            f"This model's maximum context length is {context} tokens, and the {what} has {prompt_tokens} tokens: "
+            f"nothing is left to generate. Shorten the {what}."
+        )
+        raise APIError(400, message, param=what, code="context_length_exceeded")
+    if max_tokens is not None and prompt_tokens + max_tokens > context:
+        message = (
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {what}, {max_tokens} for the completion). "
+            f"Reduce the {what} or max_tokens (at most {context - prompt_tokens} here)."
+        )
+        raise APIError(400, message, param="max_tokens", code="context_length_exceeded")
+
+
+def _sequences(state: ServerState, body, prompts: list[list[int]], what: str) -> list:
+    """A `GenerationSequence` per prompt with the request's sampling settings (on top of the model's
+    generation_config.json); 400 for a prompt that does not fit or a setting the sampler rejects."""
+    from ..inference import GenerationSequence, SamplingParams
+
+    llm = state.llm
+    for ids in prompts:
+        _check_fit(len(ids), body.token_limit, llm.max_model_len, what)
+    try:
+        params = SamplingParams.from_generation_config(
+            llm.generation_config, max_new_tokens=body.token_limit, **body.sampling_overrides()
+        )
+    except (ValueError, TypeError) as exc:
+        field_name = str(exc).split(" ", 1)[0]
+        param = "max_tokens" if field_name == "max_new_tokens" else field_name
+        message = str(exc).replace("max_new_tokens", "max_tokens")
+        raise APIError(400, message, param=param, code="invalid_value") from None
+    return [GenerationSequence(ids, params, llm.tokenizer, llm.max_model_len) for ids in prompts]
+
+
+def _choice_body(index: int, choice: _Choice, chat: bool, return_token_ids: bool) -> dict:
+    text = "".join(choice.text)
+    content = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+    out = {"index": index, **content, "logprobs": None, "finish_reason": choice.finish_reason}
+    if return_token_ids:
+        out["token_ids"] = choice.token_ids
+    return out
+
+
+# ------------------------------------------------------------------------------------------- events
+class _Events:
+    """Scheduler events (on its thread) into an asyncio queue (on the event loop)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[TokenEvent | None] = asyncio.Queue()
+
+    def put(self, event: TokenEvent) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+
+@dataclass
+class _Choice:
+    """The accumulated result of one sequence."""
+
+    text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class _ClientGone(Exception):
+    """The client of a non-streaming request disconnected before its answer was ready."""
+
+
+async def _watch_disconnect(http: Request, events: _Events) -> None:
+    """Wait for the client to disconnect (its body is read: the next ASGI message is `http.disconnect`), then
+    wake the collector with a `None` event."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+    events.queue.put_nowait(None)
+
+
+async def _collect(state: ServerState, requests: list[GenerationRequest], events: _Events, http: Request):
+    """Wait for every sequence to finish; their choices in order. `_ClientGone` if the client disconnects first."""
+    choices = [_Choice() for _ in requests]
+    watcher = asyncio.create_task(_watch_disconnect(http, events))
+    try:
+        pending = len(requests)
+        while pending:
+            event = await events.queue.get()
+            if event is None:
+                raise _ClientGone()
+            if event.error is not None:
+                raise APIError(500, event.error, type="server_error", code="engine_error")
+            choice = choices[event.index]
+            choice.text.append(event.text)
+            choice.token_ids += event.token_ids
+            if event.finish_reason is not None:
+                choice.finish_reason = event.finish_reason
+                pending -= 1
+    finally:
+        watcher.cancel()
+        state.cancel(requests)
+    return choices
+
+
+# ------------------------------------------------------------------------------------------- streaming
+def _sse(data: Any) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+async def _stream(
+    state: ServerState,
+    requests: list[GenerationRequest],
+    events: _Events,
+    chunks: _ChunkMaker,
+) -> AsyncIterator[str]:
+    """Server-sent events: the maker's first chunks, a chunk per text piece, the finish chunk of each choice, the
+    usage chunk when asked for, `[DONE]`. Held-back tokens (no text yet) ride along with the next piece."""
+    held: dict[int, list[int]] = {}
+    completion_tokens = 0
+    try:
+        for chunk in chunks.start(len(requests)):
+            yield _sse(chunk)
+        pending = len(requests)
+        while pending:
+            event = await events.queue.get()
+            if event.error is not None:
+                yield _sse(APIError(500, event.error, type="server_error", code="engine_error").body())
+                break
+            completion_tokens += len(event.token_ids)
+            ids = held.pop(event.index, []) + event.token_ids
+            if event.text:
+                yield _sse(chunks.piece(event.index, event.text, ids, event.finish_reason))
+            elif event.finish_reason is not None:
+                yield _sse(chunks.piece(event.index, "", ids, event.finish_reason))
+            else:
+                held[event.index] = ids
+            if event.finish_reason is not None:
+                pending -= 1
+        else:
+            if chunks.include_usage:
+                prompt_tokens = sum(len(r.sequence.prompt_ids) for r in requests)
+                yield _sse(chunks.usage(usage(prompt_tokens, completion_tokens)))
+        yield "data: [DONE]\n\n"
+    finally:
+        state.cancel(requests)
+
+
+class _EventStream(StreamingResponse):
+    """An SSE response that cancels its sequences when it ends however it ends (also when the client left before
+    the stream's generator started, so its own `finally` never ran)."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+class _ChunkMaker:
+    """The chunk objects of one streamed response (chat or text completion)."""
+
+    def __init__(self, chat: bool, model: str, include_usage: bool, return_token_ids: bool) -> None:
+        self.chat = chat
+        self.id = new_id("chatcmpl" if chat else "cmpl")
+        self.created = now()
+        self.model = model
+        self.include_usage = include_usage
+        self.return_token_ids = return_token_ids
+
+    def _chunk(self, choices: list[dict]) -> dict:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        out = {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
+        if self.include_usage:
+            out["usage"] = None
+        return out
+
+    def _choice(self, index: int, content: dict, token_ids: list[int] | None, finish_reason: str | None) -> dict:
+        choice = {"index": index, **content, "logprobs": None, "finish_reason": finish_reason}
+        if self.return_token_ids and token_ids is not None:
+            choice["token_ids"] = token_ids
+        return choice
+
+    def start(self, n: int) -> list[dict]:
+        """The chunks before any token: for chat, one announcing the assistant role of every choice."""
+        if not self.chat:
+            return []
+        role = {"delta": {"role": "assistant", "content": ""}}
+        return [self._chunk([self._choice(i, role, [], None) for i in range(n)])]
+
+    def piece(self, index: int, text: str, token_ids: list[int], finish_reason: str | None) -> dict:
+        content = {"delta": {"content": text} if text else {}} if self.chat else {"text": text}
+        return self._chunk([self._choice(index, content, token_ids, finish_reason)])
+
+    def usage(self, counts: dict) -> dict:
+        return {**self._chunk([]), "usage": counts}
