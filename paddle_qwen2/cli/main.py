@@ -19,7 +19,8 @@ Each subcommand is a module of this package (`convert.py`, `finetune.py`, ...) g
 `add_arguments(parser)` and `run(args, own_process)`. Exit codes: 0 done; 1 bad input (one line `error: ...` on
 stderr: any `PaddleQwen2Error` or `OSError`; `convert` then writes nothing); 2 a command-line mistake (one line
 `error: paddle-qwen2 SUBCOMMAND: ...`); 130 interrupted (Ctrl-C). SIGTERM unwinds like `SystemExit(143)`, so
-temporary output folders are removed.
+temporary output folders are removed. Every subcommand prints its own lines only; `--verbose` (or
+`PADDLE_QWEN2_LOG=debug`) adds paddle's, paddlenlp's and glog's (`paddle_qwen2.console`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import signal
 import sys
 import threading
 
+from ..console import LOG_VARIABLE, configure_console
 from ..errors import PaddleQwen2Error
 from . import convert, embed, export, finetune, generate, serve
 
@@ -64,19 +66,27 @@ def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argume
     """The `paddle-qwen2` parser and its subparsers by subcommand name."""
     parser = _Parser(prog="paddle-qwen2", description="Qwen2 / Qwen2.5 for PaddlePaddle.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    common = argparse.ArgumentParser(add_help=False)
+    verbose_help = f"also the libraries' log lines and warnings (paddle, paddlenlp, glog); as {LOG_VARIABLE}=debug"
+    common.add_argument("--verbose", action="store_true", help=verbose_help)
     subparsers = {}
     for name, module in COMMANDS.items():
         formatter = getattr(module, "HelpFormatter", argparse.HelpFormatter)
-        sub = commands.add_parser(name, help=module.HELP, description=module.DESCRIPTION, formatter_class=formatter)
+        sub = commands.add_parser(
+            name, help=module.HELP, description=module.DESCRIPTION, formatter_class=formatter, parents=[common]
+        )
         subparsers[name] = module.add_arguments(sub)
     return parser, subparsers
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
+def _parse(argv: list[str], own_process: bool = False) -> argparse.Namespace:
     """The parsed command line; `finetune` adds its `--config` JSON defaults under it and checks the result
-    (`args.options`, a `FinetuneOptions`)."""
+    (`args.options`, a `FinetuneOptions`). In `own_process` the console is set up (`--verbose`) before anything
+    imports paddle."""
     parser, subparsers = _build_parsers()
     args = parser.parse_args(argv)
+    if own_process:
+        configure_console(args.verbose)
     if args.command == "finetune":
         from ..runtime import configure_cpu_threads
 
@@ -98,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = None
     try:
-        args = _parse(argv)
+        args = _parse(argv, own_process=from_command_line)
         command = args.command
         # Every subcommand's parsed options are in `args` here, before it runs: the place for global options.
         return COMMANDS[command].run(args, own_process=from_command_line)

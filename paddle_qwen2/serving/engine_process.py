@@ -445,8 +445,10 @@ def _engine_main(conn, spec: EngineSpec) -> None:
     # the HTTP process owns SIGINT / SIGTERM (a Ctrl-C reaches the whole process group): it drains, then closes us
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from ..console import configure_console
     from ..runtime import configure_cpu_threads, keep_freed_memory
 
+    configure_console()  # quiet unless the parent was verbose (PADDLE_QWEN2_LOG=debug, inherited)
     for key, value in ENGINE_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     settings = {**configure_cpu_threads(), **{key: os.environ[key] for key in ENGINE_ENVIRONMENT}}
