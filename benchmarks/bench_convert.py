@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import write_results
 from model_configs import config_path, load_config
 from safetensors import TensorSpec, serialize_file
 
@@ -221,13 +221,6 @@ def main() -> int:
     copy_mbs, convert_mbs = total / 1e6 / copy_s, total / 1e6 / convert_s
     speed_ratio, memory_ratio = convert_mbs / copy_mbs, peak / largest
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_1min": os.getloadavg()[0],
-        },  # other work on the machine slows the conversion most
         "checkpoint": {
             "bytes": total,
             "shards": len(files),
@@ -253,8 +246,8 @@ def main() -> int:
             "peak_rss_bytes": peaks,
         },
     }
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
+    # the load average goes with the machine: other work on it slows the conversion most
+    write_results(args.results, result, load_average_1min=os.getloadavg()[0])
     print(
         f"convert: {convert_s:.2f} s, {convert_mbs:.0f} MB/s | copy: {copy_s:.2f} s, {copy_mbs:.0f} MB/s | "
         f"ratio {speed_ratio:.2f} (target >= {SPEED_TARGET})"

@@ -18,20 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from common import EXAMPLES, TOKENIZER_FILES, corpus_spans, run_json_child, write_results
 from model_configs import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "embed.json"
-EXAMPLES = ROOT / "examples"
 TARGET = 1.0
 LABELS = {
     "sentence_transformers": "sentence-transformers 5.1.2",
@@ -44,6 +41,7 @@ BATCH = 32
 _MEASURE = r"""
 import json, os, sys, time
 import numpy as np
+from common import status_bytes
 {imports}
 folder, texts_path, out_path = sys.argv[1:4]
 texts = json.load(open(texts_path, encoding="utf-8"))
@@ -53,8 +51,8 @@ start = time.perf_counter()
 embeddings = model.encode(texts, batch_size={batch})
 seconds = time.perf_counter() - start
 np.save(out_path, np.asarray(embeddings, dtype=np.float32))
-hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-print(json.dumps({{"seconds": seconds, "texts_per_s": len(texts) / seconds, "peak_rss": hwm}}))
+peak = status_bytes("VmHWM")
+print(json.dumps({{"seconds": seconds, "texts_per_s": len(texts) / seconds, "peak_rss": peak}}))
 """
 IMPLS = {
     "sentence_transformers": (
@@ -85,7 +83,7 @@ def write_folder(folder: Path) -> None:
         "torch.manual_seed(0)\n"
         "model = transformers.Qwen2Model(transformers.Qwen2Config(**json.loads(config)))\n"
         "model.save_pretrained(hf)\n"
-        "for name in ('tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'merges.txt'):\n"
+        "for name in json.loads(sys.argv[5]):\n"
         "    shutil.copy(f'{tok}/{name}', f'{hf}/{name}')\n"
         "word = models.Transformer(hf, max_seq_length=512)\n"
         "pool = models.Pooling(word.get_word_embedding_dimension(), 'lasttoken')\n"
@@ -94,33 +92,19 @@ def write_folder(folder: Path) -> None:
     config = {k: v for k, v in load_config("small").items() if k not in ("architectures", "torch_dtype")}
     config["architectures"] = ["Qwen2Model"]
     hf = folder.with_name(folder.name + "-hf")
-    args = [json.dumps(config), str(hf), str(folder), str(EXAMPLES / "model")]
+    args = [json.dumps(config), str(hf), str(folder), str(EXAMPLES / "model"), json.dumps(TOKENIZER_FILES)]
     subprocess.run([sys.executable, "-c", code, *args], check=True)
 
 
 def make_texts(count: int, seed: int = 0) -> list[str]:
     """`count` texts of mixed length: spans of 2 to 1,200 characters (log-uniform) of the bundled corpus."""
-    files = [EXAMPLES / "data" / "corpus" / name for name in ("en.txt", "zh.txt")]
-    corpus = " ".join(" ".join(f.read_text(encoding="utf-8").split()) for f in files)
-    rng = random.Random(seed)
-    texts = []
-    for _ in range(count):
-        length = int(2 * 600 ** rng.random())
-        start = rng.randrange(0, len(corpus) - length)
-        texts.append(corpus[start : start + length].strip() or "empty")
-    return texts
+    return corpus_spans(count, lambda rng: int(2 * 600 ** rng.random()), seed, empty="empty")
 
 
 def measure(impl: str, folder: Path, texts_path: Path, out: Path) -> dict:
     imports, load = IMPLS[impl]
     program = _MEASURE.format(imports=imports, load=load, batch=BATCH)
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)))))
-    result = subprocess.run(
-        [sys.executable, "-c", program, str(folder), str(texts_path), str(out)], capture_output=True, text=True, env=env
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{impl} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_json_child(program, [str(folder), str(texts_path), str(out)], impl)
 
 
 def table(result: dict) -> str:
@@ -173,8 +157,6 @@ def main() -> None:
     anchor = summary["sentence_transformers"]["texts_per_s"]
     ratios = {impl: summary[impl]["texts_per_s"] / anchor for impl in impls[1:]}
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0))},
         "texts": args.texts,
         "batch_size": BATCH,
         "max_abs_diff": diff,
@@ -182,8 +164,7 @@ def main() -> None:
         "target": TARGET,
         "results": summary,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    result = write_results(RESULTS, result)
     print("\n" + table(result) + f"\n\ntarget: >= {TARGET:.1f}x sentence-transformers' texts/s")
 
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -48,7 +47,6 @@ import sys
 import tempfile
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,11 +56,10 @@ from paddle_qwen2.runtime import configure_cpu_threads  # noqa: E402  (sets thre
 THREADS = int(configure_cpu_threads()["OMP_NUM_THREADS"])
 
 import numpy as np  # noqa: E402
+from common import machine_info, status_bytes, timed, write_hf_checkpoint, write_results  # noqa: E402
 from model_configs import load_config  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "inference.json"
-EXAMPLES = ROOT / "examples"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 PROMPT_TOKENS, NEW_TOKENS = 16, 128
 PREFILL = {"prefill_1x512": (1, 512), "prefill_4x256": (4, 256)}
 EMBED_BATCH = 32
@@ -180,19 +177,9 @@ def small_config() -> dict:
 
 def write_checkpoint(folder: Path) -> None:
     """A random-weight HF Qwen2ForCausalLM of configs/small.json with the bundled tokenizer (run in a child)."""
-    code = (
-        "import json, shutil, sys, torch, transformers\n"
-        "config, out, tok = sys.argv[1:4]\n"
-        "torch.manual_seed(0)\n"
-        "model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**json.loads(config)))\n"
-        "model.save_pretrained(out)\n"
-        "for name in json.loads(sys.argv[4]) + ['generation_config.json']:\n"
-        "    shutil.copy(f'{tok}/{name}', f'{out}/{name}')\n"
-    )
     config = dict(small_config(), architectures=["Qwen2ForCausalLM"])
     config.pop("transformers_version", None)
-    args = [json.dumps(config), str(folder), str(EXAMPLES / "model"), json.dumps(list(TOKENIZER_FILES))]
-    subprocess.run([sys.executable, "-c", code, *args], check=True)
+    write_hf_checkpoint(folder, config, tokenizer=True)
 
 
 def prepare(workdir: Path, texts: int) -> dict:
@@ -217,12 +204,6 @@ def prepare(workdir: Path, texts: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- child side
-
-
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return time.perf_counter() - start, out
 
 
 def decode_seconds(generate, runs: int, new_tokens: int, nbytes: int) -> dict:
@@ -527,8 +508,7 @@ def child_embed(name: str, workdir: Path, settings: dict) -> dict:
     model.encode(texts[:EMBED_BATCH], batch_size=EMBED_BATCH)  # warm-up (untimed)
     seconds, embeddings = timed(lambda: model.encode(texts, batch_size=EMBED_BATCH))
     np.save(workdir / f"{name}.npy", np.asarray(embeddings, dtype=np.float32))
-    hwm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-    return {"seconds": seconds, "texts_per_s": len(texts) / seconds, "peak_rss_mb": hwm / 2**20}
+    return {"seconds": seconds, "texts_per_s": len(texts) / seconds, "peak_rss_mb": status_bytes("VmHWM") / 2**20}
 
 
 def child(name: str, workdir: Path, settings: dict) -> None:
@@ -571,36 +551,6 @@ def run_child(name: str, workdir: Path, settings: dict) -> dict:
 
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def versions() -> dict:
-    out = {}
-    for dist in ("paddlepaddle", "torch", "transformers", "sentence-transformers", "paddlenlp"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        **versions(),
-        "MKL_DEBUG_CPU_TYPE": os.environ.get("MKL_DEBUG_CPU_TYPE"),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-    }
 
 
 def median_of(values: list) -> float | None:
@@ -965,8 +915,7 @@ def main(argv=None) -> int:
     note = profile_text(result, decode=missed[0] or args.quick, prefill=any(missed[1:3]) or args.quick)
     if note:
         result["profile_note"] = note
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(out_path, result)
     print("\n" + table(result))
     if note:
         print("\n" + "\n".join(note))

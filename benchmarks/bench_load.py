@@ -24,16 +24,14 @@ the page cache before anything is timed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from common import run_json_child, write_hf_checkpoint, write_results
 from model_configs import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,16 +42,13 @@ SHARD_SIZE = {"0.5b": "5GB", "1.5b": "1GB"}  # the 1.5B checkpoint is sharded, a
 # Child programs: print one JSON line {"seconds", "added_bytes"}.
 _MEASURE = r"""
 import json, os, sys, time
-def rss(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
+from common import status_bytes
 {imports}
-before = rss("VmRSS:")
+before = status_bytes("VmRSS")
 start = time.perf_counter()
 model = {load}
 seconds = time.perf_counter() - start
-print(json.dumps({{"seconds": seconds, "added_bytes": rss("VmHWM:") - before}}))
+print(json.dumps({{"seconds": seconds, "added_bytes": status_bytes("VmHWM") - before}}))
 """
 IMPLS = {
     "transformers": (
@@ -90,29 +85,14 @@ SLOW = ("paddlenlp", "paddlenlp_low_mem")
 def write_checkpoint(size: str, folder: Path) -> None:
     """A random Qwen2.5-`size` written by transformers (bf16, the published config), then converted."""
     hf, paddle_dir = folder / "hf", folder / "paddle"
-    code = (
-        "import sys, torch, transformers\n"
-        "config = transformers.Qwen2Config.from_pretrained(sys.argv[1])\n"
-        "torch.manual_seed(0)\n"
-        "model = transformers.Qwen2ForCausalLM(config).to(torch.bfloat16)\n"
-        "model.save_pretrained(sys.argv[2], max_shard_size=sys.argv[3])\n"
-    )
-    config = ROOT / "configs" / f"qwen2.5-{size}.json"
-    subprocess.run([sys.executable, "-c", code, str(config), str(hf), SHARD_SIZE[size]], check=True)
+    write_hf_checkpoint(hf, load_config(f"qwen2.5-{size}"), dtype="bfloat16", max_shard_size=SHARD_SIZE[size])
     convert = [sys.executable, "-m", "paddle_qwen2", "convert", "--from-hf", str(hf), "--out", str(paddle_dir)]
     subprocess.run([*convert, "--quiet"], check=True)
 
 
 def measure(impl: str, folder: Path) -> dict:
     imports, load, layout = IMPLS[impl]
-    program = _MEASURE.format(imports=imports, load=load)
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)))))
-    result = subprocess.run(
-        [sys.executable, "-c", program, str(folder / layout)], capture_output=True, text=True, env=env
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{impl} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_json_child(_MEASURE.format(imports=imports, load=load), [str(folder / layout)], impl)
 
 
 def bench_size(size: str, workdir: Path, repeats: int, impls: list[str]) -> dict:
@@ -174,14 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         results = {
-            "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": {"cpu": platform.machine(), "cores": len(os.sched_getaffinity(0))},
             "threads": os.environ.get("OMP_NUM_THREADS"),
             "repeats": args.repeats,
             "targets": {"time_vs_transformers_max": TIME_TARGET, "memory_vs_transformers_max": MEMORY_TARGET},
             "sizes": {size: bench_size(size, workdir, args.repeats, impls) for size in args.sizes},
         }
-    Path(args.results).write_text(json.dumps(results, indent=2) + "\n")
+    results = write_results(args.results, results)
     print(table(results))
     for size, summary in results["sizes"].items():
         for impl in ("ours_hf", "ours_paddle"):

@@ -18,10 +18,7 @@ config.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,6 +35,7 @@ import zlib  # noqa: E402,F401
 
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
+from common import status_bytes, write_results  # noqa: E402
 from model_configs import load_config  # noqa: E402
 
 WORKLOADS = ["prefill_1x512", "prefill_4x256", "decode_16+64", "train_4x256", "embed_32x64"]
@@ -345,16 +343,7 @@ def child(impl: str, workload: str, args) -> None:
     fn = workload_fn(workload, impl, model, framework, cfg, args.device)
     fn()
     fn()
-    print(peak_rss_mb())
-
-
-def peak_rss_mb() -> float:
-    """This process's RSS high-water mark. VmHWM belongs to the process image, so unlike `ru_maxrss` it does not
-    inherit the parent's peak across fork + exec."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(status_bytes("VmHWM") / 2**20)  # this process's peak RSS in MB
 
 
 def available_impls() -> list:
@@ -400,8 +389,6 @@ def main(argv=None) -> int:
     impls = available_impls()
     models = {impl: build(impl, cfg, weights, args.dtype, args.device) for impl in impls}
     results = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine_info(),
         "config": args.config,
         "dtype": args.dtype,
         "device": args.device,
@@ -423,11 +410,9 @@ def main(argv=None) -> int:
         row["ratio_ours_vs"] = {impl: per_unit["ours"] / per_unit[impl] for impl in impls if impl != "ours"}
         results["workloads"][workload] = row
         print_row(workload, row)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = Path(args.config).stem
-    (out_dir / f"model_{name}_{args.device}_{args.dtype}.json").write_text(json.dumps(results, indent=2))
-    print(f"\nresults written to {out_dir / f'model_{name}_{args.device}_{args.dtype}.json'}")
+    out = Path(args.out) / f"model_{Path(args.config).stem}_{args.device}_{args.dtype}.json"
+    write_results(out, results)
+    print(f"\nresults written to {out}")
     return 0
 
 
@@ -447,25 +432,6 @@ def print_row(workload: str, row: dict) -> None:
         )
     if "peak_rss_mb" in row:
         print(f"{'':15s} peak RSS MB: " + "  ".join(f"{k}={v:.0f}" for k, v in row["peak_rss_mb"].items()))
-
-
-def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "paddle": paddle.__version__,
-        "MKL_DEBUG_CPU_TYPE": os.environ.get("MKL_DEBUG_CPU_TYPE"),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-    }
 
 
 if __name__ == "__main__":

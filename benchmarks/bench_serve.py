@@ -28,8 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import random
 import re
 import signal
 import statistics
@@ -39,13 +37,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import corpus_spans, status_bytes, write_hf_checkpoint, write_results
 from model_configs import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "serve.json"
-EXAMPLES = ROOT / "examples"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 TOKENIZER_VOCAB = 4096  # the bundled tokenizer's ids (ChatML specials 4000-4002)
+GENERATION_CONFIG = {"eos_token_id": [4000, 4002], "pad_token_id": 4000, "do_sample": False}
 TARGET = 4.0  # 8 clients' aggregate tokens/s over 1 client's, at least
 HOST = "127.0.0.1"  # loopback only
 _LISTENING = re.compile(r"paddle-qwen2 serve: .* on (http://[\w.\[\]:]+:\d+)")
@@ -54,35 +52,15 @@ _LISTENING = re.compile(r"paddle-qwen2 serve: .* on (http://[\w.\[\]:]+:\d+)")
 # ----------------------------------------------------------------------------------------------------- setup
 def write_checkpoint(folder: Path, config_name: str) -> None:
     """A random-weight HF Qwen2ForCausalLM of `config_name` with the bundled tokenizer (in a child process)."""
-    code = (
-        "import json, shutil, sys, torch, transformers\n"
-        "config, out, tok, files = sys.argv[1:5]\n"
-        "torch.manual_seed(0)\n"
-        "model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**json.loads(config)))\n"
-        "model.save_pretrained(out)\n"
-        "for name in json.loads(files):\n"
-        "    shutil.copy(f'{tok}/{name}', f'{out}/{name}')\n"
-        "json.dump({'eos_token_id': [4000, 4002], 'pad_token_id': 4000, 'do_sample': False},\n"
-        "          open(f'{out}/generation_config.json', 'w'))\n"
-    )
     config = {k: v for k, v in load_config(config_name).items() if k not in ("torch_dtype", "transformers_version")}
     config["vocab_size"] = max(config["vocab_size"], TOKENIZER_VOCAB)
     config["architectures"] = ["Qwen2ForCausalLM"]
-    args = [json.dumps(config), str(folder), str(EXAMPLES / "model"), json.dumps(list(TOKENIZER_FILES))]
-    subprocess.run([sys.executable, "-c", code, *args], check=True)
+    write_hf_checkpoint(folder, config, tokenizer=True, generation_config=GENERATION_CONFIG)
 
 
 def make_prompts(count: int, seed: int = 0) -> list[str]:
     """`count` prompts of 120 to 480 characters (about 30 to 120 tokens) from the bundled corpus."""
-    files = [EXAMPLES / "data" / "corpus" / name for name in ("en.txt", "zh.txt")]
-    corpus = " ".join(" ".join(f.read_text(encoding="utf-8").split()) for f in files)
-    rng = random.Random(seed)
-    prompts = []
-    for _ in range(count):
-        length = rng.randint(120, 480)
-        start = rng.randrange(0, len(corpus) - length)
-        prompts.append(corpus[start : start + length].strip() or "Once upon a time")
-    return prompts
+    return corpus_spans(count, lambda rng: rng.randint(120, 480), seed, empty="Once upon a time")
 
 
 class Server:
@@ -127,13 +105,13 @@ class Server:
         while pids:
             pid = pids.pop()
             try:
-                status = Path(f"/proc/{pid}/status").read_text()
+                rss = status_bytes("VmRSS", pid)
                 children = [Path(t, "children").read_text().split() for t in Path(f"/proc/{pid}/task").iterdir()]
             except OSError:  # it has just exited
                 continue
-            total += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
+            total += rss
             pids += [int(c) for tid in children for c in tid]
-        return total / 1024
+        return total / 2**20
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -345,8 +323,6 @@ def main(argv: list[str] | None = None) -> dict:
               if o > 0] if "1" in results and "8" in results else []  # fmt: skip
     spread = _spread(results["1"]["tokens_per_s_runs"]) if "1" in results else 0.0
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0))},
         "config": args.config,
         "engine": args.engine,
         "max_batch_size": args.max_batch_size,
@@ -362,8 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
         "server_exit_code": exit_code,
     }
     out = Path(args.out) if args.out else (workdir / "serve_quick.json" if args.quick else RESULTS)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    result = write_results(out, result)
     print("\n" + table(result) + f"\n\nserver exit code {exit_code}; results: {out}")
     if spread > 0.2:
         print(f"warning: 1-client tokens/s varied by {spread:.0%} between passes: the machine was busy, rerun")
