@@ -37,10 +37,10 @@ from paddlenlp.utils.log import logger as paddlenlp_logger
 from tqdm import tqdm
 
 from paddle_qwen2 import Qwen2ForCausalLM, Qwen2SentenceEmbedding
+from paddle_qwen2.cli import finetune
 from paddle_qwen2.embedding.evaluation import load_retrieval_pairs
 from paddle_qwen2.embedding.model import EmbeddingModel
 from paddle_qwen2.tokenizer import IM_END, load_tokenizer
-from paddle_qwen2.training import finetune
 from paddle_qwen2.training.callbacks import read_log
 
 EXAMPLES = Path(__file__).resolve().parent

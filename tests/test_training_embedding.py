@@ -12,10 +12,11 @@ import paddle
 import pytest
 
 from conftest import CAPITALS, QUERY_PROMPT, kill_at_first_checkpoint, write_qwen2_with_tokenizer
+from paddle_qwen2.cli import finetune
+from paddle_qwen2.cli.finetune import parse_args
 from paddle_qwen2.conversion import convert_checkpoint
 from paddle_qwen2.embedding.model import EmbeddingModel
 from paddle_qwen2.jsonl import JSONLError
-from paddle_qwen2.training import finetune
 from paddle_qwen2.training.callbacks import read_log
 from paddle_qwen2.training.data import DataError
 from paddle_qwen2.training.embedding import (
@@ -27,7 +28,6 @@ from paddle_qwen2.training.embedding import (
     matryoshka_dims,
     prompt_length,
 )
-from paddle_qwen2.training.options import parse_args
 
 pytestmark = pytest.mark.paddle26
 

@@ -13,9 +13,9 @@ pytestmark = pytest.mark.paddle26
 
 from conftest import CAPITALS, kill_at_first_checkpoint
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
+from paddle_qwen2.cli import finetune
 from paddle_qwen2.conversion import convert_checkpoint
 from paddle_qwen2.tokenizer import load_tokenizer, save_qwen2_tokenizer, train_qwen2_bpe
-from paddle_qwen2.training import finetune
 from paddle_qwen2.training.callbacks import read_log
 from paddle_qwen2.training.data import DataCollatorForSFT, build_sft_dataset
 from paddle_qwen2.training.lora import apply_lora, merge_lora

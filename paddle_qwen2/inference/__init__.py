@@ -1,8 +1,8 @@
 """Inference on the exported programs: generation (`LLM`, over the one-step `decode` program, or the dygraph model),
 host-side sampling and streaming detokenization, sentence embeddings through Paddle Inference. See `engine.py`.
 
-Importing this package loads nothing heavy (the CLI builds its parser from `command.py`); its names import their
-modules on first use, and `LLM.from_pretrained` loads paddle.
+Importing this package loads nothing heavy; its names import their modules on first use, and `LLM.from_pretrained`
+loads paddle.
 """
 
 from __future__ import annotations

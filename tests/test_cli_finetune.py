@@ -1,4 +1,4 @@
-"""paddle_qwen2.training.options: the shipped configs parse, every option reaches the Trainer, bad options stop."""
+"""paddle_qwen2.cli.finetune: the shipped configs parse, every option reaches the Trainer, bad options stop."""
 
 import json
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import paddle
 import pytest
 
+from paddle_qwen2.cli.finetune import parse_args
 from paddle_qwen2.training.finetune import training_arguments
-from paddle_qwen2.training.options import parse_args
 
 pytestmark = pytest.mark.paddle26
 
