@@ -25,8 +25,13 @@ class CausalLMProgram(nn.Layer):
 
     def forward(self, input_ids, attention_mask):
         positions = mask_positions(attention_mask)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False,
-                         return_dict=True)  # fmt: skip
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            use_cache=False,
+            return_dict=True,
+        )
         return out.logits.astype("float32")
 
 
@@ -72,9 +77,15 @@ class DecodeProgram(nn.Layer):
     def forward(self, input_ids, attention_mask, cache):
         past = tuple((cache[2 * i], cache[2 * i + 1]) for i in range(len(cache) // 2))
         positions = mask_positions(attention_mask)[:, -input_ids.shape[1] :]
-        out = self.model.qwen2(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                               past_key_values=past, use_cache=True, return_dict=True,
-                               heads_first_cache=self.CACHE_LAYOUT[1] == "kv_heads")  # fmt: skip
+        out = self.model.qwen2(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=past,
+            use_cache=True,
+            return_dict=True,
+            heads_first_cache=self.CACHE_LAYOUT[1] == "kv_heads",
+        )
         logits = self.model.lm_head(out.last_hidden_state[:, -1:])[:, 0]  # the head on the last position only
         return [logits.astype("float32"), *[t for kv in out.past_key_values for t in kv]]
 
