@@ -5,7 +5,6 @@ transpose, a missing bias or a norm applied in the wrong dtype shows up as a num
 """
 
 import atexit
-import gc
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ from paddle_qwen2 import (
     Qwen2Config,  # noqa: E402
     modeling,  # noqa: E402
 )
+from paddle_qwen2.trace_state import forget_unfinished_traces  # noqa: E402
 
 paddle.set_device("cpu")
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -148,12 +148,12 @@ def write_hf_checkpoint(path: Path, variant: str, head: str = "causal_lm", seed:
 
 
 @pytest.fixture(autouse=True)
-def _collect_garbage_first():
-    """Free the previous tests' garbage before each test: with the whole suite in one process, Paddle 3.3.1's
-    dy2static crashed (SIGFPE in `pir_partial_program.get_value_name`) tracing a program while a cyclic-garbage
-    collection ran; it never did with the same tests in smaller groups."""
-    gc.collect()
+def _forget_failed_traces():
+    """After each test, drop the state dy2static keeps for `to_static` traces that failed in it: a later program
+    allocated at such a freed program's address would inherit its parameters and crash Paddle 3.x (see
+    `paddle_qwen2.trace_state`)."""
     yield
+    forget_unfinished_traces()
 
 
 @pytest.fixture(scope="session")
