@@ -127,7 +127,7 @@ def timed_convert(src: Path, dst: Path) -> tuple:
     os.sync()
     cmd = [sys.executable, "-m", "paddle_qwen2", "convert", "--from-hf", str(src), "--out", str(dst), "--quiet"]
     # As after any normal install, the converter's bytecode is cached (by the untimed warm-up run) even where
-    # the environment turns caching off (PYTHONDONTWRITEBYTECODE would add ~40 ms of compiling to every run).
+    # the environment turns caching off (PYTHONDONTWRITEBYTECODE would add compiling to every run).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     start = time.perf_counter()
     child = subprocess.Popen(cmd, cwd=ROOT, env=env)

@@ -11,11 +11,10 @@ minus the RSS before). Implementations, interleaved, median of `--repeats` (defa
     (one run each: they take tens of seconds).
 Targets: paddle_qwen2's load time <= 1.0x transformers', load memory <= 1.1x transformers'.
 
-One untimed round of every implementation comes first, and each repeat starts one implementation later. On this
+One untimed round of every implementation comes first, and each repeat starts one implementation later. On a
 VM touching memory that no process has used yet, or that another process has just freed, costs several times more
-than touching it again (allocating 3 GB took 3.1 s the first time, 0.6 s after), whichever library does it: the
-warm-up round pays the first, the rotation spreads the second over every implementation, and the files are in
-the page cache before anything is timed.
+than touching it again, whichever library does it: the warm-up round pays the first, the rotation spreads the
+second over every implementation, and the files are in the page cache before anything is timed.
 
     python benchmarks/bench_load.py                      # 0.5B and 1.5B, 6 repeats (~10 min with the checkpoints)
     python benchmarks/bench_load.py --sizes 0.5b --repeats 1 --skip-paddlenlp

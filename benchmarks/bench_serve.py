@@ -69,12 +69,28 @@ class Server:
     def __init__(self, folder: Path, workdir: Path, engine: str, max_batch_size: int) -> None:
         self.log_path = workdir / "server.log"
         env = {**os.environ, "PADDLE_QWEN2_CACHE": str(workdir / "export-cache")}
-        args = ["--model", str(folder), "--served-model-name", "bench", "--host", HOST, "--port", "0",
-                "--engine", engine, "--max-batch-size", str(max_batch_size), "--max-queue-size", "256",
-                "--log-level", "warning"]  # fmt: skip
+        args = [
+            "--model",
+            str(folder),
+            "--served-model-name",
+            "bench",
+            "--host",
+            HOST,
+            "--port",
+            "0",
+            "--engine",
+            engine,
+            "--max-batch-size",
+            str(max_batch_size),
+            "--max-queue-size",
+            "256",
+            "--log-level",
+            "warning",
+        ]
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "paddle_qwen2", "serve", *args], stdout=log,
-                                         stderr=subprocess.STDOUT, env=env)  # fmt: skip
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "paddle_qwen2", "serve", *args], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
         self.url = self._wait(300)
 
     def _wait(self, timeout: float) -> str:
@@ -125,8 +141,15 @@ class Server:
 # ---------------------------------------------------------------------------------------------------- clients
 async def stream_one(client, url: str, prompt: str, max_tokens: int) -> dict:
     """One streamed completion: its token count, time to first token, and the per-token gaps."""
-    body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-            "stream": True, "return_token_ids": True}  # fmt: skip
+    body = {
+        "model": "bench",
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "return_token_ids": True,
+    }
     start = time.perf_counter()
     last, ttft, tokens, gaps = start, None, 0, []
     try:
@@ -153,8 +176,15 @@ async def stream_one(client, url: str, prompt: str, max_tokens: int) -> dict:
     return {"tokens": tokens, "ttft": ttft, "gaps": gaps}
 
 
-async def run_clients(url: str, clients: int, prompts: list[str], max_tokens: int, requests: int | None = None,
-                      seconds: float | None = None, on_request=None) -> tuple[list[dict], float]:  # fmt: skip
+async def run_clients(
+    url: str,
+    clients: int,
+    prompts: list[str],
+    max_tokens: int,
+    requests: int | None = None,
+    seconds: float | None = None,
+    on_request=None,
+) -> tuple[list[dict], float]:
     """`clients` concurrent clients, each sending requests one after another until `requests` each (or, with
     `seconds`, until that much time has passed); returns every request's result and the wall time."""
     import httpx
@@ -230,8 +260,9 @@ def soak(server: Server, prompts: list[str], max_tokens: int, seconds: float, ma
             marks["warm"] = server.rss_mb()
 
     per_client = max(1, max_requests // 8)
-    results, wall = asyncio.run(run_clients(server.url, 8, prompts, max_tokens, requests=per_client,
-                                            seconds=seconds, on_request=on_request))  # fmt: skip
+    results, wall = asyncio.run(
+        run_clients(server.url, 8, prompts, max_tokens, requests=per_client, seconds=seconds, on_request=on_request)
+    )
     end = server.rss_mb()
     warm = marks.get("warm", end)
     return {**summarize(results, wall), "rss_after_warmup_mb": warm, "rss_end_mb": end, "rss_growth_mb": end - warm}
@@ -253,13 +284,17 @@ def table(result: dict) -> str:
         rows.append(f"| {clients} | {r['tokens_per_s']:.1f} | {ttft} | {tpot} | {r['requests']} | {r['errors']} |")
     if result.get("ratio_8_vs_1") is not None:
         runs = ", ".join(f"{r:.2f}" for r in result.get("ratio_8_vs_1_runs", []))
-        rows.append(f"\n8 clients vs 1: **{result['ratio_8_vs_1']:.2f}x** aggregate tokens/s, median of the passes "
-                    f"({runs}; target >= {TARGET:.0f}x)")  # fmt: skip
+        rows.append(
+            f"\n8 clients vs 1: **{result['ratio_8_vs_1']:.2f}x** aggregate tokens/s, median of the passes "
+            f"({runs}; target >= {TARGET:.0f}x)"
+        )
     if result.get("soak"):
         s = result["soak"]
-        rows.append(f"\nsoak: {s['seconds']:.0f} s, {s['requests']} requests, {s['errors']} errors, "
-                    f"{s['tokens_per_s']:.1f} tokens/s; server RSS {s['rss_after_warmup_mb']:.0f} MB after warm-up, "
-                    f"{s['rss_end_mb']:.0f} MB at the end ({s['rss_growth_mb']:+.1f} MB)")  # fmt: skip
+        rows.append(
+            f"\nsoak: {s['seconds']:.0f} s, {s['requests']} requests, {s['errors']} errors, "
+            f"{s['tokens_per_s']:.1f} tokens/s; server RSS {s['rss_after_warmup_mb']:.0f} MB after warm-up, "
+            f"{s['rss_end_mb']:.0f} MB at the end ({s['rss_growth_mb']:+.1f} MB)"
+        )
     return "\n".join(rows)
 
 
@@ -278,8 +313,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--soak-seconds", type=float, default=0.0, help="then a soak of this many seconds (default none)")
     p.add_argument("--soak-requests", type=int, default=5000, help="at most this many soak requests (default 5000)")
-    p.add_argument("--quick", action="store_true", help="smoke run: tiny config, levels 1 and 4, 2 requests of 16 "
-                   "tokens; results go to --workdir unless --out is given")  # fmt: skip
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: tiny config, levels 1 and 4, 2 requests of 16 "
+        "tokens; results go to --workdir unless --out is given",
+    )
     p.add_argument("--out", help=f"results JSON (default {RESULTS.relative_to(ROOT)})")
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "paddle_qwen2_bench_serve"))
     args = p.parse_args(argv)
@@ -310,8 +349,11 @@ def main(argv: list[str] | None = None) -> dict:
                 raw, wall = asyncio.run(run_clients(server.url, clients, prompts, args.max_tokens, args.requests))
                 runs[clients].append((raw, wall))
                 r = summarize(raw, wall)
-                print(f"  {clients:>2} clients: {r['tokens_per_s']:7.1f} tokens/s, TTFT p50 {_fmt(r['ttft_p50_ms'])} "
-                      f"ms, per-token p50 {_fmt(r['tpot_p50_ms'])} ms, errors {r['errors']}", flush=True)  # fmt: skip
+                print(
+                    f"  {clients:>2} clients: {r['tokens_per_s']:7.1f} tokens/s, TTFT p50 {_fmt(r['ttft_p50_ms'])} "
+                    f"ms, per-token p50 {_fmt(r['tpot_p50_ms'])} ms, errors {r['errors']}",
+                    flush=True,
+                )
         results = {str(c): summarize_repeats(runs[c]) for c in levels}
         soaked = None
         if args.soak_seconds > 0:
@@ -319,8 +361,11 @@ def main(argv: list[str] | None = None) -> dict:
             soaked = soak(server, prompts, args.max_tokens, args.soak_seconds, args.soak_requests)
     finally:
         exit_code = server.stop()
-    ratios = [e / o for o, e in zip(results["1"]["tokens_per_s_runs"], results["8"]["tokens_per_s_runs"])
-              if o > 0] if "1" in results and "8" in results else []  # fmt: skip
+    ratios = (
+        [e / o for o, e in zip(results["1"]["tokens_per_s_runs"], results["8"]["tokens_per_s_runs"]) if o > 0]
+        if "1" in results and "8" in results
+        else []
+    )
     spread = _spread(results["1"]["tokens_per_s_runs"]) if "1" in results else 0.0
     result = {
         "config": args.config,

@@ -22,12 +22,11 @@ _kept_freed_memory = False
 def keep_freed_memory() -> bool:
     """Make glibc's malloc serve every allocation from its heap and keep freed memory for reuse (mallopt
     `M_MMAP_MAX=0`, `M_TRIM_THRESHOLD` high). By default each allocation over 32 MB is a fresh `mmap` whose pages
-    the kernel zero-fills on first touch, and paddle's CPU allocator asks malloc anew for every tensor: an
-    attention score tensor of a 32 x 343 batch (120 MB) then costs more in page faults than in arithmetic (measured
-    here: an add 248 -> 23 ms, a softmax 122 -> 48 ms, sentence embeddings 1.3-1.5x faster). The costs: memory
-    freed by the process is kept by it, not returned to the system, and PyTorch in the same process gets slower
-    (sentence-transformers 14.4 -> 9.8 texts/s), so this is for processes that compute with paddle only: the
-    `paddle-qwen2 embed` command calls it. Returns False where there is no glibc."""
+    the kernel zero-fills on first touch, and paddle's CPU allocator asks malloc anew for every tensor: an op on a
+    large tensor (such as the attention scores of an encode batch) then costs more in page faults than in
+    arithmetic, and reusing the heap avoids them. The costs: memory freed by the process is kept by it, not
+    returned to the system, and PyTorch in the same process gets slower, so this is for processes that compute with
+    paddle only: the `paddle-qwen2 embed` command calls it. Returns False where there is no glibc."""
     global _kept_freed_memory
     if _kept_freed_memory:
         return True
@@ -52,8 +51,8 @@ _AVX512 = ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
 def mkl_cpu_type(cpuinfo: str | None = None) -> str | None:
     """The `MKL_DEBUG_CPU_TYPE` for this CPU (`cpuinfo`: the text of /proc/cpuinfo, read when None): "7" on AMD
     CPUs with AVX-512 (Zen 4 and later), "5" on AMD CPUs with AVX2 and FMA, None otherwise (Intel CPUs get MKL's
-    own dispatch; without /proc/cpuinfo nothing is known). Measured on an AMD EPYC (Zen 5), an 8x512 @ 512x8192
-    fp32 matmul on one thread: 2.7 ms unset, 1.16 ms with 5, 0.37 ms with 7."""
+    own dispatch; without /proc/cpuinfo nothing is known). Without it MKL runs its generic SSE kernels on AMD
+    CPUs, several times slower for fp32 matmuls."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 class _LazyNumpy:
     """`numpy`, imported on first use: converting a safetensors checkpoint with the C transpose kernel never
-    needs it, and importing it is a sixth of the time it takes to convert 1 GB here.
+    needs it, and importing it is a noticeable share of a conversion's time.
 
     A module that uses numpy binds `np = _LazyNumpy(globals())`; the first attribute lookup imports numpy and
     rebinds that module's `np` to numpy itself."""

@@ -114,9 +114,9 @@ def aligned_empty(shape: tuple[int, ...], dtype: str, alignment: int = 4096) -> 
 
     Arrays of `_MAPPED_MIN_BYTES` or more get their own private anonymous mapping (page-aligned, freed with the
     array) in small pages. numpy's allocator would mark them for transparent huge pages (`MADV_HUGEPAGE`), and
-    on a VM that hands freed memory back to its host each first touch of a 2 MB page then stalls: after another
-    process freed its memory, loading the 1.5B took 7-9 s instead of 2.7 s, nearly all of it in the kernel.
-    Small pages are also what Paddle's own allocations and PyTorch's get."""
+    on a VM that hands freed memory back to its host each first touch of a huge page then stalls in the kernel,
+    most after another process has freed its memory. Small pages are also what Paddle's own allocations and
+    PyTorch's get."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes >= max(1, _MAPPED_MIN_BYTES) and mmap.PAGESIZE % alignment == 0 and hasattr(mmap, "MAP_PRIVATE"):

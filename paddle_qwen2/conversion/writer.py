@@ -48,9 +48,9 @@ except ImportError:
 def _fill_transposed(out: np.ndarray, array: np.ndarray, start: int, stop: int, scratch: np.ndarray | None) -> None:
     """out[:] = array[:, start:stop].T for a 2-D `array`, without the GIL where it can.
 
-    With the compiled `_transpose` module (built by `pip install`): SIMD tiles, ~3 GB/s per core for 2-byte
-    values. Otherwise numpy: when both sides are multiples of `_BLOCK`, the blocks are transposed in two
-    cache-friendly passes through `scratch` (~1 GB/s, 2-3x faster than one strided copy)."""
+    With the compiled `_transpose` module (built by `pip install`): SIMD tiles. Otherwise numpy: when both sides
+    are multiples of `_BLOCK`, the blocks are transposed in two cache-friendly passes through `scratch` (cheaper
+    than one strided copy)."""
     rows, cols = array.shape
     if _simd_transpose is not None and array.flags.c_contiguous and out.flags.c_contiguous:
         _simd_transpose.transpose_columns(out, array, rows, cols, start, stop, array.itemsize)

@@ -110,8 +110,9 @@ class EmbeddingEncoder:
             texts = [text_prompt + t for t in texts]
             if not self.spec.pooling.include_prompt:
                 prompt_length = self.tokenizer.prompt_length(text_prompt)
-        out = self._encode_ids(self.tokenizer.encode_ids(texts), batch_size, prompt_length, normalize_embeddings,
-                               show_progress_bar)  # fmt: skip
+        out = self._encode_ids(
+            self.tokenizer.encode_ids(texts), batch_size, prompt_length, normalize_embeddings, show_progress_bar
+        )
         if truncate_dim is not None:
             out = out[:, :truncate_dim]
             if self.normalizes(normalize_embeddings):

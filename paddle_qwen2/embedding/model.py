@@ -193,8 +193,9 @@ class EmbeddingModel(EmbeddingEncoder, nn.Layer):
         modules: list = []
         for i, module in enumerate(self.spec.modules, start=1):
             if isinstance(module, DenseSpec):
-                module = DenseSpec(out / f"{i}_Dense", module.in_features, module.out_features, module.bias,
-                                   module.activation)  # fmt: skip
+                module = DenseSpec(
+                    out / f"{i}_Dense", module.in_features, module.out_features, module.bias, module.activation
+                )
             elif isinstance(module, PoolingSpec):
                 module = PoolingSpec(module.modes, self.transformer.config.hidden_size, module.include_prompt)
             modules.append(module)

@@ -73,13 +73,17 @@ class InferenceEmbeddingModel(EmbeddingEncoder):
 
     def _run_batch(self, input_ids: np.ndarray, mask: np.ndarray, prompt_length: int, normalize_embeddings):
         if prompt_length:
-            raise EmbeddingError(f"{self.spec.path}: the Pooling module leaves the prompt out (include_prompt "
-                                 "false), which the exported program cannot do; use the dygraph EmbeddingModel "
-                                 "(paddle-qwen2 embed --engine dygraph)")  # fmt: skip
+            raise EmbeddingError(
+                f"{self.spec.path}: the Pooling module leaves the prompt out (include_prompt "
+                "false), which the exported program cannot do; use the dygraph EmbeddingModel "
+                "(paddle-qwen2 embed --engine dygraph)"
+            )
         if normalize_embeddings is False and self.spec.normalizes:
-            raise EmbeddingError(f"{self.spec.path}: the exported program ends with the folder's Normalize "
-                                 "module; unnormalised embeddings need the dygraph EmbeddingModel (--engine "
-                                 "dygraph)")  # fmt: skip
+            raise EmbeddingError(
+                f"{self.spec.path}: the exported program ends with the folder's Normalize "
+                "module; unnormalised embeddings need the dygraph EmbeddingModel (--engine "
+                "dygraph)"
+            )
         import paddle
 
         out = self.predictor.run([paddle.to_tensor(input_ids), paddle.to_tensor(mask)])[0].numpy()
@@ -101,5 +105,6 @@ def _spec_from_meta(folder: Path, meta: dict):
     modules = [PoolingSpec(tuple(meta["pooling"]), None, bool(meta["include_prompt"]))]
     if meta["normalize"]:
         modules.append(NormalizeSpec())
-    return FolderSpec(folder, transformer, modules, dict(meta["prompts"]), meta["default_prompt_name"],
-                      bool(meta["is_causal"]))  # fmt: skip
+    return FolderSpec(
+        folder, transformer, modules, dict(meta["prompts"]), meta["default_prompt_name"], bool(meta["is_causal"])
+    )

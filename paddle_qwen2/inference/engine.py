@@ -159,17 +159,16 @@ _FIRST_CACHE_LAYOUT = ("batch", "past", "kv_heads", "head_dim")  # of exports th
 class _PredictorStep:
     """The exported decode program on Paddle Inference. On CPU, one-token steps run without oneDNN on one thread (a
     step of one row reads every weight once, which one core does at the memory bandwidth, and oneDNN's per-op
-    overhead costs 3x). A run of several rows or tokens is a matrix product per weight that one core computes slower
-    than it reads: its matmuls get all threads (MKL's thread-local count; 8 rows of the `small` config 9.7 -> 8.1
-    ms). Prompts: with `onednn=None` a second predictor of the same files runs them with oneDNN on all threads
-    (512 tokens: 167 against 187 ms when OpenMP workers spin between regions), holding the weights twice; with
-    `onednn=False` the step predictor runs them too (faster where OpenMP workers sleep between regions, as in
-    `serve`'s engine process: a 60-token prompt 17 against 36 ms). `onednn=True`, or a `threads` count, runs one
-    predictor as it is.
+    overhead outweighs its kernels there). A run of several rows or tokens is a matrix product per weight that one
+    core computes slower than it reads: its matmuls get all threads (MKL's thread-local count). Prompts: with
+    `onednn=None` a second predictor of the same files runs them with oneDNN on all threads (faster when OpenMP
+    workers spin between regions), holding the weights twice; with `onednn=False` the step predictor runs them too
+    (faster where OpenMP workers sleep between regions, as in `serve`'s engine process). `onednn=True`, or a
+    `threads` count, runs one predictor as it is.
 
     Steps alternate between two clones of the step predictor (shared weights, their own buffers): the cache a
     step returns stays in its clone's output buffers while the other clone runs the next step, so it is never
-    copied (a copy of every layer's cache per step cost 1 ms of 10 at 8 rows). A batch still holding a clone's
+    copied (copying every layer's cache would be a sizeable part of a step). A batch still holding a clone's
     outputs when that clone must run again gets copies first (`_Lane.release`)."""
 
     def __init__(self, folder: Path, onednn: bool | None, threads: int | None):
@@ -222,8 +221,16 @@ class _PredictorStep:
 class LLM:
     """A causal LM for generation: a tokenizer, a one-step program (`step`) and the cache shape it takes."""
 
-    def __init__(self, step, tokenizer: ChatTokenizer, folder: Path, generation_config: dict,
-                 cache_dtype: str = "float32", name: str | None = None, max_model_len: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        step,
+        tokenizer: ChatTokenizer,
+        folder: Path,
+        generation_config: dict,
+        cache_dtype: str = "float32",
+        name: str | None = None,
+        max_model_len: int | None = None,
+    ):
         config = step.config
         self.step = step
         self.tokenizer = tokenizer
@@ -237,8 +244,10 @@ class LLM:
             raise EngineError(f"max_model_len must be in [1, {limit}] (the model's context), got {max_model_len}")
         self.max_model_len = max_model_len or limit
         heads = int(config["num_attention_heads"])
-        self._cache_sizes = {"kv_heads": int(config.get("num_key_value_heads") or heads),
-                             "head_dim": int(config.get("head_dim") or config["hidden_size"] // heads)}  # fmt: skip
+        self._cache_sizes = {
+            "kv_heads": int(config.get("num_key_value_heads") or heads),
+            "head_dim": int(config.get("head_dim") or config["hidden_size"] // heads),
+        }
         self._cache_layout = tuple(step.cache_layout)
         self._layers = int(config["num_hidden_layers"])
         self._cache_dtype = cache_dtype

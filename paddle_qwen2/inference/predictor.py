@@ -57,8 +57,10 @@ def resolve_export(path: str | os.PathLike, task: str, cache_dir: str | os.PathL
     if (path / META_FILE).is_file():
         meta = read_meta(path)
         if meta.get("task") != task or meta.get("format") != "paddle":
-            raise ExportError(f"{path}: an export of task {meta.get('task')!r} ({meta.get('format')}); this needs "
-                              f"task {task!r} (paddle-qwen2 export --task {task})")  # fmt: skip
+            raise ExportError(
+                f"{path}: an export of task {meta.get('task')!r} ({meta.get('format')}); this needs "
+                f"task {task!r} (paddle-qwen2 export --task {task})"
+            )
         return path
     if not path.is_dir():
         raise ExportError(f"{path}: no such model folder")

@@ -6,8 +6,8 @@
 `generate`: repetition penalty -> (greedy: argmax) -> temperature -> top-k -> top-p -> softmax (float64) -> draw.
 `processed_logits` is that pipeline up to (not including) the softmax, with -inf for the removed tokens.
 
-Everything is O(vocab) per token with small constants (about 1 ms for a 152k vocabulary): top-k uses
-selection (`np.partition`, no sort), and top-p sorts only the tokens that can matter to it.
+Everything is O(vocab) per token with small constants: top-k uses selection (`np.partition`, no sort), and
+top-p sorts only the tokens that can matter to it.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def _top_k_inplace(scores: np.ndarray, k: int) -> None:
 
 def _kth_largest(scores: np.ndarray, k: int, block: int = 64) -> float:
     """The k-th largest value. The k-th largest of the block maxima is a lower bound for it, so only the (few)
-    scores at or above that bound go through `np.partition`: ~10x faster than partitioning a 150k vocab."""
+    scores at or above that bound go through `np.partition`, not the whole vocabulary."""
     blocks = scores.size // block
     if blocks < 4 * k:
         return scores[np.argpartition(scores, scores.size - k)[scores.size - k]]

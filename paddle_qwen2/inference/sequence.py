@@ -44,8 +44,10 @@ class GenerationSequence:
         if not prompt_ids:
             raise ValueError("the prompt is empty: at least one token is needed")
         if len(prompt_ids) >= max_model_len:
-            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the context holds {max_model_len}, and at "
-                             "least one must be left to generate")  # fmt: skip
+            raise ValueError(
+                f"the prompt has {len(prompt_ids)} tokens; the context holds {max_model_len}, and at "
+                "least one must be left to generate"
+            )
         params.validate()
         self.prompt_ids = list(prompt_ids)
         self.params = params
@@ -95,5 +97,6 @@ class GenerationSequence:
         return delta
 
     def completion(self) -> Completion:
-        return Completion(list(self.token_ids), self.text, self.finish_reason or "length", len(self.prompt_ids),
-                          self.stop_reason)  # fmt: skip
+        return Completion(
+            list(self.token_ids), self.text, self.finish_reason or "length", len(self.prompt_ids), self.stop_reason
+        )
