@@ -1,9 +1,12 @@
 """Qwen2 / Qwen2.5 in PaddlePaddle, numerically faithful to HuggingFace transformers 4.57.
 
-Read top to bottom: masks, the layers (RMSNorm, rotary embedding, attention core, MLP, attention, decoder layer),
-`Qwen2PretrainedModel` (config, weight init, checkpoint names, FLOPs), `Qwen2Model`, then the heads, which share
-`Qwen2ModelWithHead` (causal LM, sequence / token classification, extractive QA, sentence embeddings). Tensor and
-sequence parallelism live in `parallel.py`, the HF <-> Paddle checkpoint names in `conversion/names.py`.
+Laid out as HF's `modeling_qwen2.py`: the config-driven layers (RMSNorm, rotary embedding, MLP, attention, decoder
+layer), `Qwen2PretrainedModel` (config, weight init, checkpoint names, FLOPs), `Qwen2Model`, then the heads on
+`Qwen2ModelWithHead`, which makes the one backbone call they share (causal LM, sequence / token classification,
+extractive QA, sentence embeddings). What the layers compute with lives beside this file: masks in `masks.py`, the
+attention core and the traced-RoPE tables in `attention.py`, RoPE frequencies and rotation in `rope.py`, pooling in
+`pooling.py`, losses in `losses.py`; tensor and sequence parallelism in `parallel.py`, the HF <-> Paddle checkpoint
+names in `conversion/names.py`. Every name of PaddleNLP's Qwen2 layout is importable from here.
 
 Tensor layout: activations are `[batch, seq, hidden]`; attention works in `[batch, seq, heads, head_dim]`
 (Paddle's flash / SDPA layout) and the KV cache keeps that layout, one `(key, value)` tuple per layer.
@@ -17,7 +20,6 @@ import os
 import warnings
 from typing import Callable
 
-import numpy as np
 import paddle
 import paddle.nn.functional as F
 from paddle import Tensor, nn
@@ -35,12 +37,41 @@ from paddlenlp.transformers.model_outputs import (
 )
 from paddlenlp.transformers.model_utils import PretrainedModel, register_base_model
 
+# The attention core, masks and RoPE helpers are re-exported here: PaddleNLP's layout (and code written against
+# this module) imports them from `modeling`.
+from .attention import (  # noqa: F401
+    _WARNED,
+    _math_attention,
+    _sdpa_kernel_available,
+    _warn_once,
+    apply_traced_rope,
+    repeat_kv,
+    scaled_dot_product_attention,
+    traced_rope_tables,
+)
 from .configuration import Qwen2Config
 from .conversion import HF_ARCHITECTURES, detect_layout, name_rows
 from .conversion.names import SAFE_WEIGHTS_NAME
+from .errors import PaddleQwen2Error
 from .flops import model_flops, training_flops
 from .loading import load_pretrained, save_weights
 from .losses import Qwen2PretrainingCriterion, classification_loss, cross_entropy_mean
+from .masks import (  # noqa: F401
+    _additive_mask,
+    _bidirectional_mask,
+    _causal_allowed,
+    _dtype_min,
+    _eager,
+    _expand_2d_mask,
+    _make_causal_mask,
+    _padding_mask,
+    check_attention_mask,
+    decoder_attention_mask,
+    get_triangle_upper_mask,
+    is_casual_mask,
+    layer_attention_masks,
+    masked_fill,
+)
 from .parallel import (
     assign_kv_heads,
     fuse_or_split_actions,
@@ -53,11 +84,16 @@ from .parallel import (
     tensor_parallel_actions,
     unfused_state_dict,
 )
-from .rope import dynamic_inv_freq_tensor, rope_inv_freq
+from .pooling import pool as pool_states  # (a method named `pool` calling a global `pool` breaks to_static)
+from .pooling import take_rows
+from .rope import _repeat_heads, apply_rotary_pos_emb, dynamic_inv_freq_tensor, rope_inv_freq, rotate_half  # noqa: F401
+
+_check_attention_mask = check_attention_mask  # the names these helpers had in this module
+_take_rows = take_rows
 
 # Names of PaddleNLP's Qwen2 layout that this port keeps so that code written against PaddleNLP finds them,
-# although nothing here needs them (defined in the last section of this file). `is_casual_mask` keeps
-# PaddleNLP's spelling.
+# although nothing here needs them (the masks in `masks.py`, `create_custom_forward` with the recompute helpers
+# below). `is_casual_mask` keeps PaddleNLP's spelling.
 PADDLENLP_LAYOUT_ONLY = ["get_triangle_upper_mask", "is_casual_mask", "create_custom_forward"]
 
 __all__ = [
@@ -90,109 +126,6 @@ __all__ = [
 ]
 
 KVCache = tuple[Tensor, Tensor]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Masks. Boolean masks are True where attention is allowed; additive masks hold 0 there and the dtype's
-# lowest finite value elsewhere (as HF's eager attention does).
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _dtype_min(dtype) -> float:
-    """Lowest finite value of a float dtype (paddle dtype or string)."""
-    name = str(dtype).split(".")[-1]
-    if name in ("bfloat16", "uint16"):
-        return -3.3895313892515355e38
-    if name == "float16":
-        return float(np.finfo(np.float16).min)
-    if name == "float64":
-        return float(np.finfo(np.float64).min)
-    return float(np.finfo(np.float32).min)
-
-
-def masked_fill(x: Tensor, mask: Tensor, value: float) -> Tensor:
-    """Return `x` with `value` wherever the boolean `mask` (broadcast to `x`) is True.
-
-    Half-precision inputs go through float32 (Paddle's CPU `where` has no bf16/fp16 kernel)."""
-    if x.dtype in (paddle.bfloat16, paddle.float16):
-        return masked_fill(x.astype("float32"), mask, value).astype(x.dtype)
-    return paddle.where(mask, paddle.full([], value, dtype=x.dtype), x)
-
-
-def _eager() -> bool:
-    """True in dygraph, False while `paddle.jit.to_static` traces a program. The data-dependent code (`.item()`
-    range checks, `bool(tensor)` shortcuts, Python state such as the dynamic-NTK cache) runs only when True; the
-    traced program takes the general path, correct for every input (the errors stay dygraph's)."""
-    return paddle.in_dynamic_mode()
-
-
-def _additive_mask(allowed: Tensor, dtype) -> Tensor:
-    """Boolean mask (True = attend) -> additive mask in `dtype`: 0 where allowed, the dtype's minimum elsewhere."""
-    zeros = paddle.zeros_like(allowed, dtype="float32")
-    return masked_fill(zeros, paddle.logical_not(allowed), _dtype_min(dtype)).astype(dtype)
-
-
-def _causal_allowed(q_len, past_key_values_length=0, sliding_window: int | None = None) -> Tensor:
-    """Boolean `[q_len, past + q_len]`: query `i` (absolute position `past + i`) may see key `j` (see
-    `_make_causal_mask`). `q_len` and `past_key_values_length` may be ints or, in a traced program, 0-d tensors."""
-    kv_len = past_key_values_length + q_len
-    q_pos = paddle.arange(past_key_values_length, kv_len, dtype="int64").unsqueeze(-1)
-    kv_pos = paddle.arange(kv_len, dtype="int64").unsqueeze(0)
-    allowed = kv_pos <= q_pos
-    if sliding_window is not None:
-        allowed = paddle.logical_and(allowed, kv_pos > q_pos - sliding_window)
-    return allowed
-
-
-def _make_causal_mask(input_ids_shape, past_key_values_length: int = 0, sliding_window: int | None = None) -> Tensor:
-    """Boolean causal mask `[batch, 1, q_len, past + q_len]` for queries placed after `past` cached tokens.
-
-    Query `i` sits at absolute position `past + i` and may see keys `j <= past + i`; with a
-    `sliding_window` only keys `j > past + i - sliding_window` (HF 4.57 sliding-window semantics).
-    """
-    batch_size, q_len = input_ids_shape[0], input_ids_shape[1]
-    allowed = _causal_allowed(q_len, past_key_values_length, sliding_window).unsqueeze([0, 1])
-    if isinstance(batch_size, int) and batch_size == 1:
-        return allowed
-    # broadcast to the batch by AND-ing a `[batch, 1, 1, 1]` True tensor (no boolean `expand` in the program)
-    rows = paddle.ones([batch_size, 1, 1, 1], dtype="bool")
-    return paddle.logical_and(allowed, rows)
-
-
-def _expand_2d_mask(mask: Tensor, tgt_length) -> Tensor:
-    """Padding mask `[batch, kv_len]` (1 = token, 0 = pad) -> boolean `[batch, 1, tgt_length, kv_len]`."""
-    rows = paddle.ones([1, 1, tgt_length, 1], dtype="bool")
-    return paddle.logical_and(mask.astype("bool").unsqueeze([1, 2]), rows)
-
-
-def _bidirectional_mask(attention_mask: Tensor | None, batch: int, seq_len: int, past_length: int, dtype) -> Tensor:
-    """Additive mask `[batch or 1, 1, seq, past + seq]` for bidirectional attention (`config.is_causal` False):
-    every query sees every real token; only padding (2D `attention_mask`, 1 = token) is masked. A 4D mask is
-    taken as given."""
-    if attention_mask is not None and attention_mask.ndim == 4:
-        return (
-            attention_mask.astype(dtype)
-            if attention_mask.dtype != paddle.bool
-            else _additive_mask(attention_mask, dtype)
-        )
-    kv_len = past_length + seq_len
-    if attention_mask is None:
-        return paddle.zeros([1, 1, seq_len, kv_len], dtype=dtype)
-    return _additive_mask(_expand_2d_mask(attention_mask, seq_len), dtype)
-
-
-def _padding_mask(attention_mask: Tensor | None) -> Tensor | None:
-    """`attention_mask` unless it is a 2D mask without padding (all ones), which needs no per-row mask: then None,
-    so one causal mask serves the whole batch. Dygraph only (the test reads the data); a traced program keeps the
-    mask, which gives the same result for any input."""
-    if (
-        _eager()
-        and attention_mask is not None
-        and attention_mask.ndim == 2
-        and bool(attention_mask.astype("bool").all())
-    ):
-        return None
-    return attention_mask
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -285,174 +218,6 @@ class Qwen2RotaryEmbedding(nn.Layer):
         return cos.astype(x.dtype), sin.astype(x.dtype)
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    """Rotate the two halves of the last dimension: `[x1, x2] -> [-x2, x1]`."""
-    x1, x2 = paddle.split(x, 2, axis=-1)
-    return paddle.concat([-x2, x1], axis=-1)
-
-
-def apply_rotary_pos_emb(
-    q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, position_ids: Tensor | None = None, unsqueeze_dim: int = 2
-) -> tuple[Tensor, Tensor]:
-    """Apply RoPE to `q` `[batch, seq, heads, head_dim]` and `k` `[batch, seq, kv_heads, head_dim]`.
-
-    `cos`/`sin` are `[batch, seq, head_dim]` (from `Qwen2RotaryEmbedding`); they are unsqueezed at
-    `unsqueeze_dim` to broadcast over heads (use 1 for the `[batch, heads, seq, head_dim]` layout).
-    If `position_ids` is given, `cos`/`sin` are tables `[max_pos, head_dim]` gathered at those positions.
-    """
-    if position_ids is not None:
-        cos, sin = (
-            paddle.gather(cos, position_ids.reshape([-1]), axis=0),
-            paddle.gather(sin, position_ids.reshape([-1]), axis=0),
-        )
-        cos = cos.reshape(list(position_ids.shape) + [cos.shape[-1]])
-        sin = sin.reshape(list(position_ids.shape) + [sin.shape[-1]])
-    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
-    if not _eager():  # traced: no split / concat of q and k (see `traced_rope_tables`); the same products and sums
-        q_cos, q_sin, k_cos, k_sin = traced_rope_tables(cos, sin, q.shape[unsqueeze_dim], k.shape[unsqueeze_dim],
-                                                        unsqueeze_dim)  # fmt: skip
-        return apply_traced_rope(q, k, q_cos, q_sin, k_cos, k_sin)
-    q_embed = q * _repeat_heads(cos, q.shape, unsqueeze_dim) + rotate_half(q) * _repeat_heads(
-        sin, q.shape, unsqueeze_dim
-    )
-    k_embed = k * _repeat_heads(cos, k.shape, unsqueeze_dim) + rotate_half(k) * _repeat_heads(
-        sin, k.shape, unsqueeze_dim
-    )
-    return q_embed, k_embed
-
-
-def traced_rope_tables(cos: Tensor, sin: Tensor, heads: int, kv_heads: int, head_axis: int = 2) -> tuple:
-    """RoPE tables for `apply_traced_rope`: `cos` / `sin` with a size-1 head axis, tiled to `heads` and `kv_heads`,
-    the sine signed so that `rotate_half(x) * sin == roll(x, half) * signed_sin`. A traced model builds them once
-    per forward for all layers: a multiply broadcasting the head axis is Paddle's slow CPU path (15 us against
-    1.6 us for `[8, 1, 8, 64]`), and the roll replaces rotate_half's split / negate / concat of q and k."""
-    sin_first, sin_second = paddle.split(sin, 2, axis=-1)
-    signed_sin = paddle.concat([-sin_first, sin_second], axis=-1)
-    tables = []
-    for count in (heads, kv_heads):
-        repeats = [1] * len(cos.shape)
-        repeats[head_axis] = count
-        tables += [paddle.tile(cos, repeats), paddle.tile(signed_sin, repeats)]
-    return tuple(tables)
-
-
-def apply_traced_rope(q: Tensor, k: Tensor, q_cos: Tensor, q_sin: Tensor, k_cos: Tensor, k_sin: Tensor) -> tuple:
-    """`apply_rotary_pos_emb` with the tables of `traced_rope_tables` (shaped like q and k)."""
-    half = q.shape[-1] // 2
-    return (q * q_cos + paddle.roll(q, half, axis=-1) * q_sin,
-            k * k_cos + paddle.roll(k, half, axis=-1) * k_sin)  # fmt: skip
-
-
-def _repeat_heads(table: Tensor, shape, head_axis: int) -> Tensor:
-    """`table` with its size-1 head axis tiled to `shape[head_axis]`: Paddle's CPU multiply is ~30x slower
-    broadcasting a middle axis than on equal shapes, and the tiled table is small."""
-    heads = shape[head_axis]
-    if heads == 1 or table.shape[head_axis] != 1:
-        return table
-    repeats = [1] * len(shape)
-    repeats[head_axis] = heads
-    return paddle.tile(table, repeats)
-
-
-def repeat_kv(hidden_states: Tensor, n_rep: int) -> Tensor:
-    """`[batch, seq, kv_heads, head_dim]` -> `[batch, seq, kv_heads * n_rep, head_dim]`, each kv head
-    repeated `n_rep` times in place (head `h` serves query heads `h*n_rep ... h*n_rep + n_rep - 1`)."""
-    if n_rep == 1:
-        return hidden_states
-    batch, seq_len, kv_heads, head_dim = hidden_states.shape
-    hidden_states = hidden_states.unsqueeze(3).expand([batch, seq_len, kv_heads, n_rep, head_dim])
-    return hidden_states.reshape([batch, seq_len, kv_heads * n_rep, head_dim])
-
-
-def _sdpa_kernel_available() -> bool:
-    """Whether Paddle's fused attention kernel can run here (GPU flash attention, or CPU SDPA on Paddle 3)."""
-    if not hasattr(F, "scaled_dot_product_attention"):
-        return False
-    if paddle.is_compiled_with_cuda() and "gpu" in paddle.get_device():
-        return True
-    return int(paddle.__version__.split(".")[0]) >= 3
-
-
-_WARNED: set[str] = set()  # warnings already given once in this process (a set, not a `global` flag: traceable)
-
-
-def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        warnings.warn(message)
-
-
-def scaled_dot_product_attention(
-    query_states: Tensor,
-    key_states: Tensor,
-    value_states: Tensor,
-    attention_mask: Tensor | None,
-    config: Qwen2Config,
-    output_attentions: bool = False,
-    dropout: float = 0.0,
-    training: bool = False,
-    kv_heads_first: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """Attention core. q: `[batch, q_len, heads, head_dim]`; k, v: `[batch, kv_len, kv_heads, head_dim]`, or
-    `[batch, kv_heads, kv_len, head_dim]` with `kv_heads_first`;
-    `attention_mask`: additive `[batch or 1, 1, q_len, kv_len]`, or None for plain (bottom-right aligned) causal.
-
-    Returns `([batch, q_len, heads * head_dim], attn_weights or None)`. The math path matches HF eager
-    (softmax in float32). With `config.use_flash_attention` Paddle's fused kernel is used where the device and
-    version support it (falling back to the math path otherwise); it cannot return attention weights.
-    """
-    batch, q_len, num_heads, head_dim = query_states.shape
-    kv_len = key_states.shape[2 if kv_heads_first else 1]
-    # (a traced program does not know q_len: it always builds the causal mask, all-True for a single query)
-    if attention_mask is None and (not _eager() or q_len > 1):
-        attention_mask = _additive_mask(_causal_allowed(q_len, kv_len - q_len).unsqueeze([0, 1]), query_states.dtype)
-
-    use_kernel = config.use_flash_attention and not output_attentions
-    if use_kernel and not _sdpa_kernel_available():
-        _warn_once("use_flash_attention: no fused attention kernel on this device/Paddle; using the math path")
-        use_kernel = False
-    if use_kernel:
-        if kv_heads_first:
-            key_states, value_states = key_states.transpose([0, 2, 1, 3]), value_states.transpose([0, 2, 1, 3])
-        n_rep = num_heads // key_states.shape[2]
-        key_states, value_states = repeat_kv(key_states, n_rep), repeat_kv(value_states, n_rep)
-        out = F.scaled_dot_product_attention(
-            query_states, key_states, value_states, attn_mask=attention_mask, dropout_p=dropout, training=training
-        )
-        return out.reshape([batch, q_len, num_heads * head_dim]), None
-    if not kv_heads_first:
-        key_states, value_states = key_states.transpose([0, 2, 1, 3]), value_states.transpose([0, 2, 1, 3])
-    return _math_attention(query_states, key_states, value_states, attention_mask, output_attentions, dropout, training)
-
-
-def _math_attention(q, k, v, attention_mask, output_attentions, dropout, training):
-    """softmax(q k^T / sqrt(d) + mask) v with HF eager's numerics (softmax in float32), arranged for speed:
-    the query heads sharing a kv head are stacked so k and v are never repeated, the scale is applied to q,
-    and a mask shared by the whole batch is added as a 2D `[q_len, kv_len]` broadcast. Reshapes name only the
-    static sizes (0 copies a dim, -1 infers one), so a traced program computes no shapes. k, v:
-    `[batch, kv_heads, kv_len, head_dim]`."""
-    num_heads, head_dim, kv_heads = q.shape[2], q.shape[3], k.shape[1]
-    # [batch, kv_heads, n_rep * q_len, head_dim]: rows of query head h = g * n_rep + r sit in group g
-    q = (q * head_dim**-0.5).transpose([0, 2, 1, 3]).reshape([0, kv_heads, -1, head_dim])
-    scores = paddle.matmul(q, k, transpose_y=True).reshape([0, num_heads, -1, 0])  # [batch, heads, q_len, kv_len]
-    if attention_mask is not None:
-        if not _eager():  # a broadcast over the heads (expanding would need the shapes as tensors)
-            scores = scores + attention_mask
-        elif attention_mask.shape[0] == 1:
-            scores = scores + attention_mask.reshape(attention_mask.shape[2:])
-        else:
-            scores = scores + attention_mask.expand(scores.shape)
-    if scores.dtype == paddle.float32:
-        weights = F.softmax(scores, axis=-1)
-    else:
-        weights = F.softmax(scores, axis=-1, dtype="float32").astype(scores.dtype)
-    if dropout > 0.0 and training:
-        weights = F.dropout(weights, p=dropout, training=True)
-    out = paddle.matmul(weights.reshape([0, kv_heads, -1, 0]), v)
-    out = out.reshape([0, num_heads, -1, head_dim]).transpose([0, 2, 1, 3])
-    return out.reshape([0, 0, num_heads * head_dim]), (weights if output_attentions else None)
-
-
 def _parallel_linear(config: Qwen2Config, in_features: int, out_features: int, bias: bool, kind: str) -> nn.Layer:
     """A Linear, or fleet's column/row parallel Linear (sequence-parallel variants with `sequence_parallel`).
 
@@ -522,6 +287,15 @@ def _maybe_recompute(layer: nn.Layer, granularity: str, function: Callable, *arg
     if _recomputes(layer, granularity, args[0]):
         return recompute(function, *args, use_reentrant=layer.config.recompute_use_reentrant)
     return function(*args)
+
+
+def create_custom_forward(module: nn.Layer) -> Callable:
+    """Wrap `module` in a plain function of positional inputs, as `recompute` expects (PaddleNLP layout name)."""
+
+    def custom_forward(*inputs):
+        return module(*inputs)
+
+    return custom_forward
 
 
 class Qwen2Attention(nn.Layer):
@@ -612,7 +386,7 @@ class Qwen2Attention(nn.Layer):
         or None)`, the cache in the layout it came in."""
         if self.sequence_parallel:
             if sequence_shape is None:
-                raise ValueError("Qwen2Attention under sequence parallelism needs sequence_shape=(batch, seq)")
+                raise PaddleQwen2Error("Qwen2Attention under sequence parallelism needs sequence_shape=(batch, seq)")
             batch, seq_len = sequence_shape
         else:
             batch, seq_len = hidden_states.shape[0], hidden_states.shape[1]
@@ -630,11 +404,10 @@ class Qwen2Attention(nn.Layer):
         present = (key, value) if use_cache else None
 
         dropout = self.attention_dropout if self.training else 0.0
+        core_args = (query, key, value, attention_mask, self.config, output_attentions, dropout, self.training)
         attn_output, attn_weights = _maybe_recompute(
-            self, "core_attn", scaled_dot_product_attention,
-            query, key, value, attention_mask, self.config, output_attentions, dropout, self.training,
-            heads_first_cache,
-        )  # fmt: skip
+            self, "core_attn", scaled_dot_product_attention, *core_args, heads_first_cache
+        )
         if self.sequence_parallel:  # [batch, seq, heads * head_dim] -> [seq * batch, heads * head_dim]
             attn_output = attn_output.transpose([1, 0, 2]).reshape([seq_len * batch, attn_output.shape[-1]])
         return self.o_proj(attn_output), attn_weights, present
@@ -671,11 +444,10 @@ class Qwen2DecoderLayer(nn.Layer):
         """Arguments as `Qwen2Attention.forward`; returns `(hidden_states, attn_weights or None, (k, v) or None)`."""
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
+        attn_args = (position_embeddings, attention_mask, past_key_value, use_cache, output_attentions)
         attn_out, attn_weights, present = _maybe_recompute(
-            self, "full_attn", self.self_attn,
-            hidden_states, position_embeddings, attention_mask, past_key_value, use_cache, output_attentions,
-            sequence_shape, heads_first_cache,
-        )  # fmt: skip
+            self, "full_attn", self.self_attn, hidden_states, *attn_args, sequence_shape, heads_first_cache
+        )
         hidden_states = residual + attn_out
         hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
         return hidden_states, attn_weights, present
@@ -796,19 +568,6 @@ class Qwen2PretrainedModel(PretrainedModel):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _check_attention_mask(attention_mask: Tensor, batch: int, q_len: int, kv_len: int) -> None:
-    shape = list(attention_mask.shape)
-    if attention_mask.ndim == 2 and shape == [batch, kv_len]:
-        return
-    if attention_mask.ndim == 4 and shape[0] in (1, batch) and shape[1] == 1 and shape[2:] == [q_len, kv_len]:
-        return
-    raise ValueError(
-        f"attention_mask has shape {shape}; expected [batch, past + seq] = [{batch}, {kv_len}] "
-        f"or [batch, 1, seq, past + seq] = [{batch}, 1, {q_len}, {kv_len}]"
-    )
-
-
-@register_base_model
 @register_base_model
 class Qwen2Model(Qwen2PretrainedModel):
     """Embeddings, decoder layers and the final norm. Returns `last_hidden_state` `[batch, seq, hidden]`,
@@ -823,7 +582,6 @@ class Qwen2Model(Qwen2PretrainedModel):
         self.layers = nn.LayerList([Qwen2DecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = Qwen2RMSNorm(config)
         self.rotary_emb = Qwen2RotaryEmbedding(config)
-        self.has_sliding_layers = "sliding_attention" in config.layer_types
 
     @staticmethod
     def _embedding(config: Qwen2Config) -> nn.Layer:
@@ -839,47 +597,19 @@ class Qwen2Model(Qwen2PretrainedModel):
     def set_input_embeddings(self, value: nn.Layer) -> None:
         self.embed_tokens = value
 
-    @staticmethod
-    def _prepare_decoder_attention_mask(
-        attention_mask: Tensor | None,
-        input_shape,
-        past_key_values_length: int,
-        dtype,
-        sliding_window: int | None = None,
-    ) -> Tensor | None:
-        """Additive mask `[batch, 1, seq, past + seq]` combining causality (offset by the cache), padding
-        (2D `attention_mask` `[batch, past + seq]`, 1 = token) and an optional sliding window.
-
-        A 4D `attention_mask` is taken as given (boolean: True = attend; float: additive). Without a padding mask
-        (None: see `_padding_mask`) the mask has batch size 1 (shared by every row), and in dygraph a single new token
-        with no window to apply gets None (a traced program does not know the length: it builds the mask).
-        """
-        if attention_mask is not None and attention_mask.ndim == 4:
-            if attention_mask.dtype == paddle.bool:
-                return _additive_mask(attention_mask, dtype)
-            return attention_mask.astype(dtype)
-        q_len = input_shape[1]
-        if attention_mask is None:
-            kv_len = past_key_values_length + q_len
-            if _eager() and q_len == 1 and (sliding_window is None or kv_len <= sliding_window):
-                return None  # a single new token sees every cached position
-        causal = _causal_allowed(q_len, past_key_values_length, sliding_window).unsqueeze([0, 1])
-        if attention_mask is None:
-            return _additive_mask(causal, dtype)
-        # [1, 1, q, kv] AND [batch, 1, 1, kv] -> [batch, 1, q, kv], broadcast (no boolean expand)
-        allowed = paddle.logical_and(causal, attention_mask.astype("bool").unsqueeze([1, 2]))
-        return _additive_mask(allowed, dtype)
+    # the mask builder under PaddleNLP's name (masks.decoder_attention_mask)
+    _prepare_decoder_attention_mask = staticmethod(decoder_attention_mask)
 
     def _validate_inputs(self, input_ids, inputs_embeds, attention_mask, past_length) -> tuple[int, int]:
         """`(batch, seq)` of the input, after the checks: in dygraph token ids in the vocabulary, the length
         within the positions, the mask's shape; in a traced program (sizes unknown, data not read) only the
         mask's rank."""
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Specify exactly one of input_ids or inputs_embeds")
+            raise PaddleQwen2Error("Specify exactly one of input_ids or inputs_embeds")
         batch, seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         if not _eager():
             if attention_mask is not None and attention_mask.ndim not in (2, 4):
-                raise ValueError(
+                raise PaddleQwen2Error(
                     f"attention_mask has {attention_mask.ndim} dimensions; expected [batch, past + seq] "
                     "or [batch, 1, seq, past + seq]"
                 )
@@ -888,36 +618,23 @@ class Qwen2Model(Qwen2PretrainedModel):
             low, high = int(input_ids.min().item()), int(input_ids.max().item())
             if low < 0 or high >= self.vocab_size:
                 bad = low if low < 0 else high
-                raise ValueError(f"input_ids contain token id {bad}, outside the vocabulary [0, {self.vocab_size})")
+                raise PaddleQwen2Error(
+                    f"input_ids contain token id {bad}, outside the vocabulary [0, {self.vocab_size})"
+                )
         total = past_length + seq_len
         if total > self.config.max_position_embeddings and self.config.rope_scaling is None:
-            raise ValueError(
+            raise PaddleQwen2Error(
                 f"sequence length {total} (past {past_length} + new {seq_len}) exceeds max_position_embeddings "
                 f"({self.config.max_position_embeddings}) and the config has no rope_scaling"
             )
         if attention_mask is not None:
-            _check_attention_mask(attention_mask, batch, seq_len, total)
+            check_attention_mask(attention_mask, batch, seq_len, total)
         return batch, seq_len
-
-    def _masks(self, attention_mask: Tensor | None, batch: int, seq_len: int, past_length: int, dtype) -> dict:
-        """The additive mask of each attention type in use, `{"full_attention": ..., "sliding_attention": ...}`."""
-        attention_mask = _padding_mask(attention_mask)
-        if not self.config.is_causal:
-            mask = _bidirectional_mask(attention_mask, batch, seq_len, past_length, dtype)
-            return {"full_attention": mask, "sliding_attention": mask}
-        shape = [batch, seq_len]
-        masks = {"full_attention": self._prepare_decoder_attention_mask(attention_mask, shape, past_length, dtype)}
-        if self.has_sliding_layers:
-            window = self.config.sliding_window
-            masks["sliding_attention"] = self._prepare_decoder_attention_mask(
-                attention_mask, shape, past_length, dtype, window
-            )
-        return masks
 
     def _traced_tables(self, position_embeddings: tuple[Tensor, Tensor], masks: dict) -> tuple[tuple, dict]:
         """What every layer of a traced model would broadcast over the heads, tiled once: the RoPE tables
-        (`traced_rope_tables`) and the masks `[batch, heads, seq, past + seq]` (Paddle's CPU add broadcasting the
-        head axis: 33 us against 2 us for an 8-row decode step's scores)."""
+        (`traced_rope_tables`) and the masks `[batch, heads, seq, past + seq]` (Paddle's CPU add is slow when it
+        broadcasts the head axis)."""
         attention = self.layers[0].self_attn
         heads, kv_heads = attention.num_heads, attention.num_key_value_heads
         cos, sin = position_embeddings
@@ -965,7 +682,7 @@ class Qwen2Model(Qwen2PretrainedModel):
         if position_ids is None:
             position_ids = paddle.arange(past_length, past_length + seq_len, dtype="int64")
             position_ids = position_ids.unsqueeze(0).expand([batch, seq_len])
-        masks = self._masks(attention_mask, batch, seq_len, past_length, inputs_embeds.dtype)
+        masks = layer_attention_masks(cfg, attention_mask, batch, seq_len, past_length, inputs_embeds.dtype)
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
@@ -1054,8 +771,8 @@ class Qwen2LMHead(nn.Layer):
 
 class Qwen2ModelWithHead(Qwen2PretrainedModel):
     """Base of the task models (as HF's `GenericForSequenceClassification` & co.): the base model `self.qwen2`
-    (hence the `qwen2.` prefix of every checkpoint name), its embedding accessors, and the output building
-    shared by the heads."""
+    (hence the `qwen2.` prefix of every checkpoint name), its embedding accessors, and what every head shares:
+    the one backbone call (`_backbone`) and the output building (`_output`)."""
 
     def __init__(self, config: Qwen2Config):
         super().__init__(config)
@@ -1066,6 +783,31 @@ class Qwen2ModelWithHead(Qwen2PretrainedModel):
 
     def set_input_embeddings(self, value: nn.Layer) -> None:
         self.qwen2.embed_tokens = value
+
+    def _backbone(
+        self,
+        input_ids: Tensor | None,
+        position_ids: Tensor | None,
+        attention_mask: Tensor | None,
+        inputs_embeds: Tensor | None,
+        use_cache: bool | None = False,
+        past_key_values: tuple[KVCache, ...] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BaseModelOutputWithPast:
+        """The base model on the head's inputs (`Qwen2Model.forward`), always as a `BaseModelOutputWithPast`:
+        `last_hidden_state` `[batch, seq, hidden]` for the head, the rest for `_output`. No cache unless asked."""
+        return self.qwen2(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            past_key_values=past_key_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
 
     def _output(
         self,
@@ -1186,30 +928,21 @@ class Qwen2ForCausalLM(Qwen2ModelWithHead):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> tuple | CausalLMOutputWithPast:
-        outputs = self.qwen2(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            past_key_values=past_key_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+        outputs = self._backbone(
+            input_ids,
+            position_ids,
+            attention_mask,
+            inputs_embeds,
+            use_cache,
+            past_key_values,
+            output_attentions,
+            output_hidden_states,
         )
         # Split logits are kept for the parallel loss; gathered when there is no loss to compute.
         tensor_parallel_output = self.config.tensor_parallel_output and labels is not None
         logits = self.lm_head(outputs.last_hidden_state, tensor_parallel_output=tensor_parallel_output)
         loss = self.criterion(logits, labels) if labels is not None else None
         return self._output(CausalLMOutputWithPast, return_dict, outputs, loss, logits=logits)
-
-
-def _take_rows(x: Tensor, index: Tensor) -> Tensor:
-    """`x[b, index[b]]` for `x` `[batch, seq, features]` and `index` `[batch]`: `[batch, features]`, with
-    `take_along_axis` (exports to ONNX, unlike advanced indexing). The index is expanded to `[batch, 1, features]`
-    here: Paddle 2.6's traced broadcast of it fails on the unknown batch size."""
-    index = index.reshape([-1, 1, 1]).expand([-1, 1, x.shape[2]])
-    return paddle.take_along_axis(x, index, axis=1).squeeze(1)
 
 
 class Qwen2ForSequenceClassification(Qwen2ModelWithHead):
@@ -1229,7 +962,9 @@ class Qwen2ForSequenceClassification(Qwen2ModelWithHead):
         positions = paddle.arange(logits.shape[1], dtype="int64").unsqueeze(0)  # [1, seq]
         if pad_id is None or input_ids is None:
             if pad_id is None and _eager() and logits.shape[0] != 1:  # (traced: the batch size is not known)
-                raise ValueError("Qwen2ForSequenceClassification needs config.pad_token_id for batches larger than 1")
+                raise PaddleQwen2Error(
+                    "Qwen2ForSequenceClassification needs config.pad_token_id for batches larger than 1"
+                )
             if pad_id is not None:
                 warnings.warn("inputs_embeds given: padding cannot be detected, pooling the last position")
             return paddle.zeros_like(logits[:, 0, 0], dtype="int64") + positions[0, -1]
@@ -1248,20 +983,19 @@ class Qwen2ForSequenceClassification(Qwen2ModelWithHead):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> tuple | SequenceClassifierOutputWithPast:
-        outputs = self.qwen2(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            past_key_values=past_key_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+        outputs = self._backbone(
+            input_ids,
+            position_ids,
+            attention_mask,
+            inputs_embeds,
+            use_cache,
+            past_key_values,
+            output_attentions,
+            output_hidden_states,
         )
         logits = self.score(outputs.last_hidden_state)
         last = self._last_token_index(input_ids, logits)
-        pooled_logits = _take_rows(logits, last)
+        pooled_logits = take_rows(logits, last)
         loss = classification_loss(self.config, pooled_logits, labels) if labels is not None else None
         return self._output(SequenceClassifierOutputWithPast, return_dict, outputs, loss, logits=pooled_logits)
 
@@ -1290,15 +1024,13 @@ class Qwen2ForTokenClassification(Qwen2ModelWithHead):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> tuple | TokenClassifierOutput:
-        outputs = self.qwen2(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
+        outputs = self._backbone(
+            input_ids,
+            position_ids,
+            attention_mask,
+            inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-            return_dict=True,
         )
         logits = self.score(self.dropout(outputs.last_hidden_state))
         loss = None
@@ -1331,15 +1063,13 @@ class Qwen2ForQuestionAnswering(Qwen2ModelWithHead):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> tuple | QuestionAnsweringModelOutput:
-        outputs = self.qwen2(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
+        outputs = self._backbone(
+            input_ids,
+            position_ids,
+            attention_mask,
+            inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-            return_dict=True,
         )
         logits = self.qa_outputs(outputs.last_hidden_state)
         start_logits, end_logits = logits[..., 0], logits[..., 1]
@@ -1363,35 +1093,25 @@ class Qwen2SentenceEmbeddingOutput(ModelOutput):
     last_hidden_state: Tensor | None = None
 
 
-POOLING_MODES = ("last", "mean")
+POOLING_MODES = ("last", "mean")  # Qwen2SentenceEmbedding's names of `pooling.POOLING_MODES`' modes
+_POOLING_NAMES = {"last": "lasttoken", "mean": "mean"}
 
 
 class Qwen2SentenceEmbedding(Qwen2ModelWithHead):
-    """Sentence embeddings from the base model, pooled over the attention mask.
+    """Sentence embeddings from the base model, pooled over the attention mask (`pooling.pool`).
 
     `pooling="last"`: the hidden state of the rightmost attended token (left or right padding);
     `pooling="mean"`: the mean over attended tokens. `normalize=True` L2-normalises. Position ids count real
-    tokens only, so the padding side does not change an embedding. An all-padding row gives
-    the last position's state ("last") or zeros ("mean"), never NaN. Returns `[batch, hidden]` float32.
+    tokens only, so the padding side does not change an embedding. An all-padding row gives zeros, as
+    sentence-transformers' Pooling does, never NaN. Returns `[batch, hidden]` float32.
     """
 
     @staticmethod
     def pool(hidden_states: Tensor, attention_mask: Tensor | None, pooling: str = "last") -> Tensor:
         """hidden_states `[batch, seq, hidden]`, attention_mask `[batch, seq]` -> `[batch, hidden]` float32."""
         if pooling not in POOLING_MODES:
-            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
-        hidden_states = hidden_states.astype("float32")
-        if attention_mask is None:
-            attention_mask = paddle.ones_like(hidden_states[:, :, 0], dtype="int64")
-        mask = attention_mask.astype("float32")
-        if pooling == "mean":
-            summed = (hidden_states * mask.unsqueeze(-1)).sum(axis=1)
-            return summed / paddle.clip(mask.sum(axis=1, keepdim=True), min=1.0)
-        positions = paddle.arange(hidden_states.shape[1], dtype="int64").unsqueeze(0)  # [1, seq]
-        has_token = mask.sum(axis=1) > 0
-        last = (positions * attention_mask.astype("int64")).argmax(axis=-1)
-        last = paddle.where(has_token, last, paddle.zeros_like(last) + positions[0, -1])
-        return _take_rows(hidden_states, last)
+            raise PaddleQwen2Error(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+        return pool_states(hidden_states, attention_mask, [_POOLING_NAMES[pooling]])
 
     def forward(
         self,
@@ -1407,54 +1127,10 @@ class Qwen2SentenceEmbedding(Qwen2ModelWithHead):
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
             # count positions over real tokens only, so a sentence embeds the same whatever its padding side
             position_ids = masked_fill(attention_mask.astype("int64").cumsum(-1) - 1, attention_mask == 0, 0)
-        outputs = self.qwen2(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
-            return_dict=True,
-        )
+        outputs = self._backbone(input_ids, position_ids, attention_mask, inputs_embeds)
         embeddings = self.pool(outputs.last_hidden_state, attention_mask, pooling)
         if normalize:
             embeddings = F.normalize(embeddings, p=2, axis=-1)
         if not return_dict:
             return embeddings
         return Qwen2SentenceEmbeddingOutput(embeddings=embeddings, last_hidden_state=outputs.last_hidden_state)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# PaddleNLP layout names (PADDLENLP_LAYOUT_ONLY): kept for code written against PaddleNLP's Qwen2; unused here.
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def get_triangle_upper_mask(x: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Additive causal mask for attention scores `x` of shape `[..., q_len, kv_len]`.
-
-    Positions above the (bottom-right aligned) diagonal get the dtype's lowest value, the rest 0. A given
-    `mask` is returned unchanged, so callers can write `mask = get_triangle_upper_mask(scores, mask)`.
-    """
-    if mask is not None:
-        return mask
-    q_len, kv_len = x.shape[-2], x.shape[-1]
-    return _additive_mask(_make_causal_mask([1, q_len], past_key_values_length=kv_len - q_len)[0, 0], x.dtype)
-
-
-def is_casual_mask(attention_mask: Tensor | None) -> bool:
-    """True when a 4D boolean/additive mask `[batch, 1, q, kv]` is exactly the plain causal mask
-    (no padding, no window), i.e. a kernel may use `is_causal=True` instead of the mask."""
-    if attention_mask is None:
-        return True
-    q_len, kv_len = attention_mask.shape[-2], attention_mask.shape[-1]
-    allowed = attention_mask if attention_mask.dtype == paddle.bool else attention_mask == 0
-    causal = _make_causal_mask([1, q_len], kv_len - q_len)
-    return bool(paddle.all(allowed == causal).item())
-
-
-def create_custom_forward(module: nn.Layer) -> Callable:
-    """Wrap `module` in a plain function of positional inputs, as `recompute` expects."""
-
-    def custom_forward(*inputs):
-        return module(*inputs)
-
-    return custom_forward

@@ -187,3 +187,42 @@ def test_long_batches_are_split_and_give_the_same_embeddings(st_folder, monkeypa
     monkeypatch.setattr(model_module, "BATCH_TENSOR_BYTES", 1)
     assert [len(b) for b in model._batches(order, [24, 24, 10, 5, 3, 1], 4)] == [1] * 6
     assert_embeddings(model.encode(EMBED_TEXTS, batch_size=4), st_encode(st_folder("last")))
+
+
+POOLING_MASK = np.array(
+    [
+        [1, 1, 1, 1, 1, 1],  # no padding
+        [1, 1, 1, 0, 0, 0],  # right padding
+        [0, 0, 1, 1, 1, 1],  # left padding
+        [0, 0, 0, 0, 0, 0],  # all padding
+        [1, 0, 0, 0, 0, 0],  # one token
+    ]
+)
+
+
+@pytest.mark.paddle26
+@pytest.mark.parametrize("prompt_length", [0, 2])
+@pytest.mark.parametrize("mode", ["cls", "lasttoken", "max", "mean", "mean_sqrt_len_tokens", "weightedmean"])
+def test_pooling_equals_sentence_transformers_pooling(mode, prompt_length):
+    """`paddle_qwen2.pooling.pool` (behind EmbeddingModel and Qwen2SentenceEmbedding) against sentence-transformers'
+    own Pooling module run live, on a batch with an all-padding row; `prompt_length` is `include_prompt=False`."""
+    import paddle
+
+    from paddle_qwen2 import Qwen2SentenceEmbedding
+    from paddle_qwen2.embedding.modules import pool as embedding_pool
+    from paddle_qwen2.pooling import POOLING_MODES, pool
+
+    assert mode in POOLING_MODES and embedding_pool is pool
+    hidden = np.random.RandomState(0).standard_normal((len(POOLING_MASK), 6, 8)).astype("float32")
+    module = st.models.Pooling(8, pooling_mode=mode, include_prompt=prompt_length == 0)
+    features = {"token_embeddings": torch.tensor(hidden), "attention_mask": torch.tensor(POOLING_MASK)}
+    if prompt_length:
+        features["prompt_length"] = prompt_length
+    with torch.no_grad():
+        expected = module(features)["sentence_embedding"].numpy()
+    ours = pool(paddle.to_tensor(hidden), paddle.to_tensor(POOLING_MASK), [mode], prompt_length).numpy()
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=TOL, err_msg=mode)
+    own_name = {"lasttoken": "last", "mean": "mean"}.get(mode)
+    if own_name and not prompt_length:
+        embedded = Qwen2SentenceEmbedding.pool(paddle.to_tensor(hidden), paddle.to_tensor(POOLING_MASK), own_name)
+        np.testing.assert_allclose(embedded.numpy(), expected, rtol=0, atol=TOL, err_msg=own_name)

@@ -1,5 +1,6 @@
 """Each component of modeling.py (and the rope / losses / flops modules it uses), tested on its own against HF's
-functions where HF has one; every name of the PaddleNLP layout importable."""
+functions where HF has one; every name of the PaddleNLP layout importable. Masks: test_masks.py; the attention
+core: test_attention.py; pooling against sentence-transformers: test_embedding_model.py."""
 
 import math
 
@@ -24,16 +25,9 @@ from paddle_qwen2.modeling import (
     Qwen2RMSNorm,
     Qwen2RotaryEmbedding,
     Qwen2SentenceEmbedding,
-    _expand_2d_mask,
-    _make_causal_mask,
     apply_rotary_pos_emb,
     create_custom_forward,
-    get_triangle_upper_mask,
-    is_casual_mask,
-    masked_fill,
-    repeat_kv,
     rotate_half,
-    scaled_dot_product_attention,
 )
 
 LAYOUT_NAMES = [
@@ -163,15 +157,6 @@ def test_rotate_half_and_apply_rotary_match_hf():
     assert_close(tq, gq, max_abs=0, mean_abs=0, what="gathered table")
 
 
-def test_repeat_kv_matches_hf_layout():
-    x = rand(2, 5, 2, 8)
-    ours = repeat_kv(paddle.to_tensor(x), 3).numpy()
-    theirs = hf_qwen2.repeat_kv(torch.tensor(x).transpose(1, 2), 3).transpose(1, 2).numpy()
-    np.testing.assert_array_equal(ours, theirs)
-    np.testing.assert_array_equal(ours, np.repeat(x, 3, axis=2))
-    assert repeat_kv(paddle.to_tensor(x), 1).shape == [2, 5, 2, 8]
-
-
 @pytest.mark.paddle26
 def test_attention_and_decoder_layer_match_hf(hf_checkpoint):
     """One decoder layer (and its attention) on random input with a padded causal mask."""
@@ -195,134 +180,6 @@ def test_attention_and_decoder_layer_match_hf(hf_checkpoint):
     rows = mask2d == 1
     assert_close(pd_out.numpy()[rows], hf_out.numpy()[rows], what="decoder layer")
     assert_close(pd_attn.numpy()[rows], hf_attn.numpy()[rows], what="attention")
-
-
-# ---------------------------------------------------------------------------------------------- masks
-
-
-def test_make_causal_mask_with_cache_offset_and_window():
-    mask = _make_causal_mask([2, 3], past_key_values_length=4).numpy()
-    assert mask.shape == (2, 1, 3, 7)
-    expected = np.array([[j <= 4 + i for j in range(7)] for i in range(3)])
-    np.testing.assert_array_equal(mask[1, 0], expected)
-    windowed = _make_causal_mask([1, 3], past_key_values_length=4, sliding_window=2).numpy()[0, 0]
-    expected_w = np.array([[(j <= 4 + i) and (j > 4 + i - 2) for j in range(7)] for i in range(3)])
-    np.testing.assert_array_equal(windowed, expected_w)
-
-
-def test_expand_2d_mask_and_masked_fill():
-    pad = paddle.to_tensor([[1, 1, 0], [0, 1, 1]])
-    expanded = _expand_2d_mask(pad, tgt_length=2).numpy()
-    assert expanded.shape == (2, 1, 2, 3) and expanded.dtype == np.bool_
-    np.testing.assert_array_equal(expanded[0, 0, 1], [True, True, False])
-    np.testing.assert_array_equal(expanded[1, 0, 0], [False, True, True])
-    x = paddle.to_tensor([[1.0, 2.0], [3.0, 4.0]])
-    out = masked_fill(x, paddle.to_tensor([[True, False], [False, True]]), -7.0).numpy()
-    np.testing.assert_array_equal(out, [[-7.0, 2.0], [3.0, -7.0]])
-    half = masked_fill(x.astype("bfloat16"), paddle.to_tensor([True, False]), 5.0)
-    assert half.dtype == paddle.bfloat16
-    np.testing.assert_array_equal(half.astype("float32").numpy(), [[5.0, 2.0], [5.0, 4.0]])
-
-
-def test_triangle_upper_mask_and_is_casual_mask():
-    scores = paddle.zeros([1, 2, 3, 5])
-    upper = get_triangle_upper_mask(scores).numpy()
-    assert upper.shape == (3, 5)
-    np.testing.assert_array_equal(upper == 0, _make_causal_mask([1, 3], 2).numpy()[0, 0])
-    assert upper.min() == np.finfo(np.float32).min
-    given = paddle.ones([1, 1, 3, 5])
-    assert get_triangle_upper_mask(scores, given) is given
-
-    causal = Qwen2Model._prepare_decoder_attention_mask(None, [2, 4], 0, paddle.float32)
-    padded = Qwen2Model._prepare_decoder_attention_mask(
-        paddle.to_tensor([[1, 1, 1, 1], [0, 1, 1, 1]]), [2, 4], 0, paddle.float32
-    )
-    windowed = Qwen2Model._prepare_decoder_attention_mask(None, [2, 4], 0, paddle.float32, sliding_window=2)
-    assert is_casual_mask(causal) and is_casual_mask(_make_causal_mask([1, 4], 0)) and is_casual_mask(None)
-    assert not is_casual_mask(padded) and not is_casual_mask(windowed)
-
-
-def test_prepare_decoder_attention_mask_accepts_4d_masks():
-    allowed = _make_causal_mask([1, 3], 0)
-    additive = Qwen2Model._prepare_decoder_attention_mask(allowed, [1, 3], 0, paddle.float32).numpy()
-    assert additive[0, 0, 0, 1] == np.finfo(np.float32).min and additive[0, 0, 2, 0] == 0
-    custom = paddle.zeros([1, 1, 3, 3])
-    assert np.array_equal(
-        Qwen2Model._prepare_decoder_attention_mask(custom, [1, 3], 0, paddle.float32).numpy(), custom.numpy()
-    )
-
-
-# ---------------------------------------------------------------------------------------------- attention kernels
-
-
-def _attention_inputs(q_len=5, kv_len=5, seed=0):
-    q, k, v = (
-        rand(2, q_len, 4, 16, seed=seed),
-        rand(2, kv_len, 2, 16, seed=seed + 1),
-        rand(2, kv_len, 2, 16, seed=seed + 2),
-    )
-    pad = np.ones((2, kv_len), "int64")
-    pad[1, :2] = 0
-    mask = Qwen2Model._prepare_decoder_attention_mask(paddle.to_tensor(pad), [2, q_len], kv_len - q_len, paddle.float32)
-    return [paddle.to_tensor(a) for a in (q, k, v)] + [mask]
-
-
-def test_sdpa_math_path_matches_hf_eager():
-    q, k, v, mask = _attention_inputs()
-    out, weights = scaled_dot_product_attention(q, k, v, mask, tiny_config(), output_attentions=True)
-    module = type("M", (torch.nn.Module,), {})()
-    module.num_key_value_groups, module.training = 2, False
-    hf_out, hf_weights = hf_qwen2.eager_attention_forward(
-        module, *(torch.tensor(t.numpy()).transpose(1, 2) for t in (q, k, v)), torch.tensor(mask.numpy()), scaling=0.25
-    )
-    assert_close(out, hf_out.reshape(2, 5, 64), what="attention output")
-    assert_close(weights, hf_weights, what="attention weights")
-
-
-@pytest.mark.paddle26
-@pytest.mark.parametrize("flash", [False, True], ids=["math", "kernel"])
-@pytest.mark.parametrize("q_len, kv_len, masked", [(5, 5, True), (1, 6, True), (5, 5, False)])
-def test_keys_and_values_heads_first_give_the_same_attention(q_len, kv_len, masked, flash):
-    """k, v as `[batch, kv_heads, kv_len, head_dim]` (`kv_heads_first`, the decode program's cache layout): the
-    same output as `[batch, kv_len, kv_heads, head_dim]`, with a padding mask and with the implicit causal one."""
-    q, k, v, mask = _attention_inputs(q_len, kv_len, seed=5)
-    mask = mask if masked else None
-    config = tiny_config(use_flash_attention=flash)
-    want, _ = scaled_dot_product_attention(q, k, v, mask, config)
-    heads_first = [t.transpose([0, 2, 1, 3]) for t in (k, v)]
-    got, _ = scaled_dot_product_attention(q, *heads_first, mask, config, kv_heads_first=True)
-    assert_close(got, want, max_abs=0, mean_abs=0, what="heads-first k, v")
-
-
-@pytest.mark.paddle26
-@pytest.mark.parametrize("q_len, kv_len", [(5, 5), (1, 6)])
-def test_fused_kernel_path_equals_math_path(q_len, kv_len):
-    """use_flash_attention picks Paddle's fused kernel where it exists (CPU SDPA on Paddle 3); on Paddle 2.6's
-    CPU it falls back to the math path. Either way the numbers are the math path's."""
-    q, k, v, mask = _attention_inputs(q_len, kv_len, seed=3)
-    math_out, _ = scaled_dot_product_attention(q, k, v, mask, tiny_config())
-    kernel_out, _ = scaled_dot_product_attention(q, k, v, mask, tiny_config(use_flash_attention=True))
-    assert_close(kernel_out, math_out, max_abs=1e-5, mean_abs=1e-6, what="kernel vs math")
-    rows = np.ones((2, q_len), bool)
-    if q_len == kv_len:
-        rows[1, :2] = False  # fully masked query rows (padding) are undefined in both paths
-    causal_math, _ = scaled_dot_product_attention(q, k, v, None, tiny_config()) if q_len == kv_len else (math_out, None)
-    causal_kernel, _ = (
-        scaled_dot_product_attention(q, k, v, None, tiny_config(use_flash_attention=True))
-        if q_len == kv_len
-        else (kernel_out, None)
-    )
-    assert_close(causal_kernel, causal_math, max_abs=1e-5, mean_abs=1e-6, what="causal kernel vs math")
-
-
-@pytest.mark.paddle26
-def test_model_with_fused_attention_matches_hf(hf_checkpoint):
-    path = hf_checkpoint("gqa")
-    hf_model, pd_model = load_hf(path), load_paddle(path, use_flash_attention=True)
-    ids = np.random.RandomState(0).randint(2, 128, size=(2, 9))
-    with torch.no_grad():
-        expected = hf_model(torch.tensor(ids)).logits
-    assert_close(pd_model(paddle.to_tensor(ids), return_dict=True).logits, expected, what="logits with fused attention")
 
 
 # ---------------------------------------------------------------------------------------------- heads & losses
@@ -516,5 +373,7 @@ def test_all_padding_row_gives_defined_finite_result(hf_checkpoint):
     embedder.qwen2 = model.qwen2
     mean = embedder(ids, attention_mask=mask, pooling="mean", normalize=False).numpy()
     assert np.isfinite(mean).all() and np.all(mean[1] == 0.0)
+    last = embedder(ids, attention_mask=mask, pooling="last", normalize=False).numpy()
+    assert np.all(last[1] == 0.0)  # as sentence-transformers' last-token pooling
     normed = embedder(ids, attention_mask=mask, pooling="mean").numpy()
     assert np.isfinite(normed).all()
