@@ -8,7 +8,7 @@ VENV26 ?= .venv26
 OMP_NUM_THREADS ?= 2
 export OMP_NUM_THREADS
 
-.PHONY: all venv venv26 lint format test test-paddle26 demo bench clean distclean docs
+.PHONY: all venv venv26 lint format test test-fast test-paddle26 demo bench clean distclean docs
 
 all: test
 
@@ -54,6 +54,11 @@ docs: $(VENV)/.installed
 
 test-paddle26: $(VENV26)/.installed
 	$(VENV26)/bin/python -m pytest -q -m paddle26 tests
+
+# The quick loop while editing: paddle 3.3.1 only, no lint, no `slow` tests (multi-process and long runs; `make
+# test` runs them).
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q -m "not slow" tests
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/python examples/demo.py
