@@ -47,3 +47,15 @@ def launch(script: str, spec: dict, workdir: Path, nproc: int = 2, timeout: int 
         )
         raise AssertionError(f"{script} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}\n{logs}")
     return [json.loads(f.read_text()) for f in files]
+
+
+class UnsupportedOnCpu(Exception):
+    """A rank's result is the error Paddle raises for a feature it runs on GPU only (the tests mark those cases
+    `xfail(raises=UnsupportedOnCpu, strict=True)`: any other failure fails, and so does a success)."""
+
+
+def raise_if_unsupported_on_cpu(result: dict, error: str) -> None:
+    """Raise `UnsupportedOnCpu` if `error` is in `result`'s "error" or "message"."""
+    text = f"{result.get('message', '')}\n{result.get('error', '')}"
+    if error in text:
+        raise UnsupportedOnCpu(error)
