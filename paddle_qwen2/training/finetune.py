@@ -24,8 +24,10 @@ Writes into `--output-dir` (OUTPUT):
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,22 @@ __all__ = [
 ]
 
 PDPARAMS_INDEX = "model_state.pdparams.index.json"
+
+# The command line as a Python call moved to the CLI package; these names still resolve from here.
+_MOVED_TO_CLI = ("main", "parse_args")
+
+
+def __getattr__(name: str):
+    """`main(argv)` and `parse_args(...)` live in `paddle_qwen2.cli.finetune`; the old path still gives them (with a
+    DeprecationWarning). The lookup is by name so that `training` does not import the command line."""
+    if name in _MOVED_TO_CLI:
+        warnings.warn(
+            f"paddle_qwen2.training.finetune.{name} moved to paddle_qwen2.cli.finetune.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module("paddle_qwen2.cli.finetune"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run(options: FinetuneOptions) -> dict:
