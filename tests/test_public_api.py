@@ -44,7 +44,7 @@ MOVED = [
     # the command line
     ("paddle_qwen2.cli.main", "paddle_qwen2.cli.main"),
     ("paddle_qwen2.cli.build_parser", "paddle_qwen2.cli.main"),
-]  # fmt: skip
+]
 
 # every name of PaddleNLP's Qwen2 layout, from the package root and from `paddle_qwen2.modeling`
 ROOT_NAMES = sorted(paddle_qwen2.__all__)
