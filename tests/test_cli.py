@@ -169,6 +169,7 @@ def test_bad_input_exits_1_in_one_line(files, args, message, tmp_path, capsys):
     assert the_error_line(capsys.readouterr().err).startswith("error: " + message.format(**names))
 
 
+@pytest.mark.slow
 def test_script_reports_bad_input_in_one_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{oops\n')

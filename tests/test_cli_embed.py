@@ -118,6 +118,7 @@ def test_bad_input(st_folder, tmp_path, capsys, what, writer, changes, message):
     assert not [p for p in tmp_path.iterdir() if p.name != "in.jsonl"], "output or temp file written"
 
 
+@pytest.mark.slow
 def test_embed_command_line(st_folder, tmp_path):
     """The installed entry point: a progress bar in texts/s, the summary line, exit codes 0 and 1."""
     src = write_input(tmp_path / "in.txt")

@@ -242,6 +242,7 @@ def test_export_meta_and_files(exported, hf_checkpoint):
 
 
 # ------------------------------------------------------------------------------------------------------- ONNX
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["causal-lm", "sequence-classification", "embedding-last", "embedding-mean_dense"])
 def test_onnx_equals_dygraph(exported, hf_checkpoint, st_folder, name):
     pytest.importorskip("onnxruntime")

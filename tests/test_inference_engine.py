@@ -69,6 +69,7 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=NEW_TOKENS)
 
 
 # ---------------------------------------------------------------------------------------- equal to transformers
+@pytest.mark.slow
 @pytest.mark.paddle26
 @pytest.mark.parametrize("onednn", [False, True, None], ids=["plain", "onednn", "auto"])
 @pytest.mark.parametrize("variant", VARIANTS)

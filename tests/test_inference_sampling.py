@@ -123,6 +123,7 @@ def test_unseeded_samplers_differ():
     assert [a.sample(logits, []) for _ in range(50)] != [b.sample(logits, []) for _ in range(50)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "params",
     [

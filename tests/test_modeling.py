@@ -162,6 +162,7 @@ def test_incremental_decoding_equals_full_forward(hf_checkpoint, variant, paddin
     assert_close(valid(incremental, mask), valid(full, mask), what="incremental vs full")
 
 
+@pytest.mark.slow
 @pytest.mark.paddle26
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_greedy_generate_matches_hf(hf_checkpoint, variant):

@@ -75,6 +75,7 @@ def embedder(path, **config_overrides) -> Qwen2SentenceEmbedding:
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant", ["gqa", "mha", "tied", "sliding", "head_dim", "rope_linear", "rope_dynamic", "rope_yarn"]
 )
@@ -153,6 +154,7 @@ class DecodeStep(paddle.nn.Layer):
         return [out.logits[:, -1], *[t for kv in out.past_key_values for t in kv]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["gqa", "sliding", "rope_dynamic"])
 def test_decode_step_traces(hf_checkpoint, variant):
     """Prefill (empty cache) of a left-padded batch, then greedy steps feeding the program its own cache: the

@@ -357,6 +357,7 @@ def test_plain_paddle_folder_mean_pooling_bidirectional(data, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(model.encode(TEXTS), axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True])
 def test_resume_after_kill_continues_the_same_loss_curve(st_folder, data, tmp_path, lora):
     """12 rows, batch 4: 3 steps an epoch, so the kill (at the first checkpoint, step 5) falls in the middle of the

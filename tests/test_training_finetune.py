@@ -190,6 +190,7 @@ def test_lora_runs_are_reproducible(workspace, tmp_path):
     assert sorted(logs[0]) == [1, 2, 3] and logs[0] == logs[1]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_continues_the_same_loss_curve(workspace, tmp_path):
     steps = "120"
     common = ["--max-steps", steps, "--save-steps", "5", "--save-total-limit", "3"]
