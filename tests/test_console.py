@@ -17,8 +17,6 @@ import pytest
 
 from paddle_qwen2.console import LOG_VARIABLE, PADDLE_THREAD_NOTICE, _WithoutThreadNotice
 
-pytestmark = pytest.mark.slow
-
 # lines of paddle, paddlenlp, datasets, glog and Python warnings of libraries
 FOREIGN = re.compile(
     r"^[IWEF]\d{4} \d\d:\d\d:\d\d"  # glog: W1207 14:23:10.775130  6677 eager_utils.cc:3584] ...
@@ -113,6 +111,7 @@ def foreign_lines(output: str, ours: list[str]) -> list[str]:
     return [line for line in output.splitlines() if line.strip() and not (own and own.match(line.strip()))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS)
 def test_only_our_lines(command, models):
     build, ours = COMMANDS[command]
@@ -120,6 +119,7 @@ def test_only_our_lines(command, models):
     assert foreign_lines(output, ours) == [], output[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", VERBOSE)
 def test_verbose_brings_the_libraries_lines_back(command, models):
     build, ours = COMMANDS[command]
