@@ -145,8 +145,10 @@ def train_embedder(model: str, output: Path, quick: bool) -> dict:
     steps = ["--max-steps", "60"] if quick else []
     summary = finetune.main(["--config", str(config), "--model", model, "--output-dir", str(output), "--quiet", *steps])
     before, after = summary["eval_before"], summary["eval_after"]
-    print(f"  held-out recall@1 {before['recall@1']:.3f} -> {after['recall@1']:.3f}, "
-          f"MRR@10 {before['mrr@10']:.3f} -> {after['mrr@10']:.3f} ({summary['steps']} steps)")  # fmt: skip
+    print(
+        f"  held-out recall@1 {before['recall@1']:.3f} -> {after['recall@1']:.3f}, "
+        f"MRR@10 {before['mrr@10']:.3f} -> {after['mrr@10']:.3f} ({summary['steps']} steps)"
+    )
     queries, passages, relevant = load_retrieval_pairs(EXAMPLES / "data" / "retrieval_eval.jsonl")
     options = json.loads(config.read_text())
     base = EmbeddingModel.from_pretrained(model, pooling=options["pooling"], normalize=True, is_causal=False)

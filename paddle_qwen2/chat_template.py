@@ -14,8 +14,17 @@ from typing import Any
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-__all__ = ["ENDOFTEXT", "IM_START", "IM_END", "SPECIAL_TOKENS", "CHATML_TEMPLATE", "Message", "Conversation",
-           "render_chat", "check_conversation"]  # fmt: skip
+__all__ = [
+    "ENDOFTEXT",
+    "IM_START",
+    "IM_END",
+    "SPECIAL_TOKENS",
+    "CHATML_TEMPLATE",
+    "Message",
+    "Conversation",
+    "render_chat",
+    "check_conversation",
+]
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)

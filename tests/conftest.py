@@ -397,10 +397,22 @@ def serving_server(chat_checkpoint, st_folder, tmp_path_factory):
     of the session."""
     from serving_helpers import API_KEY, ServerProcess
 
-    args = ["--model", str(chat_checkpoint(SERVE_CHAT_VARIANT)), "--served-model-name", "chat",
-            "--embedding-model", str(st_folder("last")), "--embedding-model-name", "embed",
-            "--api-key", API_KEY, "--max-batch-size", "4",
-            "--log-level", "warning"]  # fmt: skip
+    args = [
+        "--model",
+        str(chat_checkpoint(SERVE_CHAT_VARIANT)),
+        "--served-model-name",
+        "chat",
+        "--embedding-model",
+        str(st_folder("last")),
+        "--embedding-model-name",
+        "embed",
+        "--api-key",
+        API_KEY,
+        "--max-batch-size",
+        "4",
+        "--log-level",
+        "warning",
+    ]
     server = ServerProcess.start(args, tmp_path_factory.mktemp("serve"))
     yield server
     server.stop()

@@ -46,8 +46,22 @@ def test_generate_streams_the_transformers_answer(chat_checkpoint, tmp_path, sou
         model = export_model(folder, tmp_path / "exp", "decode")
     elif source == "dygraph":
         engine = "dygraph"
-    done = run_generate("--model", model, "--prompt", QUESTION, "--chat", "--system", SYSTEM, "--temperature", "0",
-                        "--max-new-tokens", 20, "--engine", engine, cwd=tmp_path)  # fmt: skip
+    done = run_generate(
+        "--model",
+        model,
+        "--prompt",
+        QUESTION,
+        "--chat",
+        "--system",
+        SYSTEM,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        20,
+        "--engine",
+        engine,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout == hf_chat_answer(folder, 20) + "\n"
     summary = done.stderr.strip().splitlines()[-1]

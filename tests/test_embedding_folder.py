@@ -31,8 +31,10 @@ def _write(name: str, text: str):
 def _dense_weight_shape(folder):
     from safetensors.numpy import save_file
 
-    save_file({"linear.weight": np.zeros((32, 63), np.float32), "linear.bias": np.zeros(32, np.float32)},
-              str(folder / "2_Dense" / "model.safetensors"))  # fmt: skip
+    save_file(
+        {"linear.weight": np.zeros((32, 63), np.float32), "linear.bias": np.zeros(32, np.float32)},
+        str(folder / "2_Dense" / "model.safetensors"),
+    )
 
 
 def _set_module_type(index: int, type_name: str):

@@ -128,8 +128,12 @@ def test_causal_lm_inference_equals_dygraph(exported, hf_checkpoint, mkldnn):
     batches = [make_batch(padding) for padding in PADDINGS]
     for padding, (ids, mask), got in zip(PADDINGS, batches, predictor_runs(folder, batches, mkldnn)):
         with paddle.no_grad():
-            want = model(input_ids=paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask),
-                         position_ids=paddle.to_tensor(mask_positions(mask)), return_dict=True).logits  # fmt: skip
+            want = model(
+                input_ids=paddle.to_tensor(ids),
+                attention_mask=paddle.to_tensor(mask),
+                position_ids=paddle.to_tensor(mask_positions(mask)),
+                return_dict=True,
+            ).logits
         assert_close(got, want, what=f"causal-lm, {padding} padding")
         if padding == "left":  # the real tokens of a left-padded row: the logits of the unpadded row
             for row in (1, 2):
@@ -218,8 +222,14 @@ def test_exported_embedding_folder_runs_alone(exported, st_folder, tmp_path, kin
     folder = exported(f"embedding-{kind}")
     texts = [t for t in EMBED_TEXTS if t.strip()]
     env = {**os.environ, "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", DEPLOY, str(folder), json.dumps(texts)], capture_output=True,
-                            text=True, cwd=tmp_path, env=env, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", DEPLOY, str(folder), json.dumps(texts)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     got = np.array(json.loads(result.stdout.strip().splitlines()[-1]), dtype=np.float32)
     want = embedding_reference(st_folder(kind)).encode(texts)
@@ -254,8 +264,10 @@ def test_onnx_equals_dygraph(exported, hf_checkpoint, st_folder, name):
         model = embedding_reference(st_folder(name.split("-", 1)[1]))
         pad_id, vocab, tol = model.tokenizer.pad_token_id, 4096, EMBED_TOL
     else:
-        model = load_paddle(hf_checkpoint("gqa", "causal_lm" if name == "causal-lm" else "seq_cls"),
-                            "causal_lm" if name == "causal-lm" else "seq_cls")  # fmt: skip
+        model = load_paddle(
+            hf_checkpoint("gqa", "causal_lm" if name == "causal-lm" else "seq_cls"),
+            "causal_lm" if name == "causal-lm" else "seq_cls",
+        )
         pad_id, vocab, tol = 0, 128, 1e-4
     for padding in PADDINGS:
         ids, mask = make_batch(padding, vocab=vocab, pad_id=pad_id)
@@ -263,8 +275,12 @@ def test_onnx_equals_dygraph(exported, hf_checkpoint, st_folder, name):
         t_ids, t_mask = paddle.to_tensor(ids), paddle.to_tensor(mask)
         with paddle.no_grad():
             if name == "causal-lm":
-                want = model(input_ids=t_ids, attention_mask=t_mask,
-                             position_ids=paddle.to_tensor(mask_positions(mask)), return_dict=True).logits  # fmt: skip
+                want = model(
+                    input_ids=t_ids,
+                    attention_mask=t_mask,
+                    position_ids=paddle.to_tensor(mask_positions(mask)),
+                    return_dict=True,
+                ).logits
             elif name == "sequence-classification":
                 want = model(input_ids=t_ids, attention_mask=t_mask, return_dict=True).logits
             else:
@@ -331,8 +347,12 @@ def test_decode_export_meta(chat_checkpoint, tmp_path):
     meta = json.loads((folder / META_FILE).read_text())
     cache = [f"past_{kind}_{i}" for i in range(3) for kind in ("key", "value")]
     assert [i["name"] for i in meta["inputs"]] == ["input_ids", "attention_mask", *cache]
-    assert meta["inputs"][2] == {"name": "past_key_0", "dtype": "float32", "shape": ["batch", 2, "past", 16],
-                                 "dynamic_axes": {"0": "batch", "2": "past"}}  # fmt: skip
+    assert meta["inputs"][2] == {
+        "name": "past_key_0",
+        "dtype": "float32",
+        "shape": ["batch", 2, "past", 16],
+        "dynamic_axes": {"0": "batch", "2": "past"},
+    }
     assert meta["decode"]["cache_layout"] == ["batch", "kv_heads", "past", "head_dim"]
     assert meta["outputs"][1]["shape"] == ["batch", 2, "past+new", 16]
     assert [o["name"] for o in meta["outputs"]] == ["logits", *[n.replace("past", "present") for n in cache]]
@@ -371,8 +391,11 @@ def test_onnx_decode_generates_as_transformers(chat_checkpoint, tmp_path):
     ids = torch.tensor([prompts[0], [4000, 4000] + prompts[1]])
     mask = torch.tensor([[1] * 7, [0, 0] + [1] * 5])
     with torch.no_grad():
-        want = model.eval().generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
-                                     pad_token_id=4000)[:, 7:].tolist()  # fmt: skip
+        want = (
+            model.eval()
+            .generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=4000)[:, 7:]
+            .tolist()
+        )
     assert all(4000 not in row and 4002 not in row for row in want), "a row stopped early: pick other prompts"
     assert onnx_greedy(folder, prompts, 6) == want
 
@@ -441,8 +464,14 @@ def test_exported_decode_folder_generates_alone(chat_checkpoint, tmp_path):
     folder = export_model(chat_checkpoint("gqa"), tmp_path / "exp", "decode")
     prompt = "The capital of France is"
     env = {**os.environ, "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", DEPLOY_DECODE, str(folder), prompt, "12"], capture_output=True,
-                            text=True, cwd=tmp_path, env=env, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", DEPLOY_DECODE, str(folder), prompt, "12"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     tokenizer = transformers.AutoTokenizer.from_pretrained(chat_checkpoint("gqa"))
     model = transformers.AutoModelForCausalLM.from_pretrained(chat_checkpoint("gqa")).eval()

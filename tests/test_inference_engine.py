@@ -44,8 +44,9 @@ def hf_generate(folder, prompts, new_tokens=NEW_TOKENS, **kwargs) -> list[list[i
     ids = torch.tensor([[4000] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                             pad_token_id=4000, **kwargs)  # fmt: skip
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=4000, **kwargs
+        )
     return [row[width:].tolist() for row in out]
 
 

@@ -143,9 +143,15 @@ def test_incremental_decoding_equals_full_forward(hf_checkpoint, variant, paddin
     full = pd_model(paddle.to_tensor(ids), attention_mask=paddle.to_tensor(mask), return_dict=True).logits.numpy()
 
     def run(cache, start, stop, positions=None):
-        out = pd_model.qwen2(paddle.to_tensor(ids[:, start:stop]), attention_mask=paddle.to_tensor(mask[:, :stop]),
-                             position_ids=positions, past_key_values=cache, use_cache=True, return_dict=True,
-                             heads_first_cache=heads_first_cache)  # fmt: skip
+        out = pd_model.qwen2(
+            paddle.to_tensor(ids[:, start:stop]),
+            attention_mask=paddle.to_tensor(mask[:, :stop]),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            return_dict=True,
+            heads_first_cache=heads_first_cache,
+        )
         return pd_model.lm_head(out.last_hidden_state).numpy(), out.past_key_values
 
     prefill = 6

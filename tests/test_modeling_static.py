@@ -105,8 +105,9 @@ def test_token_heads_trace(hf_checkpoint, head, field):
     assert_static_equals_dygraph(Output(load_paddle(hf_checkpoint("gqa", head), head), field))
 
 
-@pytest.mark.parametrize(("variant", "pooling", "is_causal"), [("gqa", "last", True), ("sliding", "mean", True),
-                                                                ("gqa", "mean", False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("variant", "pooling", "is_causal"), [("gqa", "last", True), ("sliding", "mean", True), ("gqa", "mean", False)]
+)
 def test_sentence_embedding_traces(hf_checkpoint, variant, pooling, is_causal):
     model = embedder(hf_checkpoint(variant, "base"), is_causal=is_causal)
     batches = [*BATCHES, (np.array([[5, 6, 7], [0, 0, 0]]), np.array([[1, 1, 1], [0, 0, 0]]))]  # an empty row

@@ -393,8 +393,15 @@ def test_resume_after_kill_continues_the_same_loss_curve(st_folder, data, tmp_pa
 @pytest.mark.slow
 def test_bundled_config_improves_held_out_retrieval(tmp_path):
     """configs/finetune_embedding.json (examples/model, examples/data/retrieval_*.jsonl) on CPU."""
-    summary = finetune.main(["--config", str(REPO / "configs" / "finetune_embedding.json"), "--output-dir",
-                             str(tmp_path / "out"), "--quiet"])  # fmt: skip
+    summary = finetune.main(
+        [
+            "--config",
+            str(REPO / "configs" / "finetune_embedding.json"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
     before, after = summary["eval_before"], summary["eval_after"]
     assert after["recall@1"] >= before["recall@1"] + 0.3, (before, after)
     assert after["mrr@10"] >= before["mrr@10"] + 0.3, (before, after)
