@@ -71,6 +71,17 @@ np.savez(data, **outputs)
 """
 
 
+def run_deployed(program: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """`program` run as a deployment runs it: a fresh interpreter that cannot import paddle_qwen2 (empty
+    PYTHONPATH, another working directory); asserts exit code 0."""
+    env = {**os.environ, "PYTHONPATH": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", program, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def predictor_runs(folder: Path, batches: list, mkldnn: bool) -> list[np.ndarray]:
     """Output 0 of the exported program through `paddle.inference` for each `(ids, mask)` batch, in a child process:
     creating a predictor changes state of the process it runs in (the in-process Trainer resume tests that run
@@ -226,16 +237,7 @@ print(json.dumps(out.tolist()))
 def test_exported_embedding_folder_runs_alone(exported, st_folder, tmp_path, kind):
     folder = exported(f"embedding-{kind}")
     texts = [t for t in EMBED_TEXTS if t.strip()]
-    env = {**os.environ, "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", DEPLOY, str(folder), json.dumps(texts)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_deployed(DEPLOY, tmp_path, str(folder), json.dumps(texts))
     got = np.array(json.loads(result.stdout.strip().splitlines()[-1]), dtype=np.float32)
     want = embedding_reference(st_folder(kind)).encode(texts)
     assert_close(got, want, max_abs=EMBED_TOL, mean_abs=EMBED_TOL, what=f"deployed embedding {kind}")
@@ -468,16 +470,7 @@ def test_exported_decode_folder_generates_alone(chat_checkpoint, tmp_path):
 
     folder = export_model(chat_checkpoint("gqa"), tmp_path / "exp", "decode")
     prompt = "The capital of France is"
-    env = {**os.environ, "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", DEPLOY_DECODE, str(folder), prompt, "12"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_deployed(DEPLOY_DECODE, tmp_path, str(folder), prompt, "12")
     tokenizer = transformers.AutoTokenizer.from_pretrained(chat_checkpoint("gqa"))
     model = transformers.AutoModelForCausalLM.from_pretrained(chat_checkpoint("gqa")).eval()
     ids = tokenizer(prompt, return_tensors="pt").input_ids
