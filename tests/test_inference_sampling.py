@@ -189,6 +189,14 @@ def test_large_vocab_matches_transformers(temperature, top_k, top_p, penalty, ti
         (dict(stop=[f"s{i}" for i in range(17)]), r"stop must have at most 16 strings"),
         (dict(stop_token_ids=[-1]), r"stop_token_ids must be a list of integers >= 0"),
         (dict(ignore_eos="yes"), r"ignore_eos must be a bool"),
+        (dict(presence_penalty=2.5), r"presence_penalty must be in \[-2, 2\]"),
+        (dict(frequency_penalty=-2.01), r"frequency_penalty must be in \[-2, 2\]"),
+        (dict(frequency_penalty=float("nan")), r"frequency_penalty must be in \[-2, 2\]"),
+        (dict(logit_bias=[(1, 2.0)]), r"logit_bias must be a dict"),
+        (dict(logit_bias={"7": 1.0}), r"logit_bias: key '7' must be a token id"),
+        (dict(logit_bias={-1: 1.0}), r"logit_bias: key -1 must be a token id"),
+        (dict(logit_bias={7: 100.5}), r"logit_bias: the value of key 7 must be in \[-100, 100\]"),
+        (dict(logit_bias={7: True}), r"logit_bias: the value of key 7 must be in \[-100, 100\]"),
     ],
 )
 def test_validate_rejects(changes, message):
@@ -204,6 +212,7 @@ def test_validate_accepts_edges():
         SamplingParams(temperature=0, top_p=1.0, top_k=0, max_new_tokens=1, seed=0),
         SamplingParams(temperature=100, top_p=1e-9, top_k=1, repetition_penalty=1e-3),
         SamplingParams(stop=[f"s{i}" for i in range(16)], stop_token_ids=[0, 7]),
+        SamplingParams(presence_penalty=-2, frequency_penalty=2.0, logit_bias={0: -100, 7: 100.0, 9: 0.5}),
     ]:
         assert params.validate() is params
 
@@ -278,3 +287,135 @@ def test_sample_rejects_nan_or_all_masked_logits(bad):
 def test_logits_shape_is_checked():
     with pytest.raises(ValueError, match="1-D"):
         Sampler(SamplingParams()).sample(np.zeros((2, 5), dtype=np.float32), [])
+
+
+# ----------------------------------------------------------------------------- presence / frequency / logit_bias
+def _openai_reference(logits, history, output_ids, presence=0.0, frequency=0.0, bias=None, repetition=1.0):
+    """vLLM's order written out in torch: logit_bias, HF's repetition penalty over prompt + output, then OpenAI's
+    `logit[j] -= c[j] * frequency + (c[j] > 0) * presence` with c the counts of the generated ids."""
+    scores = torch.from_numpy(np.array(logits, dtype=np.float32))
+    for token, value in (bias or {}).items():
+        scores[token] += value
+    if repetition != 1.0:
+        scores = logits_process.RepetitionPenaltyLogitsProcessor(repetition)(torch.tensor([history]), scores[None])[0]
+    counts = torch.bincount(torch.tensor(output_ids, dtype=torch.long), minlength=scores.numel()).float()
+    return (scores - counts * frequency - (counts > 0).float() * presence).numpy()
+
+
+@pytest.mark.parametrize(
+    "presence, frequency, bias, repetition",
+    [
+        (0.5, 0.0, None, 1.0),
+        (0.0, 1.2, None, 1.0),
+        (-1.0, 0.3, None, 1.0),
+        (0.0, 0.0, {3: 5.0, 10: -100.0, 999: 0.25}, 1.0),
+        (1.5, -0.7, {3: -3.0}, 1.3),
+    ],
+)
+def test_penalties_and_logit_bias_follow_the_openai_formula(presence, frequency, bias, repetition):
+    logits, history = _logits(5), _history(5)
+    output_ids = history[-25:] + [3, 3, 3]
+    params = SamplingParams(
+        temperature=0.8,
+        presence_penalty=presence,
+        frequency_penalty=frequency,
+        logit_bias=bias or {},
+        repetition_penalty=repetition,
+    )
+    expected = _openai_reference(logits, history + [3, 3, 3], output_ids, presence, frequency, bias, repetition)
+    ours = processed_logits(logits, history + [3, 3, 3], params.replace(temperature=1.0), output_ids)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
+    greedy = params.replace(temperature=0)
+    assert Sampler(greedy).sample(logits, history + [3, 3, 3], output_ids) == int(np.argmax(expected))
+
+
+def test_penalties_count_only_generated_ids_and_default_to_the_whole_history():
+    logits = np.zeros(8, dtype=np.float32)
+    params = SamplingParams(presence_penalty=1.0, frequency_penalty=0.5)
+    got = processed_logits(logits, [1, 1, 2, 5, 5, 5], params, output_ids=[5, 5, 5])
+    np.testing.assert_allclose(got, [0, 0, 0, 0, 0, -2.5, 0, 0])
+    np.testing.assert_allclose(processed_logits(logits, [1, 1, 2], params), [0, -2, -1.5, 0, 0, 0, 0, 0])
+    assert np.array_equal(logits, np.zeros(8, dtype=np.float32))  # the input is not modified
+
+
+def test_logit_bias_outside_the_vocabulary_is_an_error():
+    with pytest.raises(ValueError, match=r"logit_bias: token id 1000 is outside the vocabulary \[0, 1000\)"):
+        Sampler(SamplingParams(temperature=0, logit_bias={1000: 1.0})).sample(_logits(0), [])
+
+
+def test_defaults_change_nothing():
+    logits, history = _logits(2), _history(2)
+    plain = SamplingParams(temperature=0.7, top_k=50, repetition_penalty=1.2)
+    explicit = plain.replace(presence_penalty=0.0, frequency_penalty=0.0, logit_bias={})
+    np.testing.assert_array_equal(processed_logits(logits, history, plain), processed_logits(logits, history, explicit))
+    np.testing.assert_array_equal(
+        processed_logits(logits, history, plain), _hf_scores(logits, history, 0.7, 50, 1.0, 1.2)
+    )
+
+
+# ---------------------------------------------------------------------- LLM.generate against a reference loop
+ENGINE_STEPS = 16
+ENGINE_CASES = {
+    "presence": dict(presence_penalty=1.5),
+    "frequency": dict(frequency_penalty=0.8),
+    "negative": dict(presence_penalty=-0.5, frequency_penalty=0.4),
+    "bias": dict(logit_bias={"first": -100.0, 42: 4.0}),
+    "all": dict(presence_penalty=0.6, frequency_penalty=0.6, logit_bias={"first": -100.0}, repetition_penalty=1.2),
+}
+
+
+@pytest.fixture(scope="module")
+def engine_reference(chat_checkpoint):
+    """(LLM on the dygraph engine, transformers' model, a chat prompt's ids) of the served tiny checkpoint."""
+    from conftest import SERVE_CHAT_VARIANT
+
+    transformers = pytest.importorskip("transformers")
+    from paddle_qwen2.inference import LLM
+
+    folder = chat_checkpoint(SERVE_CHAT_VARIANT)
+    llm = LLM.from_pretrained(folder, engine="dygraph")
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    prompt = llm.tokenizer.encode_chat([{"role": "user", "content": "Tell me a story about a cat."}])
+    return llm, model, prompt
+
+
+def _reference_greedy(model, prompt, steps, eos, presence=0.0, frequency=0.0, bias=None, repetition=1.0):
+    """Greedy decoding on transformers' logits (a full forward per step) with the processors applied by hand."""
+    ids, out = list(prompt), []
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1].float().numpy()
+        token = int(np.argmax(_openai_reference(logits, ids, out, presence, frequency, bias, repetition)))
+        out.append(token)
+        ids.append(token)
+        if token in eos:
+            break
+    return out
+
+
+@pytest.mark.paddle26
+@pytest.mark.parametrize("case", list(ENGINE_CASES))
+def test_llm_generate_penalties_and_logit_bias_are_the_reference_loop(engine_reference, case):
+    from conftest import CHAT_EOS
+
+    llm, model, prompt = engine_reference
+    plain = _reference_greedy(model, prompt, ENGINE_STEPS, CHAT_EOS)
+    changes = dict(ENGINE_CASES[case])
+    if "logit_bias" in changes:
+        changes["logit_bias"] = {plain[0] if k == "first" else k: v for k, v in changes["logit_bias"].items()}
+    expected = _reference_greedy(
+        model,
+        prompt,
+        ENGINE_STEPS,
+        CHAT_EOS,
+        changes.get("presence_penalty", 0.0),
+        changes.get("frequency_penalty", 0.0),
+        changes.get("logit_bias"),
+        changes.get("repetition_penalty", 1.0),
+    )
+    params = SamplingParams(temperature=0, max_new_tokens=ENGINE_STEPS, **changes)
+    (ours,) = llm.generate([prompt], params)
+    assert ours.token_ids == expected
+    assert expected != plain  # the setting changes the greedy answer
+    (unchanged,) = llm.generate([prompt], SamplingParams(temperature=0, max_new_tokens=ENGINE_STEPS))
+    assert unchanged.token_ids == plain

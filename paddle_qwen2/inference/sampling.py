@@ -2,9 +2,11 @@
 
 `SamplingParams` holds the per-request decoding settings (OpenAI / vLLM style names) and checks them;
 `SamplingParams.from_generation_config` reads a checkpoint's `generation_config.json` the way vLLM does.
-`Sampler.sample` turns one row of float32 logits into a token id in exactly the order of HF transformers'
-`generate`: repetition penalty -> (greedy: argmax) -> temperature -> top-k -> top-p -> softmax (float64) -> draw.
-`processed_logits` is that pipeline up to (not including) the softmax, with -inf for the removed tokens.
+`Sampler.sample` turns one row of float32 logits into a token id in vLLM's order: logit_bias -> repetition penalty
+(HF's rule, over prompt and generated ids) -> frequency and presence penalties (OpenAI's formula, over the generated
+ids only) -> (greedy: argmax) -> temperature -> top-k -> top-p -> softmax (float64) -> draw. Without logit_bias and
+the OpenAI penalties this is exactly the order of HF transformers' `generate`. `processed_logits` is that pipeline
+up to (not including) the softmax, with -inf for the removed tokens.
 
 Everything is O(vocab) per token with small constants: top-k uses selection (`np.partition`, no sort), and
 top-p sorts only the tokens that can matter to it.
@@ -19,10 +21,22 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_STOP_STRINGS", "MAX_TEMPERATURE", "SamplingParams", "Sampler", "processed_logits", "probabilities"]
+__all__ = [
+    "MAX_LOGIT_BIAS",
+    "MAX_PENALTY",
+    "MAX_STOP_STRINGS",
+    "MAX_TEMPERATURE",
+    "SamplingParams",
+    "Sampler",
+    "apply_penalties",
+    "processed_logits",
+    "probabilities",
+]
 
 MAX_STOP_STRINGS = 16
 MAX_TEMPERATURE = 100.0
+MAX_PENALTY = 2.0  # OpenAI's range for presence_penalty / frequency_penalty is [-2, 2]
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range for a logit_bias value is [-100, 100]
 # generation_config.json keys taken over when `do_sample` is true (repetition_penalty is taken in any case)
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k")
 
@@ -33,8 +47,11 @@ class SamplingParams:
 
     `max_new_tokens=None` means "up to the context limit"; `temperature=0` is greedy decoding; `top_k=0` and
     `top_p=1` disable those filters; `repetition_penalty=1` disables the penalty; `seed=None` draws from fresh
-    OS entropy. `stop` strings end the generation and are not part of the returned text; `stop_token_ids` end it
-    too (in addition to the model's eos ids unless `ignore_eos`).
+    OS entropy. `presence_penalty` / `frequency_penalty` (OpenAI's, in [-2, 2], 0 disables them) subtract
+    `count * frequency_penalty + (count > 0) * presence_penalty` from each token's logit, `count` being how often
+    the token was generated so far (the prompt does not count); `logit_bias` maps token ids to a value in
+    [-100, 100] added to their logits. `stop` strings end the generation and are not part of the returned text;
+    `stop_token_ids` end it too (in addition to the model's eos ids unless `ignore_eos`).
     """
 
     max_new_tokens: int | None = None
@@ -46,6 +63,9 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # The OpenAI API accepts a single string for `stop`; tuples are accepted for convenience.
@@ -75,6 +95,10 @@ class SamplingParams:
             raise ValueError(f"stop_token_ids must be a list of integers >= 0, got {self.stop_token_ids!r}")
         if not isinstance(self.ignore_eos, bool):
             raise ValueError(f"ignore_eos must be a bool, got {self.ignore_eos!r}")
+        penalty_range = f"in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}] (0 disables it)"
+        for name in ("presence_penalty", "frequency_penalty"):
+            _check_float(name, getattr(self, name), penalty_range, lambda v: -MAX_PENALTY <= v <= MAX_PENALTY)
+        _check_logit_bias(self.logit_bias)
         return self
 
     @classmethod
@@ -109,10 +133,10 @@ class Sampler:
         seed = params.seed
         self.rng = np.random.Generator(np.random.PCG64(seed)) if seed is not None else np.random.default_rng()
 
-    def sample(self, logits: np.ndarray, history: Sequence[int]) -> int:
-        """Next token id from one row of logits [vocab]; `history` = prompt ids + ids generated so far."""
-        scores = _as_row(logits)
-        scores = apply_repetition_penalty(scores, history, self.params.repetition_penalty)
+    def sample(self, logits: np.ndarray, history: Sequence[int], output_ids: Sequence[int] | None = None) -> int:
+        """Next token id from one row of logits [vocab]; `history` = prompt ids + ids generated so far,
+        `output_ids` = the ids generated so far (None: all of `history`)."""
+        scores = apply_penalties(_as_row(logits), history, self.params, output_ids)
         if self.params.greedy:
             return int(np.argmax(scores))  # first maximal index, as torch.argmax
         scores = _warp(scores, self.params)
@@ -127,21 +151,54 @@ class Sampler:
         return pick if keep is None else int(keep[pick])
 
 
-def processed_logits(logits: np.ndarray, history: Sequence[int], params: SamplingParams) -> np.ndarray:
-    """The float32 logits `Sampler.sample` draws from: penalized, then (unless temperature is 0) tempered,
-    top-k and top-p filtered with -inf for removed tokens. With temperature 0 the sampler takes their argmax."""
-    scores = apply_repetition_penalty(_as_row(logits), history, params.repetition_penalty)
+def processed_logits(
+    logits: np.ndarray, history: Sequence[int], params: SamplingParams, output_ids: Sequence[int] | None = None
+) -> np.ndarray:
+    """The float32 logits `Sampler.sample` draws from: biased and penalized, then (unless temperature is 0)
+    tempered, top-k and top-p filtered with -inf for removed tokens. With temperature 0 the sampler takes their
+    argmax. `history` and `output_ids` as in `Sampler.sample`."""
+    scores = apply_penalties(_as_row(logits), history, params, output_ids)
     return scores if params.temperature == 0 else _warp(scores, params)
 
 
-def probabilities(logits: np.ndarray, history: Sequence[int], params: SamplingParams) -> np.ndarray:
+def probabilities(
+    logits: np.ndarray, history: Sequence[int], params: SamplingParams, output_ids: Sequence[int] | None = None
+) -> np.ndarray:
     """The float64 distribution [vocab] `Sampler.sample` draws from (one-hot at the argmax when greedy)."""
     if params.greedy:
-        scores = apply_repetition_penalty(_as_row(logits), history, params.repetition_penalty)
+        scores = apply_penalties(_as_row(logits), history, params, output_ids)
         probs = np.zeros(scores.shape, dtype=np.float64)
         probs[int(np.argmax(scores))] = 1.0
         return probs
-    return _softmax64(processed_logits(logits, history, params))
+    return _softmax64(processed_logits(logits, history, params, output_ids))
+
+
+def apply_penalties(
+    scores: np.ndarray, history: Sequence[int], params: SamplingParams, output_ids: Sequence[int] | None = None
+) -> np.ndarray:
+    """`params`' logit_bias, repetition penalty, then frequency and presence penalties on a float32 row [vocab]
+    (vLLM's order). `history` = prompt + generated ids (the repetition penalty's), `output_ids` = the generated ids
+    (the OpenAI penalties'; None: all of `history`). Returns a new array (the input is not modified)."""
+    out = apply_repetition_penalty(_apply_logit_bias(scores, params.logit_bias), history, params.repetition_penalty)
+    if params.frequency_penalty or params.presence_penalty:
+        generated = history if output_ids is None else output_ids
+        if len(generated):
+            ids, counts = np.unique(np.asarray(generated, dtype=np.int64), return_counts=True)
+            penalty = counts * np.float32(params.frequency_penalty) + np.float32(params.presence_penalty)
+            out[ids] -= penalty.astype(np.float32)
+    return out
+
+
+def _apply_logit_bias(scores: np.ndarray, bias: Mapping[int, float]) -> np.ndarray:
+    """`scores` with `bias[id]` added to each biased id (the input itself when there is no bias)."""
+    if not bias:
+        return scores
+    ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+    if ids.max() >= scores.size:
+        raise ValueError(f"logit_bias: token id {int(ids.max())} is outside the vocabulary [0, {scores.size})")
+    out = scores.copy()
+    out[ids] += np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+    return out
 
 
 def apply_repetition_penalty(scores: np.ndarray, history: Sequence[int], penalty: float) -> np.ndarray:
@@ -233,6 +290,18 @@ def _check_int(name: str, value: Any, allowed: str, minimum: int, optional: bool
 def _check_float(name: str, value: Any, allowed: str, ok: Callable[[float], bool]) -> None:
     if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) or not ok(value):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _check_logit_bias(bias: Any) -> None:
+    if not isinstance(bias, dict):
+        raise ValueError(f"logit_bias must be a dict {{token id: bias}}, got {bias!r}")
+    for key, value in bias.items():
+        if not _is_int(key) or key < 0:
+            raise ValueError(f"logit_bias: key {key!r} must be a token id (an integer >= 0)")
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if not ok or not -MAX_LOGIT_BIAS <= value <= MAX_LOGIT_BIAS:
+            allowed = f"[-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]"
+            raise ValueError(f"logit_bias: the value of key {key} must be in {allowed}, got {value!r}")
 
 
 def _check_stop(stop: Any) -> None:

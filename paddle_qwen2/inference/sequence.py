@@ -69,7 +69,7 @@ class GenerationSequence:
 
     def choose(self, logits: np.ndarray) -> int:
         """The next token from this row's logits `[vocab]`."""
-        return self.sampler.sample(logits, self._history)
+        return self.sampler.sample(logits, self._history, self.token_ids)
 
     def append(self, token: int) -> str:
         """Add `token`; returns the text that can be shown now (may be empty)."""
