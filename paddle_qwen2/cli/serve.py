@@ -2,13 +2,15 @@
 
     paddle-qwen2 serve --model DIR [--embedding-model DIR] [--served-model-name NAME] [--host 127.0.0.1]
                        [--port 8000] [--engine inference|dygraph] [--max-batch-size N] [--max-model-len N]
-                       [--api-key KEY]
+                       [--api-key KEY] [--max-engine-restarts N]
 
 The port is bound and the folders are checked before any model loads, so a port in use or a missing folder is
 one `error: ...` line and exit code 1 at once. uvicorn owns SIGTERM / SIGINT while it serves: the listening
 socket closes, requests already running finish (at most `--grace-period` seconds), the scheduler stops, and the
-command returns 0. Nothing here imports fastapi, uvicorn or paddle until `run` (the CLI builds its parser from it);
-the server itself is `paddle_qwen2.serving`.
+command returns 0. When the engine process dies, it is started again (with a backoff; the requests in flight fail,
+new ones get 503 meanwhile); after more than `--max-engine-restarts` failures in a row the command exits 1, for a
+supervisor to restart the server. Nothing here imports fastapi, uvicorn or paddle until `run` (the CLI builds its
+parser from it); the server itself is `paddle_qwen2.serving`.
 """
 
 from __future__ import annotations
@@ -82,6 +84,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="S",
         help="on SIGTERM, seconds running requests get to finish (30)",
     )
+    p.add_argument(
+        "--max-engine-restarts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="restart a dead engine process at most N times in a row (a restart that serves a request resets the "
+        "count), then exit 1 (3)",
+    )
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--debug-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow decoding
@@ -116,7 +126,8 @@ def _check_args(args: argparse.Namespace) -> None:
               ("--max-batch-size", args.max_batch_size, args.max_batch_size >= 1, ">= 1"),
               ("--max-queue-size", args.max_queue_size, args.max_queue_size >= 0, ">= 0"),
               ("--max-model-len", args.max_model_len, args.max_model_len is None or args.max_model_len >= 1, ">= 1"),
-              ("--grace-period", args.grace_period, args.grace_period >= 0, ">= 0")]  # fmt: skip
+              ("--grace-period", args.grace_period, args.grace_period >= 0, ">= 0"),
+              ("--max-engine-restarts", args.max_engine_restarts, args.max_engine_restarts >= 0, ">= 0")]  # fmt: skip
     for option, value, ok, expected in checks:
         if not ok:
             raise ServeError(f"{option} must be {expected}, got {value}")
@@ -161,7 +172,7 @@ def _load(args: argparse.Namespace):
         args.debug_step_delay,
     )
     metrics = ServerMetrics()
-    engine = EngineProcess(spec, args.max_queue_size, metrics)
+    engine = EngineProcess(spec, args.max_queue_size, metrics, max_restarts=args.max_engine_restarts)
     llm, embedder = engine.start()
     embedder_name = args.embedding_model_name or (Path(args.embedding_model).resolve().name if embedder else None)
     return ServerState(engine, llm, embedder, llm.name if llm else None, embedder_name, args.api_key, metrics)
@@ -188,6 +199,12 @@ def _serve(args: argparse.Namespace, state, sock: socket.socket) -> int:
     )
     server = uvicorn.Server(config)
     state.accepting = lambda: not server.should_exit
+
+    def give_up(message: str) -> None:  # on the engine's reader thread: uvicorn's main loop sees should_exit
+        print(f"paddle-qwen2 serve: {message}; exiting with code 1", file=sys.stderr, flush=True)
+        server.should_exit = True
+
+    state.scheduler.on_give_up = give_up
     _configure_logging(args.log_level)
     host, port = sock.getsockname()[:2]
     host = f"[{host}]" if ":" in host else host
@@ -205,7 +222,7 @@ def _serve(args: argparse.Namespace, state, sock: socket.socket) -> int:
             signal.signal(sig, handler)
         state.scheduler.close()
         sock.close()
-    return 0
+    return 1 if getattr(state.scheduler, "gave_up", False) else 0
 
 
 def _configure_logging(level: str) -> None:

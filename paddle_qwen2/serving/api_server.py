@@ -53,9 +53,8 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/health")
     async def health() -> Response:
-        if not state.scheduler.alive:
-            return JSONResponse(error_body(state.scheduler.error or "not running", "server_error"), 503)
-        return JSONResponse({"status": "ok", "models": state.model_names()})
+        status, body = state.health()
+        return JSONResponse(body, status)
 
     @app.get("/v1/models")
     async def models() -> Response:

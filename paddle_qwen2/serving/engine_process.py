@@ -17,8 +17,13 @@ What crosses the pipe: the prompt ids and `SamplingParams` of each sequence (the
 `TokenEvent`s with the running and waiting counts, and embedding results. The capacity check (429), the
 request metrics (tokens, time to first token, time per output token, finish reasons) and the model facts the
 routes need (`GenerationModelCard`, `EmbeddingModelCard`) live in this process, which never imports paddle.
-The child ignores SIGINT / SIGTERM (this process drains, then closes it) and exits when this process goes away;
-when the child dies, what is in flight ends with an error event and `alive` turns False (HTTP 503).
+The child ignores SIGINT / SIGTERM (this process drains, then closes it) and exits when this process goes away.
+
+When the child dies (an OOM kill, a crash), what is in flight ends with an error event, `alive` turns False and
+`restarting` True (HTTP 503 on new requests and on /health) and the reader thread starts a new child after a backoff
+(`RESTART_BACKOFF` seconds, doubling up to `RESTART_BACKOFF_MAX`). A child that dies or fails to load counts as one
+failure; the count is reset when a restarted child finishes a request. After more than `max_restarts` failures in
+a row `gave_up` turns True and `on_give_up(message)` is called (the server then exits non-zero).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,11 +52,16 @@ __all__ = [
     "GenerationModelCard",
     "EmbeddingModelCard",
     "ENGINE_ENVIRONMENT",
+    "RESTART_BACKOFF",
+    "RESTART_BACKOFF_MAX",
 ]
 
 logger = logging.getLogger("paddle_qwen2.serving")
 
 _UNBOUNDED = 1 << 30  # the child's own queue: this process does the capacity check
+RESTART_BACKOFF = 0.5  # seconds before the first restart of a dead engine process; doubles with each failure
+RESTART_BACKOFF_MAX = 8.0
+_RESTART_TIMEOUT_MIN = 120.0  # seconds a restarted child gets to load (or 5x the first load, if longer)
 
 
 class EngineStartError(PaddleQwen2Error):
@@ -89,6 +100,7 @@ class EmbeddingModelCard:
 
     dimension: int
     unit_vectors: bool
+    vocab_size: int | None = None  # token ids of `input` are in [0, vocab_size)
 
     def normalizes(self) -> bool:
         return self.unit_vectors
@@ -104,10 +116,18 @@ class _InFlight:
 class EngineProcess:
     """`Scheduler`'s client API over a child process that runs the models and the scheduler."""
 
-    def __init__(self, spec: EngineSpec, max_queue_size: int = 128, metrics: ServerMetrics | None = None) -> None:
-        if spec.max_batch_size < 1 or max_queue_size < 0:
+    def __init__(
+        self,
+        spec: EngineSpec,
+        max_queue_size: int = 128,
+        metrics: ServerMetrics | None = None,
+        max_restarts: int = 3,
+        on_give_up: Callable[[str], None] | None = None,
+    ) -> None:
+        if spec.max_batch_size < 1 or max_queue_size < 0 or max_restarts < 0:
             raise PaddleQwen2Error(
-                f"max_batch_size must be >= 1 and max_queue_size >= 0, got {spec.max_batch_size}, {max_queue_size}"
+                "max_batch_size must be >= 1, max_queue_size >= 0 and max_restarts >= 0, got "
+                f"{spec.max_batch_size}, {max_queue_size}, {max_restarts}"
             )
         self.spec = spec
         self.max_batch_size = spec.max_batch_size
@@ -124,6 +144,15 @@ class EngineProcess:
         self._process = None
         self._conn = None
         self._reader: threading.Thread | None = None
+        self.max_restarts = max_restarts
+        self.on_give_up = on_give_up
+        self.restarting = False  # a dead child is being replaced
+        self.gave_up = False  # more than max_restarts failures in a row: no more restarts
+        self.restarts = 0  # children started after the first
+        self._failures = 0  # deaths and failed loads since a child last finished a request
+        self._up = False
+        self._closed = threading.Event()
+        self._restart_timeout = _RESTART_TIMEOUT_MIN
 
     # ---------------------------------------------------------------------------------------------- lifecycle
     @property
@@ -132,45 +161,47 @@ class EngineProcess:
 
     @property
     def alive(self) -> bool:
-        return (
-            self._process is not None
-            and self._process.is_alive()
-            and self._reader is not None
-            and self._reader.is_alive()
-            and not self._closing
-            and self.error is None
-        )
+        return self._up and not self._closing and self._process is not None and self._process.is_alive()
 
     def start(self, timeout: float | None = None) -> tuple[GenerationModelCard | None, EmbeddingModelCard | None]:
         """Start the child and wait until its models are loaded; their cards. EngineStartError when it cannot."""
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self._process = context.Process(
-            target=_engine_main, args=(child, self.spec), name="paddle-qwen2-engine", daemon=True
-        )
-        self._process.start()
-        child.close()
-        if not self._conn.poll(timeout):
-            self._stop_process()
-            raise EngineStartError(f"the engine process did not load its models within {timeout:.0f}s")
-        try:
-            kind, payload = self._conn.recv()
-        except (EOFError, OSError):
-            self._process.join(5)
-            raise EngineStartError(
-                f"the engine process exited with code {self._process.exitcode} while loading (see the log above)"
-            ) from None
-        if kind != "ready":
-            self._process.join(5)
-            raise EngineStartError(payload)
-        llm, embedder = payload
+        began = time.monotonic()
+        llm, embedder = self._spawn(timeout)
+        self._restart_timeout = max(_RESTART_TIMEOUT_MIN, 5 * (time.monotonic() - began))
         if llm is not None:
             from ..inference import ChatTokenizer
 
             llm.tokenizer = ChatTokenizer.from_folder(Path(llm.folder))
-        self._reader = threading.Thread(target=self._read, name="paddle-qwen2-engine-reader", daemon=True)
-        self._reader.start()
         return llm, embedder
+
+    def _spawn(self, timeout: float | None, restart: bool = False):
+        """Start a child, wait for its "ready" and start its reader thread; the child's model cards."""
+        context = multiprocessing.get_context("spawn")
+        conn, child = context.Pipe()
+        process = context.Process(target=_engine_main, args=(child, self.spec), name="paddle-qwen2-engine", daemon=True)
+        process.start()
+        child.close()
+        try:
+            kind, payload = _wait_ready(conn, process, timeout)
+        except BaseException:
+            conn.close()
+            _stop(process)
+            raise
+        with self._lock:
+            if self._closing:  # closed while this child loaded
+                conn.close()
+                _stop(process)
+                raise EngineStartError("the server is shutting down")
+            self._conn, self._process = conn, process
+            self._up, self.error, self.restarting = True, None, False
+            if restart:
+                self.restarts += 1
+                self.metrics.engine_restarts.inc()
+        self._reader = threading.Thread(
+            target=self._read, args=(conn, process), name="paddle-qwen2-engine-reader", daemon=True
+        )
+        self._reader.start()
+        return payload
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the child (sequences still queued or running end with an error event) and wait for it."""
@@ -178,16 +209,13 @@ class EngineProcess:
             if self._closing or self._process is None:
                 return
             self._closing = True
-        self._send(("close",))
-        if self._reader is not None and self._reader is not threading.current_thread():
-            self._reader.join(timeout)
-        self._stop_process()
-
-    def _stop_process(self) -> None:
-        self._process.join(5)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(5)
+        self._closed.set()
+        with contextlib.suppress(SchedulerClosed):
+            self._send(("close",))
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout)
+        _stop(self._process)
 
     # ------------------------------------------------------------------------------------------- client side
     def submit(self, requests: list[GenerationRequest]) -> None:
@@ -253,28 +281,76 @@ class EngineProcess:
                 raise SchedulerClosed(self.error) from None
 
     # ------------------------------------------------------------------------------------------- reader side
-    def _read(self) -> None:
-        """Deliver the child's messages until it stops; then fail whatever is still in flight."""
+    def _read(self, conn, process) -> None:
+        """Deliver the child's messages until it stops; then fail whatever is still in flight and, unless the
+        server closes, replace the child."""
+        error = None
         try:
             while True:
-                kind, *payload = self._conn.recv()
+                kind, *payload = conn.recv()
                 if kind == "events":
                     self._deliver(*payload)
                 elif kind == "embedded":
                     self._embedded(*payload)
                 elif kind == "stopped":
-                    if payload[0] and not self._closing:
-                        self.error = payload[0]
+                    error = None if self._closing else payload[0] or "the engine process stopped"
                     break
         except (EOFError, OSError):
             if not self._closing:
-                code = self._process.exitcode if self._process is not None else None
-                self.error = f"the engine process exited unexpectedly (exit code {code})"
+                process.join(5)
+                error = f"the engine process exited unexpectedly (exit code {process.exitcode})"
         except BaseException as exc:  # a bug here must not leave requests hanging
-            self.error = f"the engine reader stopped: {type(exc).__name__}: {exc}"
+            error = f"the engine reader stopped: {type(exc).__name__}: {exc}"
             logger.exception("engine reader")
         finally:
-            self._fail_all(self.error or "the server is shutting down")
+            self._lost(error)
+        if error is not None and not self._closing:
+            conn.close()
+            _stop(process)
+            self._recover(error)
+
+    def _lost(self, error: str | None) -> None:
+        """The child is gone (or going): fail what is in flight with `error` (or "shutting down")."""
+        with self._lock:
+            self._up = False
+            if error is not None and not self._closing:
+                self.restarting = self._failures < self.max_restarts
+                self.error = f"{error}; the engine is restarting" if self.restarting else error
+        self._fail_all(self.error or "the server is shutting down")
+
+    def _recover(self, error: str) -> None:
+        """Start a new child after a backoff; again while that fails, until `max_restarts` failures in a row."""
+        while not self._closing:
+            self._failures += 1
+            if self._failures > self.max_restarts:
+                self._give_up(error)
+                return
+            delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF * 2 ** (self._failures - 1))
+            attempt = f"attempt {self._failures} of {self.max_restarts}"
+            with self._lock:
+                self.restarting = True
+                self.error = f"{error}; the engine is restarting ({attempt})"
+            logger.warning("%s; restarting it in %.1fs (%s)", error, delay, attempt)
+            if self._closed.wait(delay):
+                return
+            try:
+                self._spawn(self._restart_timeout, restart=True)
+            except (EngineStartError, OSError) as exc:
+                error = f"the restarted engine process failed: {exc}"
+                continue
+            logger.warning("the engine process is back (restart %d, pid %d)", self.restarts, self._process.pid)
+            return
+
+    def _give_up(self, error: str) -> None:
+        message = (
+            f"{error}; the engine process failed {self._failures} times in a row (more than "
+            f"--max-engine-restarts {self.max_restarts}): giving up"
+        )
+        with self._lock:
+            self.restarting, self.gave_up, self.error = False, True, message
+        logger.error("%s", message)
+        if self.on_give_up is not None:
+            self.on_give_up(message)
 
     def _deliver(self, events: list[tuple], running: int, waiting: int) -> None:
         now = time.perf_counter()
@@ -290,6 +366,8 @@ class EngineProcess:
                 self._count(entry, now, len(token_ids), finish_reason)
                 if finish_reason is not None:
                     del self._inflight[rid]
+                    if error is None:
+                        self._failures = 0  # this child serves: a later death starts a new count
                 delivered.append((entry.request, TokenEvent(index, text, token_ids, finish_reason, error)))
         for request, event in delivered:
             if not request.cancelled:
@@ -314,12 +392,12 @@ class EngineProcess:
         if error is not None:
             job.done(None, None, RuntimeError(error))
             return
+        self._failures = 0
         self.metrics.embedding_tokens.inc(sum(counts))
         job.done(vectors, counts)
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
-            self._closing = True
             inflight, self._inflight = list(self._inflight.values()), {}
             jobs, self._jobs = list(self._jobs.values()), {}
             self.metrics.running.set(0)
@@ -331,6 +409,30 @@ class EngineProcess:
         for job in jobs:
             if not job.cancelled:
                 job.done(None, None, RuntimeError(message))
+
+
+def _wait_ready(conn, process, timeout: float | None) -> tuple[str, Any]:
+    """The child's ("ready", cards) message; EngineStartError when it fails, exits or takes longer than `timeout`."""
+    if not conn.poll(timeout):
+        raise EngineStartError(f"the engine process did not load its models within {timeout:.0f}s")
+    try:
+        kind, payload = conn.recv()
+    except (EOFError, OSError):
+        process.join(5)
+        raise EngineStartError(
+            f"the engine process exited with code {process.exitcode} while loading (see the log above)"
+        ) from None
+    if kind != "ready":
+        raise EngineStartError(payload)
+    return kind, payload
+
+
+def _stop(process) -> None:
+    """Wait a little for `process` to end, then kill it."""
+    process.join(5)
+    if process.is_alive():
+        process.kill()
+        process.join(5)
 
 
 # ------------------------------------------------------------------------------------------------- the child
@@ -489,5 +591,5 @@ def _load(spec: EngineSpec, cpu_settings: str):
 
         embedder = EmbeddingModel.from_pretrained(spec.embedding_model)
     if embedder is not None:
-        embedder_card = EmbeddingModelCard(int(embedder.dimension), bool(embedder.normalizes()))
+        embedder_card = EmbeddingModelCard(int(embedder.dimension), bool(embedder.normalizes()), embedder.vocab_size)
     return llm, embedder, (llm_card, embedder_card)

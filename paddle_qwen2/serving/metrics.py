@@ -33,8 +33,8 @@ TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 
 class ServerMetrics:
     """The server's metrics in a registry of their own: requests by endpoint and status, tokens in and out, the
-    scheduler's running and queued sequences, finished sequences by reason (stop, length, cancelled, error), time
-    to first token and time per output token.
+    scheduler's running and queued sequences, finished sequences by reason (stop, length, cancelled, error), engine
+    restarts and whether the engine is up, time to first token and time per output token.
 
     Creating one turns off `prometheus_client`'s `_created` samples for the process
     (`prometheus_client.disable_created_metrics()`).
@@ -64,6 +64,14 @@ class ServerMetrics:
             "sequences ended, by reason (stop, length, cancelled, error)",
             ("reason",),
             registry=registry,
+        )
+        self.engine_restarts = Counter(
+            PREFIX + "engine_restarts_total",
+            "engine processes started again after the engine process died",
+            registry=registry,
+        )
+        self.engine_up = Gauge(
+            PREFIX + "engine_up", "1 while the engine serves, 0 while it is down or restarting", registry=registry
         )
         self.time_to_first_token = Histogram(
             PREFIX + "time_to_first_token_seconds",

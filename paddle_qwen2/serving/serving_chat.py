@@ -174,7 +174,7 @@ async def _collect(state: ServerState, requests: list[GenerationRequest], events
             if event is None:
                 raise _ClientGone()
             if event.error is not None:
-                raise APIError(500, event.error, type="server_error", code="engine_error")
+                raise state.engine_error(event.error)
             choice = choices[event.index]
             choice.text.append(event.text)
             choice.token_ids += event.token_ids
@@ -209,7 +209,7 @@ async def _stream(
         while pending:
             event = await events.queue.get()
             if event.error is not None:
-                yield _sse(APIError(500, event.error, type="server_error", code="engine_error").body())
+                yield _sse(state.engine_error(event.error).body())
                 break
             completion_tokens += len(event.token_ids)
             ids = held.pop(event.index, []) + event.token_ids

@@ -3,7 +3,8 @@ checks every handler makes before it submits work.
 
     state = ServerState(scheduler, llm=llm, embedder=embedder, api_key="sk-...")
     state.check_model(body.model, "generation")      # 404 unless it is the served model
-    state.submit(requests)                           # 503 when draining or dead, 429 when the queue is full
+    state.submit(requests)                           # 503 when draining, dead or restarting, 429 when full
+    status, body = state.health()                    # GET /health
 
 `scheduler` is a `Scheduler` or anything with its client side (`EngineProcess`).
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .metrics import ServerMetrics
-from .protocol import APIError, now
+from .protocol import APIError, error_body, now
 from .scheduler import EmbeddingJob, GenerationRequest, QueueFull, Scheduler, SchedulerClosed
 
 __all__ = ["ServerState"]
@@ -40,6 +41,16 @@ class ServerState:
         if self.llm is not None and self.llm_name is None:
             self.llm_name = self.llm.name
         self.scheduler.metrics = self.metrics
+        self.metrics.engine_up.set_function(lambda: float(self.scheduler.alive))
+
+    def health(self) -> tuple[int, dict]:
+        """`/health`: 200 and the model names while the engine serves; else 503 with an OpenAI error object and
+        `status` "restarting" (the engine process died and a new one is loading) or "unavailable"."""
+        if self.scheduler.alive:
+            return 200, {"status": "ok", "models": self.model_names()}
+        status = "restarting" if getattr(self.scheduler, "restarting", False) else "unavailable"
+        message = self.scheduler.error or "the engine is not running"
+        return 503, {"status": status, **error_body(message, "service_unavailable", code="unavailable")}
 
     def model_names(self) -> list[str]:
         return [n for n in (self.llm_name, self.embedder_name) if n is not None]
@@ -56,6 +67,13 @@ class ServerState:
         """503 once the server drains for shutdown or the scheduler is dead."""
         if not self.accepting() or not self.scheduler.alive:
             raise APIError(503, self.scheduler.error or "the server is shutting down", code="unavailable")
+
+    def engine_error(self, message: str) -> APIError:
+        """The error of a request that the engine failed: 503 ("unavailable": retry) when the engine process is
+        down or restarting, else 500 ("engine_error")."""
+        if not self.scheduler.alive:
+            return APIError(503, message, code="unavailable")
+        return APIError(500, message, type="server_error", code="engine_error")
 
     def submit(self, requests: list[GenerationRequest]) -> None:
         """Queue generation requests (the sequences of one HTTP request); 503 / 429 as `APIError`."""
