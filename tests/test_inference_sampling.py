@@ -379,7 +379,7 @@ def engine_reference(chat_checkpoint):
     return llm, model, prompt
 
 
-def _reference_greedy(model, prompt, steps, eos, presence=0.0, frequency=0.0, bias=None, repetition=1.0):
+def reference_greedy(model, prompt, steps, eos, presence=0.0, frequency=0.0, bias=None, repetition=1.0):
     """Greedy decoding on transformers' logits (a full forward per step) with the processors applied by hand."""
     ids, out = list(prompt), []
     for _ in range(steps):
@@ -399,11 +399,11 @@ def test_llm_generate_penalties_and_logit_bias_are_the_reference_loop(engine_ref
     from conftest import CHAT_EOS
 
     llm, model, prompt = engine_reference
-    plain = _reference_greedy(model, prompt, ENGINE_STEPS, CHAT_EOS)
+    plain = reference_greedy(model, prompt, ENGINE_STEPS, CHAT_EOS)
     changes = dict(ENGINE_CASES[case])
     if "logit_bias" in changes:
         changes["logit_bias"] = {plain[0] if k == "first" else k: v for k, v in changes["logit_bias"].items()}
-    expected = _reference_greedy(
+    expected = reference_greedy(
         model,
         prompt,
         ENGINE_STEPS,

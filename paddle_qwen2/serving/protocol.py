@@ -34,9 +34,12 @@ __all__ = [
     "new_id",
     "usage",
     "MAX_TEMPERATURE",
+    "MAX_CHOICES",
 ]
 
 MAX_TEMPERATURE = 2.0  # OpenAI's range is [0, 2]
+MAX_CHOICES = 16  # the largest `n`: each choice is a sequence of its own in the batch and counts against the queue
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range for a logit_bias value is [-100, 100]
 
 
 class APIError(PaddleQwen2Error):
@@ -113,14 +116,14 @@ class _Sampling(_Strict):
     max_tokens: Optional[int] = Field(None, ge=1)
     temperature: Optional[float] = Field(None, ge=0, le=MAX_TEMPERATURE)
     top_p: Optional[float] = Field(None, gt=0, le=1)
-    n: Optional[int] = None
+    n: Optional[int] = Field(None, ge=1, le=MAX_CHOICES)
     stop: Union[str, list[str], None] = None
     seed: Optional[int] = Field(None, ge=0)
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
     frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
-    logit_bias: Optional[dict] = None
+    logit_bias: Optional[dict[str, Any]] = None
     user: Optional[str] = None
     # vLLM's extensions
     top_k: Optional[int] = Field(None, ge=-1)
@@ -128,13 +131,6 @@ class _Sampling(_Strict):
     stop_token_ids: Optional[list[int]] = None
     ignore_eos: Optional[bool] = None
     return_token_ids: Optional[bool] = None
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, value: Optional[int]) -> Optional[int]:
-        if value not in (None, 1):
-            raise ValueError(f"only n=1 is supported, got {value}")
-        return value
 
     @field_validator("stop")
     @classmethod
@@ -144,19 +140,24 @@ class _Sampling(_Strict):
             raise ValueError("stop strings must be non-empty")
         return stops
 
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalty(cls, value: Optional[float]) -> Optional[float]:
-        if value:
-            raise ValueError(f"only 0 is supported, got {value} (use repetition_penalty)")
-        return value
-
     @field_validator("logit_bias")
     @classmethod
-    def _no_bias(cls, value: Optional[dict]) -> Optional[dict]:
-        if value:
-            raise ValueError("logit_bias is not supported")
+    def _logit_bias(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        """Keys are token ids written as strings (JSON object keys), values numbers in [-100, 100]; the vocabulary
+        bound is checked by the route, which knows the model."""
+        for key, bias in (value or {}).items():
+            if not key.isascii() or not key.isdigit():
+                raise ValueError(f"key {key!r} is not a token id (a non-negative integer written as a string)")
+            if not isinstance(bias, (int, float)) or isinstance(bias, bool) or not abs(bias) <= MAX_LOGIT_BIAS:
+                raise ValueError(
+                    f"the bias of key {key!r} must be a number in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], "
+                    f"got {json.dumps(bias)[:40]}"
+                )
         return value
+
+    @property
+    def choices_per_prompt(self) -> int:
+        return self.n or 1
 
     def sampling_overrides(self) -> dict:
         """The settings this request gives, as `SamplingParams` fields (absent ones left to the model's
@@ -171,6 +172,9 @@ class _Sampling(_Strict):
             stop=self.stop,
             stop_token_ids=self.stop_token_ids,
             ignore_eos=self.ignore_eos,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias={int(k): float(v) for k, v in self.logit_bias.items()} if self.logit_bias else None,
         )
         return {k: v for k, v in values.items() if v is not None}
 

@@ -3,8 +3,11 @@
     response = await chat(state, http_request)           # JSONResponse, or an SSE stream when `stream` is set
     response = await completions(state, http_request)
 
-Each prompt becomes a `GenerationSequence` (the request's sampling settings on top of the model's
-generation_config.json) submitted to the scheduler; its `TokenEvent`s come back through an asyncio queue. A plain
+Each prompt becomes `n` `GenerationSequence`s (the request's sampling settings on top of the model's
+generation_config.json; with a `seed`, choice j of a prompt samples with seed + j, as vLLM seeds them) submitted
+to the scheduler; their `TokenEvent`s come back through an asyncio queue. Choice `index` is prompt * n + j (as
+OpenAI numbers the choices of several completion prompts); `usage` counts each prompt once and the tokens of every
+choice. A plain
 request waits for every choice (a client that disconnects first cancels its sequences and gets 499); a streamed one
 is server-sent events: the chunks of each text piece, each choice's finish chunk, the usage chunk when asked for,
 then `data: [DONE]`. However a stream ends, its sequences are cancelled.
@@ -14,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -30,7 +35,7 @@ __all__ = ["chat", "completions"]
 
 
 async def chat(state: ServerState, http: Request) -> Response:
-    """`POST /v1/chat/completions`: the messages through the model's chat template, one choice."""
+    """`POST /v1/chat/completions`: the messages through the model's chat template, `n` choices."""
     body = parse_request(await http.body(), ChatCompletionRequest)
     state.check_model(body.model, "generation")
     messages = [m.template_dict() for m in body.messages]
@@ -42,7 +47,7 @@ async def chat(state: ServerState, http: Request) -> Response:
 
 
 async def completions(state: ServerState, http: Request) -> Response:
-    """`POST /v1/completions`: a choice per prompt (a string or a list of strings), no special tokens added."""
+    """`POST /v1/completions`: `n` choices per prompt (a string or a list of strings), no special tokens added."""
     body = parse_request(await http.body(), CompletionRequest)
     state.check_model(body.model, "generation")
     prompts = [state.llm.tokenizer.encode(text, special=False) for text in body.prompt]
@@ -63,7 +68,8 @@ async def _generate(state: ServerState, http: Request, body, prompts: list[list[
     state.submit(requests)
     if body.stream:
         maker = _ChunkMaker(chat, state.llm_name, body.include_usage, bool(body.return_token_ids))
-        return _EventStream(_stream(state, requests, events, maker), lambda: state.cancel(requests))
+        prompt_tokens = sum(len(p) for p in prompts)
+        return _EventStream(_stream(state, requests, events, maker, prompt_tokens), lambda: state.cancel(requests))
     try:
         choices = await _collect(state, requests, events, http)
     except _ClientGone:  # its sequences are cancelled; nobody reads this (499: nginx's "client closed request")
@@ -101,13 +107,15 @@ def _check_fit(prompt_tokens: int, max_tokens: int | None, context: int, what: s
 
 
 def _sequences(state: ServerState, body, prompts: list[list[int]], what: str) -> list:
-    """A `GenerationSequence` per prompt with the request's sampling settings (on top of the model's
-    generation_config.json); 400 for a prompt that does not fit or a setting the sampler rejects."""
+    """`n` `GenerationSequence`s per prompt (prompt-major) with the request's sampling settings (on top of the
+    model's generation_config.json; choice j seeded with seed + j); 400 for a prompt that does not fit or a setting
+    the sampler rejects."""
     from ..inference import GenerationSequence, SamplingParams
 
     llm = state.llm
     for ids in prompts:
         _check_fit(len(ids), body.token_limit, llm.max_model_len, what)
+    _check_logit_bias(body.logit_bias, _vocab_size(llm))
     try:
         params = SamplingParams.from_generation_config(
             llm.generation_config, max_new_tokens=body.token_limit, **body.sampling_overrides()
@@ -117,7 +125,32 @@ def _sequences(state: ServerState, body, prompts: list[list[int]], what: str) ->
         param = "max_tokens" if field_name == "max_new_tokens" else field_name
         message = str(exc).replace("max_new_tokens", "max_tokens")
         raise APIError(400, message, param=param, code="invalid_value") from None
-    return [GenerationSequence(ids, params, llm.tokenizer, llm.max_model_len) for ids in prompts]
+    n = body.choices_per_prompt
+    choice_params = [params if params.seed is None else params.replace(seed=params.seed + j) for j in range(n)]
+    return [GenerationSequence(ids, p, llm.tokenizer, llm.max_model_len) for ids in prompts for p in choice_params]
+
+
+def _check_logit_bias(bias: dict[str, Any] | None, vocab_size: int | None) -> None:
+    """400 naming `logit_bias` and the key for a token id outside the model's vocabulary."""
+    for key in bias or {}:
+        if vocab_size is not None and int(key) >= vocab_size:
+            message = f"logit_bias: key {key!r} is outside the vocabulary (token ids 0 to {vocab_size - 1})"
+            raise APIError(400, message, param="logit_bias", code="invalid_value")
+
+
+def _vocab_size(llm: Any) -> int | None:
+    """The model's vocabulary size: the engine's, else `vocab_size` of the folder's config.json (None if unknown)."""
+    size = getattr(llm, "vocab_size", None)
+    if size is None and getattr(llm, "folder", None):
+        size = _config_vocab_size(str(llm.folder))
+    return size
+
+
+@functools.lru_cache(maxsize=8)
+def _config_vocab_size(folder: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        return int(json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))["vocab_size"])
+    return None
 
 
 def _choice_body(index: int, choice: _Choice, chat: bool, return_token_ids: bool) -> dict:
@@ -197,6 +230,7 @@ async def _stream(
     requests: list[GenerationRequest],
     events: _Events,
     chunks: _ChunkMaker,
+    prompt_tokens: int,
 ) -> AsyncIterator[str]:
     """Server-sent events: the maker's first chunks, a chunk per text piece, the finish chunk of each choice, the
     usage chunk when asked for, `[DONE]`. Held-back tokens (no text yet) ride along with the next piece."""
@@ -223,7 +257,6 @@ async def _stream(
                 pending -= 1
         else:
             if chunks.include_usage:
-                prompt_tokens = sum(len(r.sequence.prompt_ids) for r in requests)
                 yield _sse(chunks.usage(usage(prompt_tokens, completion_tokens)))
         yield "data: [DONE]\n\n"
     finally:
