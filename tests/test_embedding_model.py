@@ -226,3 +226,66 @@ def test_pooling_equals_sentence_transformers_pooling(mode, prompt_length):
     if own_name and not prompt_length:
         embedded = Qwen2SentenceEmbedding.pool(paddle.to_tensor(hidden), paddle.to_tensor(POOLING_MASK), own_name)
         np.testing.assert_allclose(embedded.numpy(), expected, rtol=0, atol=TOL, err_msg=own_name)
+
+
+# ----------------------------------------------------------------------------------------- token-id input
+LONG_TEXT = "Two plus three is five, five plus five is ten, ten plus ten is twenty. " * 4  # > 24 tokens
+
+
+def _untruncated_ids(folder, text: str, special: bool = True) -> list[int]:
+    """The ids of `text` as the folder's tokenizer gives them without truncation."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.no_truncation()
+    return tok.encode(text.strip(), add_special_tokens=special).ids
+
+
+@pytest.mark.parametrize("kind", ["last", "mean_dense"])
+def test_encode_tokens_of_a_texts_ids_is_its_encode(st_folder, kind):
+    """The ids the tokenizer gives a text (its special tokens included) embed as the text does, and as
+    sentence-transformers embeds it; no prompt is added to ids."""
+    model = EmbeddingModel.from_pretrained(st_folder(kind))
+    ids = model.tokenizer.encode_ids(EMBED_TEXTS)
+    got = model.encode_tokens(ids, batch_size=3)
+    assert_embeddings(got, st_encode(st_folder(kind)))
+    assert_embeddings(model.encode_tokens(ids, truncate_dim=8), model.encode(EMBED_TEXTS, truncate_dim=8))
+
+
+def test_long_token_ids_are_truncated_as_the_text(st_folder):
+    """Ids longer than max_seq_length: the EOS the post-processor appends stays, the text's tokens are cut (as
+    the tokenizer truncates the text); ids without it are cut at the end."""
+    folder = st_folder("last")
+    model = EmbeddingModel.from_pretrained(folder)
+    full = _untruncated_ids(folder, LONG_TEXT)
+    assert len(full) > 24 and full[-1] == 4000
+    assert model.tokenizer.truncate_ids(full) == model.tokenizer.encode_ids([LONG_TEXT])[0]
+    assert_embeddings(model.encode_tokens([full]), model.encode([LONG_TEXT]))
+    bare = _untruncated_ids(folder, LONG_TEXT, special=False)
+    assert model.tokenizer.truncate_ids(bare) == bare[:24]
+    assert_embeddings(model.encode_tokens([bare]), model.encode_tokens([bare[:24]]))
+
+
+def test_embed_inputs_mixes_texts_and_ids(st_folder):
+    model = EmbeddingModel.from_pretrained(st_folder("last"))
+    texts = EMBED_TEXTS[:4]
+    ids = model.tokenizer.encode_ids(texts[2:])
+    out, counts = model.embed_inputs([texts[0], ids[0], texts[1], ids[1]], batch_size=2)
+    assert_embeddings(out, model.encode([texts[0], texts[2], texts[1], texts[3]]))
+    lengths = [len(r) for r in model.tokenizer.encode_ids(texts)]
+    assert counts == [lengths[0], lengths[2], lengths[1], lengths[3]]
+
+
+@pytest.mark.parametrize(
+    "token_ids, message",
+    [
+        ([[1, 4096]], r"token_ids\[0\]\[1\] is 4096, expected a token id in \[0, 4096\)"),
+        ([[1], [-1]], r"token_ids\[1\]\[0\] is -1"),
+        ([[1, "a"]], r"token_ids\[0\]\[1\] is 'a'"),
+        (["abc"], r"token_ids\[0\] is str, expected a list of token ids"),
+    ],
+)
+def test_bad_token_ids(st_folder, token_ids, message):
+    model = EmbeddingModel.from_pretrained(st_folder("last"))
+    with pytest.raises(EmbeddingError, match=message):
+        model.encode_tokens(token_ids)

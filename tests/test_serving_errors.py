@@ -13,12 +13,17 @@ from paddle_qwen2 import cli
 openai = pytest.importorskip("openai")
 
 CHAT = "/v1/chat/completions"
+EMBED = "/v1/embeddings"
 MESSAGES = [{"role": "user", "content": "Hi"}]
 LONG_TEXT = "France Paris. Japan Tokyo. Italy Rome. " * 30  # > 128 tokens
 
 
 def chat(**fields) -> dict:
     return {"model": "chat", "messages": MESSAGES, **fields}
+
+
+def embed(value) -> dict:
+    return {"model": "embed", "input": value}
 
 
 # (case, path, body: dict | raw bytes, key, status, param, code, words the message contains)
@@ -84,6 +89,21 @@ BAD_REQUESTS = [
      "dimensions", "invalid_value", ["64", "65"]),
     ("chat model for embeddings", "/v1/embeddings", {"model": "chat", "input": "a"}, API_KEY, 404, "model",
      "model_not_found", ["chat"]),
+    ("input empty list", EMBED, embed([]), API_KEY, 400, "input", "invalid_value", ["at least one"]),
+    ("input a number", EMBED, embed(5), API_KEY, 400, "input", "invalid_value", ["token ids", "got 5"]),
+    ("input nested empty", EMBED, embed([[1, 2], []]), API_KEY, 400, "input", "invalid_value",
+     ["item 1", "empty list of token ids"]),
+    ("input id negative", EMBED, embed([5, -1]), API_KEY, 400, "input", "invalid_value", ["item 1", "-1"]),
+    ("input id a float", EMBED, embed([[1, 2.5]]), API_KEY, 400, "input", "invalid_value",
+     ["item 0, token 1", "2.5"]),
+    ("input id a boolean", EMBED, embed([[True]]), API_KEY, 400, "input", "invalid_value",
+     ["item 0, token 0", "true"]),
+    ("input id out of vocab", EMBED, embed([[1, 2], [3, 4096]]), API_KEY, 400, "input", "invalid_value",
+     ["item 1, token 1", "4096", "vocabulary"]),
+    ("input strings and ids", EMBED, embed(["a", 1]), API_KEY, 400, "input", "invalid_value", ["item 1"]),
+    ("input strings and id lists", EMBED, embed(["a", [1]]), API_KEY, 400, "input", "invalid_value",
+     ["item 1", "item 0 is a string"]),
+    ("input ids and strings", EMBED, embed([1, "a"]), API_KEY, 400, "input", "invalid_value", ["item 1", '"a"']),
     ("no API key", CHAT, chat(), None, 401, None, "invalid_api_key", ["Bearer"]),
     ("wrong API key", CHAT, chat(), "sk-wrong", 401, None, "invalid_api_key", ["Incorrect"]),
     ("no key, bad JSON", CHAT, b"{", None, 401, None, "invalid_api_key", ["Bearer"]),

@@ -224,7 +224,7 @@ def test_a_prompt_the_engine_rejects_fails_alone(llm, scheduler_factory, hf_chat
 
 
 class GatedEmbedder:
-    """An embedding model whose first `encode` waits for `gate`; records the texts of each call."""
+    """An embedding model whose first `embed_inputs` waits for `gate`; records the input count of each call."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -235,11 +235,11 @@ class GatedEmbedder:
     def __getattr__(self, name: str):
         return getattr(self.model, name)
 
-    def encode(self, texts, **kwargs):
-        self.calls.append(len(texts))
+    def embed_inputs(self, inputs, **kwargs):
+        self.calls.append(len(inputs))
         self.entered.set()
         self.gate.wait(30)
-        return self.model.encode(texts, **kwargs)
+        return self.model.embed_inputs(inputs, **kwargs)
 
 
 def test_embedding_requests_that_arrive_together_run_as_one_batch(st_folder):

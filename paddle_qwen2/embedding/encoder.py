@@ -22,15 +22,20 @@ BATCH_TENSOR_BYTES = 32 * 2**20
 
 
 class EmbeddingEncoder:
-    """`encode` and the folder's prompts over `_run_batch(input_ids, mask, prompt_length, normalize) -> [rows,
-    dim]`; subclasses set `spec` and `tokenizer` and give `dimension`, `_activation_dims`, `_run_batch` and
-    `_empty_embedding`."""
+    """`encode` (texts), `encode_tokens` (token ids) and the folder's prompts over `_run_batch(input_ids, mask,
+    prompt_length, normalize) -> [rows, dim]`; subclasses set `spec` and `tokenizer` and give `dimension`,
+    `vocab_size`, `_activation_dims`, `_run_batch` and `_empty_embedding`."""
 
     spec: FolderSpec
     tokenizer: EmbeddingTokenizer
 
     @property
     def dimension(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the token embedding table: token ids are in `[0, vocab_size)`."""
         raise NotImplementedError
 
     def _activation_dims(self) -> tuple[int, int]:
@@ -97,28 +102,92 @@ class EmbeddingEncoder:
         embeddings are normalised (as OpenAI's `dimensions` and TEI do)."""
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
+        self._check_encode_args(batch_size, truncate_dim)
+        if not all(isinstance(t, str) for t in texts):
+            bad = next(i for i, t in enumerate(texts) if not isinstance(t, str))
+            raise EmbeddingError(f"texts[{bad}] is {type(texts[bad]).__name__}, expected str")
+        ids, prompt_length = self._tokenize(texts, self.resolve_prompt(prompt_name, prompt))
+        out = self._encode_ids(ids, batch_size, prompt_length, normalize_embeddings, show_progress_bar)
+        out = self._truncate_dim(out, truncate_dim, normalize_embeddings)
+        return out[0] if single else out
+
+    def encode_tokens(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        batch_size: int = 32,
+        normalize_embeddings: bool | None = None,
+        truncate_dim: int | None = None,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        """Embeddings `[n, dim]` float32 of pre-tokenized inputs, in input order.
+
+        Each row of ids is the model's whole input, used as given (as vLLM and OpenAI take token-id input): no
+        prompt is prepended and no special token is added, so the ids of a text as the tokenizer encodes it
+        (`tokenizer.encode_ids`, special tokens included) embed as `encode` embeds the text. Rows longer than
+        `max_seq_length` are cut as a text's tokens are (`EmbeddingTokenizer.truncate_ids`). Ids must be in
+        `[0, vocab_size)`."""
+        self._check_encode_args(batch_size, truncate_dim)
+        ids = self._checked_ids(token_ids)
+        out = self._encode_ids(ids, batch_size, 0, normalize_embeddings, show_progress_bar)
+        return self._truncate_dim(out, truncate_dim, normalize_embeddings)
+
+    def embed_inputs(self, inputs: Sequence[str | Sequence[int]], batch_size: int = 32) -> tuple[np.ndarray, list[int]]:
+        """The server's batch: texts (embedded as `encode` with the default prompt) and token-id rows (as
+        `encode_tokens`) mixed, in input order. Returns (embeddings `[n, dim]` float32, tokens run per input)."""
+        inputs = list(inputs)
+        out = np.zeros((len(inputs), self.dimension), dtype=np.float32)
+        counts = [0] * len(inputs)
+        texts = [i for i, x in enumerate(inputs) if isinstance(x, str)]
+        rows = [i for i, x in enumerate(inputs) if not isinstance(x, str)]
+        if texts:
+            ids, prompt_length = self._tokenize([inputs[i] for i in texts], self.resolve_prompt())
+            out[texts] = self._encode_ids(ids, batch_size, prompt_length, None, False)
+            for i, row in zip(texts, ids):
+                counts[i] = len(row)
+        if rows:
+            ids = self._checked_ids([inputs[i] for i in rows])
+            out[rows] = self._encode_ids(ids, batch_size, 0, None, False)
+            for i, row in zip(rows, ids):
+                counts[i] = len(row)
+        return out, counts
+
+    def _check_encode_args(self, batch_size: int, truncate_dim: int | None) -> None:
         if batch_size <= 0:
             raise EmbeddingError(f"batch_size must be positive, got {batch_size}")
         if truncate_dim is not None and not 0 < truncate_dim <= self.dimension:
             raise EmbeddingError(f"truncate_dim must be in [1, {self.dimension}], got {truncate_dim}")
-        if not all(isinstance(t, str) for t in texts):
-            bad = next(i for i, t in enumerate(texts) if not isinstance(t, str))
-            raise EmbeddingError(f"texts[{bad}] is {type(texts[bad]).__name__}, expected str")
-        text_prompt = self.resolve_prompt(prompt_name, prompt)
+
+    def _tokenize(self, texts: list[str], text_prompt: str | None) -> tuple[list[list[int]], int]:
+        """Token ids of `texts` with the prompt prepended, and the prompt's token count that pooling leaves out
+        (0 unless the Pooling excludes the prompt)."""
         prompt_length = 0
         if text_prompt:
             texts = [text_prompt + t for t in texts]
             if not self.spec.pooling.include_prompt:
                 prompt_length = self.tokenizer.prompt_length(text_prompt)
-        out = self._encode_ids(
-            self.tokenizer.encode_ids(texts), batch_size, prompt_length, normalize_embeddings, show_progress_bar
-        )
-        if truncate_dim is not None:
-            out = out[:, :truncate_dim]
-            if self.normalizes(normalize_embeddings):
-                out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-            out = np.ascontiguousarray(out, dtype=np.float32)
-        return out[0] if single else out
+        return self.tokenizer.encode_ids(texts), prompt_length
+
+    def _checked_ids(self, token_ids: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Rows of ints in `[0, vocab_size)`, truncated to `max_seq_length`; EmbeddingError naming the bad id."""
+        vocab = self.vocab_size
+        rows = []
+        for i, row in enumerate(token_ids):
+            if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
+                raise EmbeddingError(f"token_ids[{i}] is {type(row).__name__}, expected a list of token ids")
+            for j, token in enumerate(row):
+                if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or not 0 <= token < vocab:
+                    raise EmbeddingError(f"token_ids[{i}][{j}] is {token!r}, expected a token id in [0, {vocab})")
+            rows.append(self.tokenizer.truncate_ids([int(t) for t in row]))
+        return rows
+
+    def _truncate_dim(self, out: np.ndarray, truncate_dim: int | None, normalize_embeddings) -> np.ndarray:
+        """The first `truncate_dim` dimensions, L2-normalised again when the embeddings are unit vectors."""
+        if truncate_dim is None:
+            return out
+        out = out[:, :truncate_dim]
+        if self.normalizes(normalize_embeddings):
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return np.ascontiguousarray(out, dtype=np.float32)
 
     def _encode_ids(
         self, ids: list[list[int]], batch_size: int, prompt_length: int, normalize_embeddings, show_progress_bar

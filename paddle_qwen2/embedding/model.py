@@ -108,6 +108,10 @@ class EmbeddingModel(EmbeddingEncoder, nn.Layer):
             return self.dense[-1].spec.out_features
         return self.transformer.config.hidden_size * len(self.spec.pooling.modes)
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.transformer.config.vocab_size)
+
     # -------------------------------------------------------------------------------------------------- forward
     def forward(
         self,

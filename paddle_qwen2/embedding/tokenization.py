@@ -3,7 +3,9 @@
 Each text is stripped (and lower-cased when the folder says `do_lower_case`), encoded by the `tokenizers` backend
 with the tokenizer's own post-processor (an EOS it appends is counted by truncation and stays after it), truncated
 to the max length on the tokenizer's `truncation_side`, and padded with the pad token on its `padding_side`
-(`tokenizer_config.json`; HF's default is "right"). No paddle import.
+(`tokenizer_config.json`; HF's default is "right"). Token ids given by a client (`truncate_ids`) are truncated the
+same way: the special tokens the post-processor puts around a text stay, the text's tokens are cut. No paddle
+import.
 """
 
 from __future__ import annotations
@@ -83,6 +85,33 @@ class EmbeddingTokenizer:
             span = slice(width - len(row), width) if self.padding_side == "left" else slice(0, len(row))
             input_ids[i, span], mask[i, span] = row, 1
         return input_ids, mask
+
+    def special_affixes(self) -> tuple[list[int], list[int]]:
+        """(prefix, suffix): the token ids the post-processor puts before and after a text's tokens (gte-Qwen2's
+        appends `<|endoftext|>`: `([], [eos_id])`)."""
+        if not hasattr(self, "_affixes"):
+            probe = "a"
+            core = self.backend.encode(probe, add_special_tokens=False).ids
+            full = self.backend.encode(probe).ids
+            start = next((i for i in range(len(full) - len(core) + 1) if full[i : i + len(core)] == core), 0)
+            self._affixes = (full[:start], full[start + len(core) :])
+        return self._affixes
+
+    def truncate_ids(self, ids: Sequence[int]) -> list[int]:
+        """Pre-tokenized `ids` cut to `max_length` as a text's tokens are: when they start and end with the
+        post-processor's special tokens (`special_affixes`), those stay and the tokens between them are cut on the
+        `truncation_side`; otherwise the ids themselves are cut there."""
+        ids = list(ids)
+        if self.max_length is None or len(ids) <= self.max_length:
+            return ids
+        prefix, suffix = self.special_affixes()
+        head, tail = len(prefix), len(suffix)
+        if not (ids[:head] == prefix and (tail == 0 or ids[-tail:] == suffix) and head + tail < self.max_length):
+            head = tail = 0
+        body = ids[head : len(ids) - tail]
+        keep = self.max_length - head - tail
+        body = body[len(body) - keep :] if self.truncation_side == "left" else body[:keep]
+        return ids[:head] + body + ids[len(ids) - tail :]
 
     def prompt_length(self, prompt: str) -> int:
         """Tokens of the (stripped) prompt, not counting a special token the post-processor appends (as

@@ -36,6 +36,7 @@ class InferenceEmbeddingModel(EmbeddingEncoder):
         self._dimension = int(meta["embedding"]["dimension"])
         self._heads = int(meta["config"]["num_attention_heads"])
         self._intermediate = int(meta["config"]["intermediate_size"])
+        self._vocab_size = int(meta["config"]["vocab_size"])
 
     @classmethod
     def from_pretrained(
@@ -67,6 +68,10 @@ class InferenceEmbeddingModel(EmbeddingEncoder):
     @property
     def dimension(self) -> int:
         return self._dimension
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
 
     def _activation_dims(self) -> tuple[int, int]:
         return self._heads, self._intermediate

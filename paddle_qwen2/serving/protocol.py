@@ -240,21 +240,58 @@ class CompletionRequest(_Sampling):
 
 
 class EmbeddingRequest(_Strict):
-    """POST /v1/embeddings."""
+    """POST /v1/embeddings. `input` as OpenAI takes it: a text, a list of texts, a list of token ids (one input) or
+    a list of lists of token ids; parsed into a list whose items are a text or a list of token ids."""
 
     model: str
-    input: Union[str, list[str]]
+    input: list[Union[str, list[int]]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Optional[int] = Field(None, ge=1)
     user: Optional[str] = None
 
-    @field_validator("input")
+    @field_validator("input", mode="before")
     @classmethod
-    def _texts(cls, value: Union[str, list[str]]) -> list[str]:
-        texts = [value] if isinstance(value, str) else value
-        if not texts:
-            raise ValueError("give at least one input text")
-        return texts
+    def _inputs(cls, value: Any) -> list:
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list):
+            raise ValueError(f"expected {_EMBEDDING_INPUTS}, got {json.dumps(value)[:80]}")
+        if not value:
+            raise ValueError("give at least one input (a text or a list of token ids)")
+        if isinstance(value[0], int) and not isinstance(value[0], bool):  # one input as token ids
+            bad = next((j for j, t in enumerate(value) if not _is_token_id(t)), None)
+            if bad is not None:
+                raise ValueError(f"item {bad} is {json.dumps(value[bad])[:80]}: expected {_TOKEN_ID}, as item 0")
+            return [value]
+        kind = _input_kind(value[0])
+        for i, item in enumerate(value):
+            if _input_kind(item) is None:
+                raise ValueError(f"item {i} is {json.dumps(item)[:80]}: expected a string or a list of token ids")
+            if _input_kind(item) != kind:
+                first = "a string" if kind == "text" else "a list of token ids"
+                raise ValueError(
+                    f"item {i} is {json.dumps(item)[:80]} but item 0 is {first}: all items are strings, "
+                    "all are token ids or all are lists of token ids"
+                )
+            if kind == "ids" and not item:
+                raise ValueError(f"item {i} is an empty list of token ids")
+            bad = next((j for j, t in enumerate(item) if not _is_token_id(t)), None) if kind == "ids" else None
+            if bad is not None:
+                raise ValueError(f"item {i}, token {bad} is {json.dumps(item[bad])[:80]}: expected {_TOKEN_ID}")
+        return value
+
+
+_EMBEDDING_INPUTS = "a string, a list of strings, a list of token ids or a list of lists of token ids"
+_TOKEN_ID = "a token id (an integer >= 0)"
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _input_kind(item: Any) -> Optional[str]:
+    """`"text"` for a string, `"ids"` for a list (its items checked apart), None for anything else."""
+    return "text" if isinstance(item, str) else "ids" if isinstance(item, list) else None
 
 
 # ------------------------------------------------------------------------------------------------- parsing

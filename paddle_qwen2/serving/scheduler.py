@@ -82,10 +82,10 @@ class GenerationRequest:
 
 @dataclass
 class EmbeddingJob:
-    """Texts to embed; `done(vectors [n, dim] float32, token counts)` or `done(None, None, exception)` is called on
-    the scheduler thread."""
+    """Inputs to embed, each a text or a list of token ids (`EmbeddingEncoder.embed_inputs`); `done(vectors [n, dim]
+    float32, token counts)` or `done(None, None, exception)` is called on the scheduler thread."""
 
-    texts: list[str]
+    texts: list[str | list[int]]
     done: Callable[..., None]
     cancelled: bool = False
 
@@ -342,12 +342,10 @@ class Scheduler:
 
     # -------------------------------------------------------------------------------------------- embeddings
     def _run_embeddings(self, jobs: list[EmbeddingJob]) -> None:
-        """One `encode` over the texts of all `jobs` (they arrived together); each gets its rows back."""
+        """One `embed_inputs` over the inputs of all `jobs` (they arrived together); each gets its rows back."""
         texts = [t for job in jobs for t in job.texts]
         try:
-            vectors = self.embedder.encode(texts, batch_size=self.embedding_batch_size, show_progress_bar=False)
-            prompt = self.embedder.resolve_prompt() or ""
-            counts = [len(ids) for ids in self.embedder.tokenizer.encode_ids([prompt + t for t in texts])]
+            vectors, counts = self.embedder.embed_inputs(texts, batch_size=self.embedding_batch_size)
         except Exception as exc:
             logger.error("embedding failed: %s\n%s", exc, traceback.format_exc())
             for job in jobs:

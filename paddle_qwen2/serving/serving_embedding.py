@@ -2,9 +2,12 @@
 
     response = await embeddings(state, http_request)
 
-The inputs go to the scheduler as one `EmbeddingJob` (batched with other pending jobs); the vectors come back
-truncated to `dimensions` if asked (re-normalised when the model's embeddings are unit vectors), as float lists
-or base64 little-endian float32.
+`input` is texts or token ids (`EmbeddingRequest`); ids outside the model's vocabulary are a 400 naming the item
+and the token. The inputs go to the scheduler as one `EmbeddingJob` (batched with other pending jobs), where
+texts are embedded as sentence-transformers' `encode` does (the folder's default prompt, the tokenizer's special
+tokens) and token ids as given (`EmbeddingEncoder.encode_tokens`). The vectors come back truncated to
+`dimensions` if asked (re-normalised when the model's embeddings are unit vectors), as float lists or base64
+little-endian float32.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ async def embeddings(state: ServerState, http: Request) -> Response:
     if body.dimensions is not None and body.dimensions > dim:
         message = f"dimensions: at most {dim} (the model's embedding size), got {body.dimensions}"
         raise APIError(400, message, param="dimensions", code="invalid_value")
+    _check_vocabulary(body.input, getattr(state.embedder, "vocab_size", None))
     loop = asyncio.get_running_loop()
     result: asyncio.Future = loop.create_future()
 
@@ -60,6 +64,19 @@ async def embeddings(state: ServerState, http: Request) -> Response:
     ]
     out = {"object": "list", "data": data, "model": state.embedder_name, "usage": usage(sum(counts), embedding=True)}
     return JSONResponse(out)
+
+
+def _check_vocabulary(inputs: list, vocab_size: int | None) -> None:
+    """400 naming the first token id of `inputs` (texts or id lists) that is not below `vocab_size`."""
+    if vocab_size is None:
+        return
+    for i, item in enumerate(inputs):
+        if isinstance(item, str):
+            continue
+        bad = next((j for j, token in enumerate(item) if token >= vocab_size), None)
+        if bad is not None:
+            message = f"input: item {i}, token {bad} is {item[bad]}: out of the vocabulary (ids are < {vocab_size})"
+            raise APIError(400, message, param="input", code="invalid_value")
 
 
 def _truncate(vectors: np.ndarray, dimensions: int | None, normalizes: bool) -> np.ndarray:
