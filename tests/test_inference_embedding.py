@@ -89,3 +89,15 @@ def test_library_errors(st_folder, tmp_path):
         model.encode(["a"], normalize_embeddings=False)
     with pytest.raises(EmbeddingError, match="no such model folder"):
         InferenceEmbeddingModel.from_pretrained(tmp_path / "missing")
+
+
+@pytest.mark.paddle26
+def test_encode_tokens_of_a_texts_ids_is_its_encode(st_folder):
+    """Token-id input through the exported program: the tokenizer's ids of a text embed as the text; the table's
+    size bounds the ids."""
+    model = InferenceEmbeddingModel.from_pretrained(st_folder("last"))
+    ids = model.tokenizer.encode_ids(EMBED_TEXTS)
+    assert np.abs(model.encode_tokens(ids, batch_size=4) - model.encode(EMBED_TEXTS, batch_size=4)).max() <= TOL
+    assert model.vocab_size == 4096
+    with pytest.raises(EmbeddingError, match=r"token_ids\[0\]\[0\] is 4096"):
+        model.encode_tokens([[4096]])
