@@ -51,6 +51,8 @@ def test_metrics_names_types_and_buckets():
         "paddle_qwen2_running_sequences": "gauge",
         "paddle_qwen2_queued_sequences": "gauge",
         "paddle_qwen2_sequences_finished_total": "counter",
+        "paddle_qwen2_engine_restarts_total": "counter",
+        "paddle_qwen2_engine_up": "gauge",
         "paddle_qwen2_time_to_first_token_seconds": "histogram",
         "paddle_qwen2_time_per_output_token_seconds": "histogram",
     }
