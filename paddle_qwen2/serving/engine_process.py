@@ -1,6 +1,6 @@
 """The engine in a process of its own, as vLLM runs its engine core: `EngineProcess` gives the HTTP process the
-`Scheduler`'s client side (`submit`, `submit_embedding`, `wake`, `close`, `alive`, `error`) while the models and
-the scheduler run in a child process, on its one thread (`_EngineLoop`).
+`Scheduler`'s client side (`submit`, `submit_embedding`, `wake`, `close`, `alive`, `error`; also `restarting`,
+`gave_up`) while the models and the scheduler run in a child process, on its one thread (`_EngineLoop`).
 
 Why a process: Paddle Inference holds the GIL for the whole of a predictor run (its Python binding releases it
 only for custom devices), and so does much of dygraph paddle. With the engine on a thread of the HTTP process,
