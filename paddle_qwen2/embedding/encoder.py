@@ -1,5 +1,6 @@
 """`EmbeddingEncoder`: `encode` as sentence-transformers does it (prompts, tokenization, length-sorted batches,
-truncation of dimensions), over a model that embeds one padded batch at a time: the dygraph `EmbeddingModel`, or
+truncation of dimensions), `encode_tokens` for pre-tokenized input (the ids used as given) and `embed_inputs` for
+the server's mixed batches, over a model that embeds one padded batch at a time: the dygraph `EmbeddingModel`, or
 `paddle_qwen2.inference.embedding.InferenceEmbeddingModel` on an exported program."""
 
 from __future__ import annotations
