@@ -8,7 +8,13 @@ import pytest
 torch = pytest.importorskip("torch")
 logits_process = pytest.importorskip("transformers.generation.logits_process")
 
-from paddle_qwen2.inference.sampling import Sampler, SamplingParams, probabilities, processed_logits
+from paddle_qwen2.inference.sampling import (
+    Sampler,
+    SamplingParams,
+    probabilities,
+    processed_logits,
+    token_logprob,
+)
 
 VOCAB = 1000
 
@@ -419,3 +425,67 @@ def test_llm_generate_penalties_and_logit_bias_are_the_reference_loop(engine_ref
     assert expected != plain  # the setting changes the greedy answer
     (unchanged,) = llm.generate([prompt], SamplingParams(temperature=0, max_new_tokens=ENGINE_STEPS))
     assert unchanged.token_ids == plain
+
+
+# ------------------------------------------------------------------------------------------------ logprobs
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [0, 1, 5, 20])
+def test_token_logprob_is_torch_log_softmax_of_the_raw_logits(seed, k):
+    logits = _logits(seed, scale=8.0)
+    expected = torch.log_softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
+    token = int(np.random.default_rng(seed).integers(VOCAB))
+    out = token_logprob(logits, token, k)
+    assert out.token == token and abs(out.logprob - expected[token]) < 1e-9
+    order = np.argsort(-expected, kind="stable")[:k]
+    assert [t for t, _ in out.top] == order.tolist()
+    np.testing.assert_allclose([v for _, v in out.top], expected[order], atol=1e-9)
+
+
+def test_token_logprob_ties_and_small_vocab():
+    out = token_logprob(np.array([1.0, 3.0, 3.0, 0.0], dtype=np.float32), 0, 10)
+    assert [t for t, _ in out.top] == [1, 2, 0, 3]  # equal ones by id; k larger than the vocabulary
+    assert abs(sum(np.exp(v) for _, v in out.top) - 1.0) < 1e-12
+    with pytest.raises(ValueError, match="1-D"):
+        token_logprob(np.zeros((2, 3), dtype=np.float32), 0)
+
+
+@pytest.mark.parametrize("bad", [-1, 21, 2.0, True])
+def test_validate_rejects_logprobs(bad):
+    with pytest.raises(ValueError, match=r"logprobs must be in \[0, 20\] or None"):
+        SamplingParams(logprobs=bad).validate()
+
+
+def test_sequence_records_raw_logprobs_only_when_asked():
+    from paddle_qwen2.inference.sequence import GenerationSequence
+
+    class _Tokenizer:
+        eos_token_ids = [0]
+        backend = None
+
+    logits = _logits(3)
+    penalized = SamplingParams(temperature=0, logit_bias={7: 100.0}, repetition_penalty=1.5, max_new_tokens=4)
+    plain = GenerationSequence([1, 2], penalized, _Tokenizer(), 100)
+    assert plain.logprobs is None and plain.choose(logits) == 7
+    asked = GenerationSequence([1, 2], penalized.replace(logprobs=3), _Tokenizer(), 100)
+    assert asked.choose(logits) == 7  # the processors choose; the logprobs stay those of the raw logits
+    (entry,) = asked.logprobs
+    assert entry == token_logprob(logits, 7, 3) and entry.top[0][0] == int(np.argmax(logits)) != 7
+
+
+@pytest.mark.paddle26
+def test_llm_generate_logprobs_are_transformers_log_softmax(engine_reference):
+    from conftest import CHAT_EOS
+
+    llm, model, prompt = engine_reference
+    (ours,) = llm.generate([prompt], SamplingParams(temperature=0, max_new_tokens=8, logprobs=5))
+    assert len(ours.logprobs) == len(ours.token_ids)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + ours.token_ids])).logits[0].double()
+    expected = torch.log_softmax(logits, dim=-1)[len(prompt) - 1 : -1].numpy()
+    for step, entry in enumerate(ours.logprobs):
+        assert entry.token == ours.token_ids[step] == entry.top[0][0]  # greedy: the chosen token is the top one
+        assert abs(entry.logprob - expected[step, entry.token]) <= 1e-4
+        top_ids = [t for t, _ in entry.top]
+        np.testing.assert_allclose([v for _, v in entry.top], expected[step, top_ids], atol=1e-4)
+        np.testing.assert_allclose(sorted(expected[step])[::-1][:5], [v for _, v in entry.top], atol=1e-4)
+    assert ours.token_ids[-1] in CHAT_EOS or len(ours.token_ids) == 8

@@ -6,7 +6,8 @@
 (HF's rule, over prompt and generated ids) -> frequency and presence penalties (OpenAI's formula, over the generated
 ids only) -> (greedy: argmax) -> temperature -> top-k -> top-p -> softmax (float64) -> draw. Without logit_bias and
 the OpenAI penalties this is exactly the order of HF transformers' `generate`. `processed_logits` is that pipeline
-up to (not including) the softmax, with -inf for the removed tokens.
+up to (not including) the softmax, with -inf for the removed tokens. `token_logprob` is the log-softmax of the raw
+logits (before any of that, as OpenAI reports logprobs) at the chosen token and the most likely ones.
 
 Everything is O(vocab) per token with small constants: top-k uses selection (`np.partition`, no sort), and
 top-p sorts only the tokens that can matter to it.
@@ -17,26 +18,30 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = [
     "MAX_LOGIT_BIAS",
+    "MAX_LOGPROBS",
     "MAX_PENALTY",
     "MAX_STOP_STRINGS",
     "MAX_TEMPERATURE",
     "SamplingParams",
     "Sampler",
+    "TokenLogprob",
     "apply_penalties",
     "processed_logits",
     "probabilities",
+    "token_logprob",
 ]
 
 MAX_STOP_STRINGS = 16
 MAX_TEMPERATURE = 100.0
 MAX_PENALTY = 2.0  # OpenAI's range for presence_penalty / frequency_penalty is [-2, 2]
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for a logit_bias value is [-100, 100]
+MAX_LOGPROBS = 20  # OpenAI's largest top_logprobs
 # generation_config.json keys taken over when `do_sample` is true (repetition_penalty is taken in any case)
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k")
 
@@ -51,7 +56,9 @@ class SamplingParams:
     `count * frequency_penalty + (count > 0) * presence_penalty` from each token's logit, `count` being how often
     the token was generated so far (the prompt does not count); `logit_bias` maps token ids to a value in
     [-100, 100] added to their logits. `stop` strings end the generation and are not part of the returned text;
-    `stop_token_ids` end it too (in addition to the model's eos ids unless `ignore_eos`).
+    `stop_token_ids` end it too (in addition to the model's eos ids unless `ignore_eos`). `logprobs` (0 to
+    `MAX_LOGPROBS`) asks for each chosen token's log-probability and those of the `logprobs` most likely tokens
+    (`token_logprob`); None computes none.
     """
 
     max_new_tokens: int | None = None
@@ -66,6 +73,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         # The OpenAI API accepts a single string for `stop`; tuples are accepted for convenience.
@@ -99,6 +107,9 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             _check_float(name, getattr(self, name), penalty_range, lambda v: -MAX_PENALTY <= v <= MAX_PENALTY)
         _check_logit_bias(self.logit_bias)
+        _check_int("logprobs", self.logprobs, f"in [0, {MAX_LOGPROBS}] or None", minimum=0, optional=True)
+        if self.logprobs is not None and self.logprobs > MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}] or None, got {self.logprobs!r}")
         return self
 
     @classmethod
@@ -149,6 +160,31 @@ class Sampler:
         # first index whose cdf exceeds u: never a zero-probability token (-inf logits included)
         pick = min(int(np.searchsorted(cdf, self.rng.random() * cdf[-1], side="right")), cdf.size - 1)
         return pick if keep is None else int(keep[pick])
+
+
+class TokenLogprob(NamedTuple):
+    """A chosen token's log-probability and the `k` most likely tokens' `(id, logprob)`, most likely first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+def token_logprob(logits: np.ndarray, token: int, k: int = 0) -> TokenLogprob:
+    """The float64 log-softmax of the raw logits `[vocab]` at `token` and at the `k` largest logits (most likely
+    first, equal ones by id). One pass over the vocabulary plus a selection of `k`."""
+    row = np.asarray(logits, dtype=np.float64)
+    if row.ndim != 1 or row.size == 0:
+        raise ValueError(f"logits must be a non-empty 1-D array [vocab], got shape {row.shape}")
+    peak = float(np.max(row))
+    log_total = peak + float(np.log(np.sum(np.exp(row - peak))))
+    top: tuple[tuple[int, float], ...] = ()
+    if k > 0:
+        k = min(k, row.size)
+        ids = np.argpartition(-row, k - 1)[:k] if k < row.size else np.arange(row.size)
+        ids = ids[np.lexsort((ids, -row[ids]))]
+        top = tuple((int(i), float(row[i] - log_total)) for i in ids)
+    return TokenLogprob(int(token), float(row[int(token)] - log_total), top)
 
 
 def processed_logits(

@@ -3,7 +3,8 @@
 Each step the engine hands a row of logits to `choose`, which samples the next token, then `append`s it: the
 token is detokenized incrementally (text deltas are whole UTF-8 text), stop strings are matched across deltas, and
 the sequence finishes with `finish_reason` "stop" (a stop token or stop string) or "length" (`max_new_tokens`, or
-the context is full).
+the context is full). With `params.logprobs` set, `choose` also records each chosen token's `TokenLogprob` (the
+raw logits' log-softmax) in `logprobs`; otherwise nothing is computed and `logprobs` is None.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .detokenize import IncrementalDetokenizer, StopMatcher
-from .sampling import Sampler, SamplingParams
+from .sampling import Sampler, SamplingParams, TokenLogprob, token_logprob
 from .tokenization import ChatTokenizer
 
 __all__ = ["Completion", "GenerationSequence"]
@@ -23,7 +24,8 @@ __all__ = ["Completion", "GenerationSequence"]
 @dataclass
 class Completion:
     """A finished generation: the generated ids (a stop token included, as transformers and vLLM count it), the
-    text (stop token and stop string excluded), why it ended, and the prompt's length."""
+    text (stop token and stop string excluded), why it ended, and the prompt's length; `logprobs` one
+    `TokenLogprob` per generated id when they were asked for."""
 
     token_ids: list[int]
     text: str
@@ -31,6 +33,7 @@ class Completion:
     prompt_tokens: int
     stop_reason: int | str | None = None
     extra: dict = field(default_factory=dict)
+    logprobs: list[TokenLogprob] | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -61,6 +64,7 @@ class GenerationSequence:
         self.text = ""
         self.finish_reason: str | None = None
         self.stop_reason: int | str | None = None
+        self.logprobs: list[TokenLogprob] | None = None if params.logprobs is None else []
         self._history = list(self.prompt_ids)
 
     @property
@@ -68,8 +72,11 @@ class GenerationSequence:
         return self.finish_reason is not None
 
     def choose(self, logits: np.ndarray) -> int:
-        """The next token from this row's logits `[vocab]`."""
-        return self.sampler.sample(logits, self._history, self.token_ids)
+        """The next token from this row's logits `[vocab]` (its `TokenLogprob` recorded when asked for)."""
+        token = self.sampler.sample(logits, self._history, self.token_ids)
+        if self.logprobs is not None:
+            self.logprobs.append(token_logprob(logits, token, self.params.logprobs or 0))
+        return token
 
     def append(self, token: int) -> str:
         """Add `token`; returns the text that can be shown now (may be empty)."""
@@ -98,5 +105,10 @@ class GenerationSequence:
 
     def completion(self) -> Completion:
         return Completion(
-            list(self.token_ids), self.text, self.finish_reason or "length", len(self.prompt_ids), self.stop_reason
+            list(self.token_ids),
+            self.text,
+            self.finish_reason or "length",
+            len(self.prompt_ids),
+            self.stop_reason,
+            logprobs=None if self.logprobs is None else list(self.logprobs),
         )

@@ -359,7 +359,7 @@ class EngineProcess:
             self.metrics.running.set(running)
             self.metrics.queued.set(waiting)
             delivered = []
-            for rid, index, text, token_ids, finish_reason, error in events:
+            for rid, index, text, token_ids, finish_reason, error, logprobs in events:
                 entry = self._inflight.get(rid)
                 if entry is None:  # cancelled here already
                     continue
@@ -368,7 +368,7 @@ class EngineProcess:
                     del self._inflight[rid]
                     if error is None:
                         self._failures = 0  # this child serves: a later death starts a new count
-                delivered.append((entry.request, TokenEvent(index, text, token_ids, finish_reason, error)))
+                delivered.append((entry.request, TokenEvent(index, text, token_ids, finish_reason, error, logprobs)))
         for request, event in delivered:
             if not request.cancelled:
                 request.emit(event)
@@ -518,7 +518,8 @@ class _EngineLoop(Scheduler):
 
     def emitter(self, rid: int):
         def emit(event: TokenEvent) -> None:
-            self.outbox.append((rid, event.index, event.text, event.token_ids, event.finish_reason, event.error))
+            event_fields = (event.index, event.text, event.token_ids, event.finish_reason, event.error, event.logprobs)
+            self.outbox.append((rid, *event_fields))
 
         return emit
 

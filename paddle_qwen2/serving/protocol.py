@@ -8,6 +8,8 @@ Requests are validated strictly, as OpenAI does: a wrong type is not coerced ("0
 unknown field is an error naming it, and every error is a 400 whose `param` is the field. Fields beyond OpenAI's
 are vLLM's names for the same settings (`top_k`, `repetition_penalty`, `stop_token_ids`, `ignore_eos`) and
 `return_token_ids` (vLLM's too: the response then carries `prompt_token_ids` and each choice's `token_ids`).
+Chat takes `logprobs` + `top_logprobs` (0 to `MAX_LOGPROBS`), completions `logprobs` (an int, 0 to `MAX_LOGPROBS`
+as vLLM allows) and `echo`; `echo` with `logprobs` is refused (the engine computes no prompt logprobs).
 
 No `from __future__ import annotations` here: pydantic evaluates the annotations at runtime, and `X | None` would
 need Python 3.10.
@@ -35,11 +37,13 @@ __all__ = [
     "usage",
     "MAX_TEMPERATURE",
     "MAX_CHOICES",
+    "MAX_LOGPROBS",
 ]
 
 MAX_TEMPERATURE = 2.0  # OpenAI's range is [0, 2]
 MAX_CHOICES = 16  # the largest `n`: each choice is a sequence of its own in the batch and counts against the queue
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for a logit_bias value is [-100, 100]
+MAX_LOGPROBS = 20  # OpenAI's largest top_logprobs; completions' `logprobs` takes the same bound (vLLM's)
 
 
 class APIError(PaddleQwen2Error):
@@ -189,14 +193,21 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     logprobs: Optional[bool] = None
-    top_logprobs: Optional[int] = None
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
 
-    @field_validator("logprobs")
+    @field_validator("top_logprobs")
     @classmethod
-    def _no_logprobs(cls, value: Optional[bool]) -> Optional[bool]:
-        if value:
-            raise ValueError("logprobs are not supported")
+    def _top_needs_logprobs(cls, value: Optional[int], info) -> Optional[int]:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs set to true")
         return value
+
+    def sampling_overrides(self) -> dict:
+        """`_Sampling`'s, plus `logprobs` (how many top tokens) when logprobs are asked for."""
+        values = super().sampling_overrides()
+        if self.logprobs:
+            values["logprobs"] = self.top_logprobs or 0
+        return values
 
     @property
     def token_limit(self) -> Optional[int]:
@@ -207,10 +218,10 @@ class CompletionRequest(_Sampling):
     """POST /v1/completions: one choice per prompt."""
 
     prompt: Union[str, list[str]]
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: Optional[bool] = None
     suffix: Optional[str] = None
     best_of: Optional[int] = None
-    logprobs: Optional[int] = None
 
     @field_validator("prompt")
     @classmethod
@@ -220,12 +231,29 @@ class CompletionRequest(_Sampling):
             raise ValueError("give at least one prompt")
         return prompts
 
-    @field_validator("echo", "suffix", "logprobs")
+    @field_validator("suffix")
     @classmethod
     def _unsupported(cls, value: Any, info) -> Any:
         if value:
             raise ValueError(f"{info.field_name} is not supported")
         return value
+
+    @field_validator("echo")
+    @classmethod
+    def _echo_without_logprobs(cls, value: Optional[bool], info) -> Optional[bool]:
+        if value and info.data.get("logprobs") is not None:
+            raise ValueError(
+                "echo with logprobs is not supported by this engine (it computes no logprobs of prompt tokens); "
+                "use echo or logprobs alone"
+            )
+        return value
+
+    def sampling_overrides(self) -> dict:
+        """`_Sampling`'s, plus `logprobs` (how many top tokens) when asked for."""
+        values = super().sampling_overrides()
+        if self.logprobs is not None:
+            values["logprobs"] = self.logprobs
+        return values
 
     @field_validator("best_of")
     @classmethod

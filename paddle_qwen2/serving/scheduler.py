@@ -50,13 +50,15 @@ class SchedulerClosed(PaddleQwen2Error):
 @dataclass
 class TokenEvent:
     """What a sequence produced in one step: the text that can be shown now (whole UTF-8 text, maybe empty), the
-    token ids, and on its last event the finish reason ("stop", "length") or an `error` message."""
+    token ids, and on its last event the finish reason ("stop", "length") or an `error` message. `logprobs`: one
+    `inference.TokenLogprob` per token id when the request asked for them, else None."""
 
     index: int
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     error: str | None = None
+    logprobs: list | None = None
 
 
 class GenerationRequest:
@@ -306,7 +308,8 @@ class Scheduler:
         if sequence.finished:
             self.metrics.finished.labels(reason=sequence.finish_reason).inc()
         if not request.cancelled:
-            request.emit(TokenEvent(request.index, text, [int(token)], sequence.finish_reason))
+            logprobs = None if sequence.logprobs is None else sequence.logprobs[-1:]
+            request.emit(TokenEvent(request.index, text, [int(token)], sequence.finish_reason, logprobs=logprobs))
 
     def _drop_cancelled_running(self) -> None:
         keep = [row for row, r in enumerate(self._running) if not r.cancelled]

@@ -10,7 +10,9 @@ OpenAI numbers the choices of several completion prompts); `usage` counts each p
 choice. A plain
 request waits for every choice (a client that disconnects first cancels its sequences and gets 499); a streamed one
 is server-sent events: the chunks of each text piece, each choice's finish chunk, the usage chunk when asked for,
-then `data: [DONE]`. However a stream ends, its sequences are cancelled.
+then `data: [DONE]`. However a stream ends, its sequences are cancelled. With logprobs asked for, each choice (and
+each streamed chunk, for its new tokens) carries them in OpenAI's shape (`logprobs.TokenStrings`); completions'
+`echo` puts the prompt text before each choice's text (as the first chunk when streamed).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from .logprobs import TokenStrings
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, new_id, now, parse_request, usage
 from .scheduler import GenerationRequest, TokenEvent
 from .state import ServerState
@@ -65,9 +68,12 @@ async def _generate(state: ServerState, http: Request, body, prompts: list[list[
     sequences = _sequences(state, body, prompts, what)
     events = _Events()
     requests = [GenerationRequest(s, events.put, index) for index, s in enumerate(sequences)]
+    tokens = TokenStrings(state.llm.tokenizer) if sequences[0].params.logprobs is not None else None
+    n = body.choices_per_prompt
+    echo = [body.prompt[i // n] for i in range(len(sequences))] if not chat and body.echo else None
     state.submit(requests)
     if body.stream:
-        maker = _ChunkMaker(chat, state.llm_name, body.include_usage, bool(body.return_token_ids))
+        maker = _ChunkMaker(chat, state.llm_name, body.include_usage, bool(body.return_token_ids), tokens, echo)
         prompt_tokens = sum(len(p) for p in prompts)
         return _EventStream(_stream(state, requests, events, maker, prompt_tokens), lambda: state.cancel(requests))
     try:
@@ -81,7 +87,10 @@ async def _generate(state: ServerState, http: Request, body, prompts: list[list[
         "object": "chat.completion" if chat else "text_completion",
         "created": now(),
         "model": state.llm_name,
-        "choices": [_choice_body(i, c, chat, bool(body.return_token_ids)) for i, c in enumerate(choices)],
+        "choices": [
+            _choice_body(i, c, chat, bool(body.return_token_ids), tokens, echo[i] if echo else "")
+            for i, c in enumerate(choices)
+        ],
         "usage": usage(prompt_tokens, completion_tokens),
     }
     if body.return_token_ids:
@@ -153,10 +162,16 @@ def _config_vocab_size(folder: str) -> int | None:
     return None
 
 
-def _choice_body(index: int, choice: _Choice, chat: bool, return_token_ids: bool) -> dict:
+def _choice_body(
+    index: int, choice: _Choice, chat: bool, return_token_ids: bool, tokens: TokenStrings | None, echo: str
+) -> dict:
+    """One choice of a whole response; `tokens` formats its logprobs (None: not asked), `echo` precedes the text."""
     text = "".join(choice.text)
-    content = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
-    out = {"index": index, **content, "logprobs": None, "finish_reason": choice.finish_reason}
+    content = {"message": {"role": "assistant", "content": text}} if chat else {"text": echo + text}
+    logprobs = None
+    if tokens is not None:
+        logprobs = tokens.chat(choice.logprobs) if chat else tokens.completion(choice.logprobs, len(echo))
+    out = {"index": index, **content, "logprobs": logprobs, "finish_reason": choice.finish_reason}
     if return_token_ids:
         out["token_ids"] = choice.token_ids
     return out
@@ -182,6 +197,7 @@ class _Choice:
     text: list[str] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    logprobs: list = field(default_factory=list)
 
 
 class _ClientGone(Exception):
@@ -211,6 +227,7 @@ async def _collect(state: ServerState, requests: list[GenerationRequest], events
             choice = choices[event.index]
             choice.text.append(event.text)
             choice.token_ids += event.token_ids
+            choice.logprobs += event.logprobs or []
             if event.finish_reason is not None:
                 choice.finish_reason = event.finish_reason
                 pending -= 1
@@ -234,7 +251,7 @@ async def _stream(
 ) -> AsyncIterator[str]:
     """Server-sent events: the maker's first chunks, a chunk per text piece, the finish chunk of each choice, the
     usage chunk when asked for, `[DONE]`. Held-back tokens (no text yet) ride along with the next piece."""
-    held: dict[int, list[int]] = {}
+    held: dict[int, tuple[list[int], list]] = {}
     completion_tokens = 0
     try:
         for chunk in chunks.start(len(requests)):
@@ -246,13 +263,12 @@ async def _stream(
                 yield _sse(state.engine_error(event.error).body())
                 break
             completion_tokens += len(event.token_ids)
-            ids = held.pop(event.index, []) + event.token_ids
-            if event.text:
-                yield _sse(chunks.piece(event.index, event.text, ids, event.finish_reason))
-            elif event.finish_reason is not None:
-                yield _sse(chunks.piece(event.index, "", ids, event.finish_reason))
+            ids, logprobs = held.pop(event.index, ([], []))
+            ids, logprobs = ids + event.token_ids, logprobs + (event.logprobs or [])
+            if event.text or event.finish_reason is not None:
+                yield _sse(chunks.piece(event.index, event.text, ids, event.finish_reason, logprobs))
             else:
-                held[event.index] = ids
+                held[event.index] = (ids, logprobs)
             if event.finish_reason is not None:
                 pending -= 1
         else:
@@ -281,8 +297,19 @@ class _EventStream(StreamingResponse):
 class _ChunkMaker:
     """The chunk objects of one streamed response (chat or text completion)."""
 
-    def __init__(self, chat: bool, model: str, include_usage: bool, return_token_ids: bool) -> None:
+    def __init__(
+        self,
+        chat: bool,
+        model: str,
+        include_usage: bool,
+        return_token_ids: bool,
+        tokens: TokenStrings | None = None,
+        echo: list[str] | None = None,
+    ) -> None:
         self.chat = chat
+        self.tokens = tokens
+        self.echo = echo
+        self.offsets: dict[int, int] = {}  # completions: characters of token strings sent per choice
         self.id = new_id("chatcmpl" if chat else "cmpl")
         self.created = now()
         self.model = model
@@ -303,15 +330,31 @@ class _ChunkMaker:
         return choice
 
     def start(self, n: int) -> list[dict]:
-        """The chunks before any token: for chat, one announcing the assistant role of every choice."""
+        """The chunks before any token: for chat, one announcing the assistant role of every choice; for echoed
+        completions, each choice's prompt text."""
         if not self.chat:
-            return []
+            echo = self.echo or []
+            return [self._chunk([self._choice(i, {"text": text}, [], None)]) for i, text in enumerate(echo)]
         role = {"delta": {"role": "assistant", "content": ""}}
         return [self._chunk([self._choice(i, role, [], None) for i in range(n)])]
 
-    def piece(self, index: int, text: str, token_ids: list[int], finish_reason: str | None) -> dict:
+    def piece(
+        self, index: int, text: str, token_ids: list[int], finish_reason: str | None, logprobs: list | None = None
+    ) -> dict:
+        """The chunk of one text piece of choice `index` (with its tokens' logprobs when they are asked for)."""
         content = {"delta": {"content": text} if text else {}} if self.chat else {"text": text}
-        return self._chunk([self._choice(index, content, token_ids, finish_reason)])
+        choice = self._choice(index, content, token_ids, finish_reason)
+        if self.tokens is not None:
+            choice["logprobs"] = self._logprobs(index, logprobs or [])
+        return self._chunk([choice])
+
+    def _logprobs(self, index: int, logprobs: list) -> dict:
+        if self.chat:
+            return self.tokens.chat(logprobs)
+        start = self.offsets.get(index, len(self.echo[index]) if self.echo else 0)
+        out = self.tokens.completion(logprobs, start)
+        self.offsets[index] = start + sum(len(t) for t in out["tokens"])
+        return out
 
     def usage(self, counts: dict) -> dict:
         return {**self._chunk([]), "usage": counts}
