@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from pathlib import Path
@@ -45,6 +46,12 @@ def contributing() -> str:
     """CONTRIBUTING.md without its first-level title (the page has its own)."""
     text = (ROOT / "CONTRIBUTING.md").read_text()
     return re.sub(r"\A# [^\n]*\n+", "", text)
+
+
+def on_startup(**kwargs) -> None:
+    """mkdocs-material's search segments Chinese text with jieba when it is installed (paddlenlp installs it);
+    jieba logs its dictionary loading at DEBUG on stderr. Only its warnings are shown."""
+    logging.getLogger("jieba").setLevel(logging.WARNING)
 
 
 def on_page_markdown(markdown: str, page, config, files, **kwargs) -> str:
