@@ -105,6 +105,24 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def dygraph_server_args(model: str, step_delay: float, *extra: str) -> list[str]:
+    """`serve` arguments for a dygraph engine that serves `model` as "chat", each step slowed by `step_delay`
+    seconds (so a test can act while a request runs), quiet logs; `extra` options follow."""
+    return [
+        "--model",
+        model,
+        "--served-model-name",
+        "chat",
+        "--engine",
+        "dygraph",
+        "--debug-step-delay",
+        str(step_delay),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
+
+
 def parse_metrics(text: str) -> dict[str, float]:
     """Prometheus text format -> {'name{label="v",...}': value} (labels as written), comments skipped."""
     values = {}

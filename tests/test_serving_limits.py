@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving_helpers import ServerProcess
+from serving_helpers import ServerProcess, dygraph_server_args
 
 from conftest import SERVE_CHAT_VARIANT
 
@@ -30,24 +30,10 @@ LONG = {
 
 
 def slow_server_args(chat_checkpoint) -> list[str]:
-    return [
-        "--model",
-        str(chat_checkpoint(SERVE_CHAT_VARIANT)),
-        "--served-model-name",
-        "chat",
-        "--engine",
-        "dygraph",
-        "--max-batch-size",
-        "1",
-        "--max-queue-size",
-        "1",
-        "--debug-step-delay",
-        str(STEP_DELAY),
-        "--max-model-len",
-        "96",
-        "--log-level",
-        "warning",
-    ]
+    model = str(chat_checkpoint(SERVE_CHAT_VARIANT))
+    return dygraph_server_args(
+        model, STEP_DELAY, "--max-batch-size", "1", "--max-queue-size", "1", "--max-model-len", "96"
+    )
 
 
 @pytest.fixture(scope="module")

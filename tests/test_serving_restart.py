@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from serving_helpers import API_KEY, ServerProcess
+from serving_helpers import API_KEY, ServerProcess, dygraph_server_args
 
 from conftest import SERVE_CHAT_VARIANT
 
@@ -29,26 +29,19 @@ WAIT = 120.0  # seconds: bound of every wait on a restart or an exit
 
 
 def server_args(chat_checkpoint, max_restarts: int) -> list[str]:
-    return [
-        "--model",
-        str(chat_checkpoint(SERVE_CHAT_VARIANT)),
-        "--served-model-name",
-        "chat",
-        "--engine",
-        "dygraph",
+    model = str(chat_checkpoint(SERVE_CHAT_VARIANT))
+    return dygraph_server_args(
+        model,
+        STEP_DELAY,
         "--max-batch-size",
         "2",
         "--max-model-len",
         "96",
-        "--debug-step-delay",
-        str(STEP_DELAY),
         "--max-engine-restarts",
         str(max_restarts),
         "--api-key",
         API_KEY,
-        "--log-level",
-        "warning",
-    ]
+    )
 
 
 def engine_pid(server_pid: int, other_than: int | None = None) -> int | None:
