@@ -58,7 +58,8 @@ class SamplingParams:
     [-100, 100] added to their logits. `stop` strings end the generation and are not part of the returned text;
     `stop_token_ids` end it too (in addition to the model's eos ids unless `ignore_eos`). `logprobs` (0 to
     `MAX_LOGPROBS`) asks for each chosen token's log-probability and those of the `logprobs` most likely tokens
-    (`token_logprob`); None computes none.
+    (`token_logprob`); None computes none. `prompt_logprobs` (same range) asks for them of the prompt's tokens
+    too (`prompt_logprobs.prompt_logprobs`).
     """
 
     max_new_tokens: int | None = None
@@ -74,6 +75,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         # The OpenAI API accepts a single string for `stop`; tuples are accepted for convenience.
@@ -107,9 +109,11 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             _check_float(name, getattr(self, name), penalty_range, lambda v: -MAX_PENALTY <= v <= MAX_PENALTY)
         _check_logit_bias(self.logit_bias)
-        _check_int("logprobs", self.logprobs, f"in [0, {MAX_LOGPROBS}] or None", minimum=0, optional=True)
-        if self.logprobs is not None and self.logprobs > MAX_LOGPROBS:
-            raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}] or None, got {self.logprobs!r}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            _check_int(name, value, f"in [0, {MAX_LOGPROBS}] or None", minimum=0, optional=True)
+            if value is not None and value > MAX_LOGPROBS:
+                raise ValueError(f"{name} must be in [0, {MAX_LOGPROBS}] or None, got {value!r}")
         return self
 
     @classmethod
