@@ -359,16 +359,16 @@ class EngineProcess:
             self.metrics.running.set(running)
             self.metrics.queued.set(waiting)
             delivered = []
-            for rid, index, text, token_ids, finish_reason, error, logprobs in events:
+            for rid, event in events:
                 entry = self._inflight.get(rid)
                 if entry is None:  # cancelled here already
                     continue
-                self._count(entry, now, len(token_ids), finish_reason)
-                if finish_reason is not None:
+                self._count(entry, now, len(event.token_ids), event.finish_reason)
+                if event.finish_reason is not None:
                     del self._inflight[rid]
-                    if error is None:
+                    if event.error is None:
                         self._failures = 0  # this child serves: a later death starts a new count
-                delivered.append((entry.request, TokenEvent(index, text, token_ids, finish_reason, error, logprobs)))
+                delivered.append((entry.request, event))
         for request, event in delivered:
             if not request.cancelled:
                 request.emit(event)
@@ -518,8 +518,7 @@ class _EngineLoop(Scheduler):
 
     def emitter(self, rid: int):
         def emit(event: TokenEvent) -> None:
-            event_fields = (event.index, event.text, event.token_ids, event.finish_reason, event.error, event.logprobs)
-            self.outbox.append((rid, *event_fields))
+            self.outbox.append((rid, event))
 
         return emit
 

@@ -51,7 +51,8 @@ class SchedulerClosed(PaddleQwen2Error):
 class TokenEvent:
     """What a sequence produced in one step: the text that can be shown now (whole UTF-8 text, maybe empty), the
     token ids, and on its last event the finish reason ("stop", "length") or an `error` message. `logprobs`: one
-    `inference.TokenLogprob` per token id when the request asked for them, else None."""
+    `inference.TokenLogprob` per token id when the request asked for them, else None. `prompt_logprobs`, on the
+    first event of a request that asked for them: one per prompt token (None for the first token)."""
 
     index: int
     text: str = ""
@@ -59,6 +60,7 @@ class TokenEvent:
     finish_reason: str | None = None
     error: str | None = None
     logprobs: list | None = None
+    prompt_logprobs: list | None = None
 
 
 class GenerationRequest:
@@ -72,6 +74,7 @@ class GenerationRequest:
         self.cancelled = False
         self.arrival = time.perf_counter()
         self.last_token_at: float | None = None
+        self.prompt_logprobs: list | None = None  # computed before the prefill when the params ask for them
 
     def cancel(self) -> None:
         """Stop generating (the client went away); takes effect at the scheduler's next step."""
@@ -219,6 +222,8 @@ class Scheduler:
             self._run_embeddings(jobs)
         self._drop_cancelled_running()
         if new:
+            self._score_prompts(new)
+        if new:
             self._prefill(new)
         if self._running:
             self._decode()
@@ -253,6 +258,27 @@ class Scheduler:
             self.metrics.queued.set(len(self._waiting))
 
     # ------------------------------------------------------------------------------------------- generation
+    def _score_prompts(self, new: list[GenerationRequest]) -> None:
+        """The prompt logprobs of the requests that ask for them (once per prompt and count), before their prefill;
+        a request whose scoring fails gets its error and is dropped from `new`."""
+        from ..inference.prompt_logprobs import prompt_logprobs
+
+        scored: dict[tuple, list] = {}
+        for request in list(new):
+            params = request.sequence.params
+            if params.prompt_logprobs is None:
+                continue
+            key = (tuple(request.sequence.prompt_ids), params.prompt_logprobs)
+            try:
+                if key not in scored:
+                    scored[key] = prompt_logprobs(self.llm, request.sequence.prompt_ids, params.prompt_logprobs)
+            except Exception as exc:
+                logger.error("prompt logprobs failed: %s\n%s", exc, traceback.format_exc())
+                self._fail(request, f"prompt logprobs failed: {type(exc).__name__}: {exc}")
+                new.remove(request)
+                continue
+            request.prompt_logprobs = scored[key]
+
     def _prefill(self, new: list[GenerationRequest]) -> None:
         """Prefill `new` together, sample each one's first token, and join the unfinished ones to the batch."""
         from ..inference import Batch
@@ -309,7 +335,9 @@ class Scheduler:
             self.metrics.finished.labels(reason=sequence.finish_reason).inc()
         if not request.cancelled:
             logprobs = None if sequence.logprobs is None else sequence.logprobs[-1:]
-            request.emit(TokenEvent(request.index, text, [int(token)], sequence.finish_reason, logprobs=logprobs))
+            event = TokenEvent(request.index, text, [int(token)], sequence.finish_reason, logprobs=logprobs)
+            event.prompt_logprobs, request.prompt_logprobs = request.prompt_logprobs, None
+            request.emit(event)
 
     def _drop_cancelled_running(self) -> None:
         keep = [row for row, r in enumerate(self._running) if not r.cancelled]
