@@ -106,12 +106,25 @@ class ChatTokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True, **kwargs) -> str:
-        """The prompt text of a conversation (`[{"role": ..., "content": ...}, ...]`). ValueError on a malformed
-        conversation, jinja2's TemplateError when the template rejects it."""
+    def apply_chat_template(
+        self,
+        messages: Sequence[dict],
+        add_generation_prompt: bool = True,
+        tools: Sequence[dict] | None = None,
+        **kwargs,
+    ) -> str:
+        """The prompt text of a conversation (`[{"role": ..., "content": ...}, ...]`; assistant `tool_calls` with
+        `arguments` objects, `role: "tool"` results), `tools` (`[{"type": "function", "function": {"name", ...}}]`)
+        given to the template as transformers gives them. ValueError on a malformed conversation, jinja2's
+        TemplateError when the template rejects it."""
         check_conversation(messages)
-        return render_chat(messages, self.chat_template, add_generation_prompt, self.special_tokens, **kwargs)
+        tools = None if tools is None else list(tools)
+        return render_chat(
+            messages, self.chat_template, add_generation_prompt, self.special_tokens, tools=tools, **kwargs
+        )
 
-    def encode_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
-        """The prompt ids of a conversation, as transformers' `apply_chat_template(tokenize=True)`."""
-        return self.encode(self.apply_chat_template(messages, add_generation_prompt), special=False)
+    def encode_chat(
+        self, messages: Sequence[dict], add_generation_prompt: bool = True, tools: Sequence[dict] | None = None
+    ) -> list[int]:
+        """The prompt ids of a conversation, as transformers' `apply_chat_template(tokenize=True, tools=tools)`."""
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt, tools), special=False)
