@@ -8,6 +8,7 @@ or with the dygraph model; the same loop either way.
 The low-level API the server's scheduler uses (continuous batching):
 
     logits, batch = llm.prefill(prompts)      # prompts: list of id lists -> logits [n, vocab] of each last token
+    logits, batch = llm.prefill(prompts, prefix_cache=cache)   # cached prefixes are not run again (prefix_cache.py)
     logits = llm.decode(batch, tokens)        # one token per row -> logits [rows, vocab]; the cache grows in place
     batch = Batch.concat([batch, other])      # join (left-padded to the longest row)
     batch = batch.select(rows)                # leave
@@ -31,6 +32,7 @@ import numpy as np
 
 from ..export import ExportError
 from .errors import EngineError
+from .prefix_cache import DEFAULT_BLOCK_SIZE, PrefixCache
 from .sampling import SamplingParams
 from .sequence import Completion, GenerationSequence
 from .tokenization import ChatTokenizer, TokenizerError
@@ -314,15 +316,48 @@ class LLM:
         shape = [sizes[axis] for axis in self._cache_layout]
         return [paddle.zeros(shape, self._cache_dtype) for _ in range(2 * self._layers)]
 
-    def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, Batch]:
+    def prefill(
+        self, prompts: Sequence[Sequence[int]], prefix_cache: PrefixCache | None = None
+    ) -> tuple[np.ndarray, Batch]:
         """Run the prompts (left-padded together): the logits `[n, vocab]` float32 of each last prompt token, and
-        the `Batch` holding their cache."""
+        the `Batch` holding their cache.
+
+        With a `prefix_cache`, each prompt's longest cached prefix (whole blocks, never the last token) is taken
+        from it and only the rest of the prompt is run: the cached prefixes are left-padded to the longest one and
+        the rest of each prompt, left-padded too, follows (a row's mask is `0.. 1 (cached) 0.. 1 (computed)`;
+        position ids count its real tokens, so the logits are those of the whole prompt). Afterwards the full
+        blocks of every prompt are inserted into the cache."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise EngineError("prefill needs at least one prompt, each with at least one token")
         self._check_ids(prompts)
-        ids, mask = _left_pad(prompts, self.tokenizer.pad_token_id)
-        batch = Batch(self.empty_cache(len(prompts)), mask, self._cache_layout.index("past"))
-        return self._run(ids, batch), batch
+        hits = [prefix_cache.lookup(p) for p in prompts] if prefix_cache is not None else []
+        cached = [n for n, _ in hits]
+        if not any(cached):
+            ids, mask = _left_pad(prompts, self.tokenizer.pad_token_id)
+            batch = Batch(self.empty_cache(len(prompts)), mask, self._cache_layout.index("past"))
+        else:
+            ids, batch = self._cached_inputs(prompts, hits, prefix_cache)
+        logits = self._run(ids, batch)
+        if prefix_cache is not None:
+            for row, prompt in enumerate(prompts):
+                prefix_cache.insert(prompt, batch, row)
+        return logits, batch
+
+    def _cached_inputs(self, prompts, hits: list[tuple[int, list]], prefix_cache: PrefixCache) -> tuple:
+        """The ids `[rows, new]` of the uncached rests and the `Batch` of the cached prefixes (mask `[rows, past +
+        new]`, already covering the new ids)."""
+        past = max(n for n, _ in hits)
+        ids, new_mask = _left_pad([p[n:] for p, (n, _) in zip(prompts, hits)], self.tokenizer.pad_token_id)
+        past_mask = np.zeros((len(prompts), past), dtype=np.int64)
+        for row, (n, _) in enumerate(hits):
+            past_mask[row, past - n :] = 1
+        cache = prefix_cache.assemble([blocks for _, blocks in hits], past)
+        mask = np.concatenate([past_mask, new_mask], axis=1)
+        return ids, Batch(cache, mask, self._cache_layout.index("past"))
+
+    def make_prefix_cache(self, capacity_bytes: int, block_size: int = DEFAULT_BLOCK_SIZE) -> PrefixCache:
+        """An empty `PrefixCache` for this model's cache layout, holding at most `capacity_bytes` of blocks."""
+        return PrefixCache(capacity_bytes, block_size, self._cache_layout.index("past"))
 
     def decode(self, batch: Batch, tokens: Sequence[int]) -> np.ndarray:
         """Append one token per row of `batch` (in row order); returns the next logits `[rows, vocab]`."""
@@ -353,9 +388,11 @@ class LLM:
         prompts: Sequence[Sequence[int]],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
         on_text: Callable[[int, str], None] | None = None,
+        prefix_cache: PrefixCache | None = None,
     ) -> list[Completion]:
         """Generate for each prompt (token ids) together in one batch; `on_text(row, delta)` streams the text.
-        Rows that finish leave the batch at once."""
+        Rows that finish leave the batch at once. With a `prefix_cache`, the prefill starts from the prompts'
+        cached prefixes and each finished row's whole sequence goes into the cache."""
         if not isinstance(params, Sequence):
             params = [params or self.sampling_params()] * len(prompts)
         try:
@@ -364,7 +401,7 @@ class LLM:
             ]
         except ValueError as exc:
             raise EngineError(str(exc)) from None
-        logits, batch = self.prefill([s.prompt_ids for s in sequences])
+        logits, batch = self.prefill([s.prompt_ids for s in sequences], prefix_cache)
         running = list(range(len(sequences)))
         while running:
             tokens = []
@@ -376,6 +413,10 @@ class LLM:
                 if delta and on_text is not None:
                     on_text(index, delta)
             keep = [row for row, index in enumerate(running) if not sequences[index].finished]
+            if prefix_cache is not None:
+                for row, index in enumerate(running):
+                    if sequences[index].finished:
+                        prefix_cache.insert(sequences[index].prompt_ids + sequences[index].token_ids, batch, row)
             if len(keep) < len(running):
                 running = [running[row] for row in keep]
                 if not running:
