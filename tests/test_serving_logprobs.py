@@ -145,6 +145,58 @@ def test_completion_echo_prepends_each_prompt(client):
     assert [pieces[i] for i in range(2)] == [c.text for c in echoed.choices]
 
 
+def _full_reference(hf, ids: list[int]) -> np.ndarray:
+    """transformers' log-softmax [len(ids), vocab] (float64) at every position of `ids`."""
+    with torch.no_grad():
+        return torch.log_softmax(hf.model(torch.tensor([ids])).logits[0].double(), dim=-1).numpy()
+
+
+def _check_echo_logprobs(hf, logprobs, prompt_ids: list[int], generated: list[int], k: int) -> None:
+    """An echoed choice's logprobs: the prompt's tokens (first null) then the generated ones, all transformers'
+    log-softmax of the logits that predict them (<= 1e-4), with the k most likely tokens."""
+    ids = prompt_ids + generated
+    expected = _full_reference(hf, ids)
+    assert logprobs.tokens == [_token(hf, t) for t in ids]
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
+    for position in range(1, len(ids)):
+        row = expected[position - 1]
+        assert abs(logprobs.token_logprobs[position] - row[ids[position]]) <= TOL, position
+        top = sorted(logprobs.top_logprobs[position].items(), key=lambda kv: -kv[1])
+        _check_top(hf, row, top, min(k, len(top)))
+    assert logprobs.text_offset == [sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(ids))]
+
+
+def test_completion_echo_logprobs_score_the_prompt_as_transformers(client, hf_chat_reference):
+    """What lm-eval's local-completions asks for a loglikelihood: echo, logprobs, one token."""
+    hf = hf_chat_reference
+    prompts = [PROMPT, "1 2 3 4 5 6 7 8 9 10 11 12 and so the count goes on"]
+    kwargs = dict(model="chat", prompt=prompts, max_tokens=2, temperature=0, logprobs=3, echo=True)
+    out = client.completions.create(**kwargs, extra_body={"return_token_ids": True})
+    for prompt, choice in zip(prompts, out.choices):
+        assert choice.text.startswith(prompt)
+        _check_echo_logprobs(hf, choice.logprobs, hf.text_ids(prompt), choice.model_extra["token_ids"], 3)
+    streamed: dict[int, dict[str, list]] = {}
+    for chunk in client.completions.create(**kwargs, stream=True):
+        for choice in chunk.choices:
+            if choice.logprobs is not None:
+                entry = streamed.setdefault(choice.index, {"tokens": [], "values": [], "offsets": []})
+                entry["tokens"] += choice.logprobs.tokens
+                entry["values"] += choice.logprobs.token_logprobs
+                entry["offsets"] += choice.logprobs.text_offset
+    for index, choice in enumerate(out.choices):
+        assert streamed[index]["tokens"] == choice.logprobs.tokens
+        assert streamed[index]["offsets"] == choice.logprobs.text_offset
+        assert streamed[index]["values"][0] is None
+        np.testing.assert_allclose(streamed[index]["values"][1:], choice.logprobs.token_logprobs[1:], atol=1e-5)
+
+
+def test_echo_logprobs_zero_gives_the_tokens_own_logprobs_only(client, hf_chat_reference):
+    out = client.completions.create(model="chat", prompt=PROMPT, max_tokens=1, temperature=0, logprobs=0, echo=True)
+    logprobs = out.choices[0].logprobs
+    assert len(logprobs.tokens) == len(hf_chat_reference.text_ids(PROMPT)) + 1
+    assert logprobs.top_logprobs[0] is None and all(top == {} for top in logprobs.top_logprobs[1:])
+
+
 def test_token_strings_give_raw_bytes_of_partial_utf8_pieces(chat_checkpoint):
     from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 

@@ -3,6 +3,7 @@
     tokens = TokenStrings(llm.tokenizer)
     tokens.chat(logprobs)                   # {"content": [{token, logprob, bytes, top_logprobs: [...]}]}
     offsets = tokens.completion(logprobs, start=0)   # {tokens, token_logprobs, top_logprobs, text_offset}
+    echoed = tokens.prompt(prompt_ids, prompt_logprobs)   # the same of an echoed prompt (first entry null)
 
 `logprobs` is a list of `inference.TokenLogprob`. A token's string is its text decoded alone (special tokens
 shown); a byte-level BPE piece that is not valid UTF-8 alone decodes with U+FFFD, and its `bytes` are still the
@@ -67,16 +68,24 @@ class TokenStrings:
         ]
         return {"content": content}
 
-    def completion(self, logprobs: Sequence, start: int = 0) -> dict:
+    def prompt(self, prompt_ids: Sequence[int], logprobs: Sequence) -> dict:
+        """The echoed prompt's part of a completion's `logprobs` (`text_offset` from 0): `logprobs` has one entry per
+        prompt token, None for the first (its `token_logprobs` and `top_logprobs` entries are null, as OpenAI's)."""
+        first = self.get(int(prompt_ids[0]))[0]
+        head = {"tokens": [first], "token_logprobs": [None], "top_logprobs": [None], "text_offset": [0]}
+        return self.completion(logprobs[1:], len(first), head)
+
+    def completion(self, logprobs: Sequence, start: int = 0, before: dict | None = None) -> dict:
         """A completion choice's `logprobs`; `text_offset` from `start` (the characters already sent)."""
         tokens, offsets = [], []
         for lp in logprobs:
             offsets.append(start)
             tokens.append(self.get(lp.token)[0])
             start += len(tokens[-1])
-        return {
+        out = {
             "tokens": tokens,
             "token_logprobs": [lp.logprob for lp in logprobs],
             "top_logprobs": [{self.get(t)[0]: v for t, v in lp.top} for lp in logprobs],
             "text_offset": offsets,
         }
+        return out if before is None else {key: before[key] + out[key] for key in out}

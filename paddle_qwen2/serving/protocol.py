@@ -238,21 +238,14 @@ class CompletionRequest(_Sampling):
             raise ValueError(f"{info.field_name} is not supported")
         return value
 
-    @field_validator("echo")
-    @classmethod
-    def _echo_without_logprobs(cls, value: Optional[bool], info) -> Optional[bool]:
-        if value and info.data.get("logprobs") is not None:
-            raise ValueError(
-                "echo with logprobs is not supported by this engine (it computes no logprobs of prompt tokens); "
-                "use echo or logprobs alone"
-            )
-        return value
-
     def sampling_overrides(self) -> dict:
-        """`_Sampling`'s, plus `logprobs` (how many top tokens) when asked for."""
+        """`_Sampling`'s, plus `logprobs` (how many top tokens) when asked for, of the prompt's tokens too with
+        `echo`."""
         values = super().sampling_overrides()
         if self.logprobs is not None:
             values["logprobs"] = self.logprobs
+            if self.echo:
+                values["prompt_logprobs"] = self.logprobs
         return values
 
     @field_validator("best_of")

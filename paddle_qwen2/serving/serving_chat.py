@@ -71,9 +71,11 @@ async def _generate(state: ServerState, http: Request, body, prompts: list[list[
     tokens = TokenStrings(state.llm.tokenizer) if sequences[0].params.logprobs is not None else None
     n = body.choices_per_prompt
     echo = [body.prompt[i // n] for i in range(len(sequences))] if not chat and body.echo else None
+    scoring = sequences[0].params.prompt_logprobs is not None
+    scored = [prompts[i // n] for i in range(len(sequences))] if scoring else None
     state.submit(requests)
     if body.stream:
-        maker = _ChunkMaker(chat, state.llm_name, body.include_usage, bool(body.return_token_ids), tokens, echo)
+        maker = _ChunkMaker(chat, state.llm_name, body.include_usage, bool(body.return_token_ids), tokens, echo, scored)
         prompt_tokens = sum(len(p) for p in prompts)
         return _EventStream(_stream(state, requests, events, maker, prompt_tokens), lambda: state.cancel(requests))
     try:
@@ -88,7 +90,7 @@ async def _generate(state: ServerState, http: Request, body, prompts: list[list[
         "created": now(),
         "model": state.llm_name,
         "choices": [
-            _choice_body(i, c, chat, bool(body.return_token_ids), tokens, echo[i] if echo else "")
+            _choice_body(i, c, chat, bool(body.return_token_ids), tokens, echo[i] if echo else "", scored)
             for i, c in enumerate(choices)
         ],
         "usage": usage(prompt_tokens, completion_tokens),
@@ -163,14 +165,24 @@ def _config_vocab_size(folder: str) -> int | None:
 
 
 def _choice_body(
-    index: int, choice: _Choice, chat: bool, return_token_ids: bool, tokens: TokenStrings | None, echo: str
+    index: int,
+    choice: _Choice,
+    chat: bool,
+    return_token_ids: bool,
+    tokens: TokenStrings | None,
+    echo: str,
+    scored: list[list[int]] | None = None,
 ) -> dict:
-    """One choice of a whole response; `tokens` formats its logprobs (None: not asked), `echo` precedes the text."""
+    """One choice of a whole response; `tokens` formats its logprobs (None: not asked), `echo` precedes the text;
+    `scored`: each choice's prompt ids when the echoed prompt's logprobs lead the choice's."""
     text = "".join(choice.text)
     content = {"message": {"role": "assistant", "content": text}} if chat else {"text": echo + text}
     logprobs = None
-    if tokens is not None:
-        logprobs = tokens.chat(choice.logprobs) if chat else tokens.completion(choice.logprobs, len(echo))
+    if tokens is not None and chat:
+        logprobs = tokens.chat(choice.logprobs)
+    elif tokens is not None:
+        before = tokens.prompt(scored[index], choice.prompt_logprobs) if scored else None
+        logprobs = tokens.completion(choice.logprobs, len(echo), before)
     out = {"index": index, **content, "logprobs": logprobs, "finish_reason": choice.finish_reason}
     if return_token_ids:
         out["token_ids"] = choice.token_ids
@@ -198,6 +210,7 @@ class _Choice:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     logprobs: list = field(default_factory=list)
+    prompt_logprobs: list | None = None
 
 
 class _ClientGone(Exception):
@@ -228,6 +241,8 @@ async def _collect(state: ServerState, requests: list[GenerationRequest], events
             choice.text.append(event.text)
             choice.token_ids += event.token_ids
             choice.logprobs += event.logprobs or []
+            if event.prompt_logprobs is not None:
+                choice.prompt_logprobs = event.prompt_logprobs
             if event.finish_reason is not None:
                 choice.finish_reason = event.finish_reason
                 pending -= 1
@@ -263,6 +278,8 @@ async def _stream(
                 yield _sse(state.engine_error(event.error).body())
                 break
             completion_tokens += len(event.token_ids)
+            if event.prompt_logprobs is not None:
+                yield _sse(chunks.echo_chunk(event.index, event.prompt_logprobs))
             ids, logprobs = held.pop(event.index, ([], []))
             ids, logprobs = ids + event.token_ids, logprobs + (event.logprobs or [])
             if event.text or event.finish_reason is not None:
@@ -305,10 +322,12 @@ class _ChunkMaker:
         return_token_ids: bool,
         tokens: TokenStrings | None = None,
         echo: list[str] | None = None,
+        scored: list[list[int]] | None = None,
     ) -> None:
         self.chat = chat
         self.tokens = tokens
         self.echo = echo
+        self.scored = scored  # each choice's prompt ids when its echo chunk carries the prompt's logprobs
         self.offsets: dict[int, int] = {}  # completions: characters of token strings sent per choice
         self.id = new_id("chatcmpl" if chat else "cmpl")
         self.created = now()
@@ -331,9 +350,9 @@ class _ChunkMaker:
 
     def start(self, n: int) -> list[dict]:
         """The chunks before any token: for chat, one announcing the assistant role of every choice; for echoed
-        completions, each choice's prompt text."""
+        completions, each choice's prompt text (unless it waits for the prompt's logprobs: `echo_chunk`)."""
         if not self.chat:
-            echo = self.echo or []
+            echo = [] if self.scored else self.echo or []
             return [self._chunk([self._choice(i, {"text": text}, [], None)]) for i, text in enumerate(echo)]
         role = {"delta": {"role": "assistant", "content": ""}}
         return [self._chunk([self._choice(i, role, [], None) for i in range(n)])]
@@ -346,6 +365,12 @@ class _ChunkMaker:
         choice = self._choice(index, content, token_ids, finish_reason)
         if self.tokens is not None:
             choice["logprobs"] = self._logprobs(index, logprobs or [])
+        return self._chunk([choice])
+
+    def echo_chunk(self, index: int, prompt_logprobs: list) -> dict:
+        """The echoed prompt text of choice `index` with its tokens' logprobs (first token null)."""
+        choice = self._choice(index, {"text": self.echo[index]}, [], None)
+        choice["logprobs"] = self.tokens.prompt(self.scored[index], prompt_logprobs)
         return self._chunk([choice])
 
     def _logprobs(self, index: int, logprobs: list) -> dict:
