@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .guided import GuidedSpec
+
 __all__ = [
     "MAX_LOGIT_BIAS",
     "MAX_LOGPROBS",
@@ -59,7 +61,9 @@ class SamplingParams:
     `stop_token_ids` end it too (in addition to the model's eos ids unless `ignore_eos`). `logprobs` (0 to
     `MAX_LOGPROBS`) asks for each chosen token's log-probability and those of the `logprobs` most likely tokens
     (`token_logprob`); None computes none. `prompt_logprobs` (same range) asks for them of the prompt's tokens
-    too (`prompt_logprobs.prompt_logprobs`).
+    too (`prompt_logprobs.prompt_logprobs`). `guided` (a `guided.GuidedSpec`) constrains the answer to a grammar:
+    each step's logits are masked to the tokens it allows before anything above is applied (logprobs stay the raw
+    logits'), and the answer ends at the eos token once the grammar is complete, `ignore_eos` or not.
     """
 
     max_new_tokens: int | None = None
@@ -76,6 +80,7 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    guided: GuidedSpec | None = None
 
     def __post_init__(self) -> None:
         # The OpenAI API accepts a single string for `stop`; tuples are accepted for convenience.
@@ -114,6 +119,8 @@ class SamplingParams:
             _check_int(name, value, f"in [0, {MAX_LOGPROBS}] or None", minimum=0, optional=True)
             if value is not None and value > MAX_LOGPROBS:
                 raise ValueError(f"{name} must be in [0, {MAX_LOGPROBS}] or None, got {value!r}")
+        if self.guided is not None and not isinstance(self.guided, GuidedSpec):
+            raise ValueError(f"guided must be a GuidedSpec or None, got {type(self.guided).__name__}")
         return self
 
     @classmethod

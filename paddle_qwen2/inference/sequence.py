@@ -4,7 +4,10 @@ Each step the engine hands a row of logits to `choose`, which samples the next t
 token is detokenized incrementally (text deltas are whole UTF-8 text), stop strings are matched across deltas, and
 the sequence finishes with `finish_reason` "stop" (a stop token or stop string) or "length" (`max_new_tokens`, or
 the context is full). With `params.logprobs` set, `choose` also records each chosen token's `TokenLogprob` (the
-raw logits' log-softmax) in `logprobs`; otherwise nothing is computed and `logprobs` is None.
+raw logits' log-softmax) in `logprobs`; otherwise nothing is computed and `logprobs` is None. With `params.guided`
+set, `choose` samples from the logits masked by the sequence's `guided.GuidedState` (the logprobs are still the raw
+logits'), `append` advances it, and the eos ids always stop the sequence; should the grammar engine fail mid-answer
+the sequence ends with finish reason "error" and the engine's message as `stop_reason`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .detokenize import IncrementalDetokenizer, StopMatcher
+from .guided import GuidedState
 from .sampling import Sampler, SamplingParams, TokenLogprob, token_logprob
 from .tokenization import ChatTokenizer
 
@@ -56,7 +60,9 @@ class GenerationSequence:
         self.params = params
         room = max_model_len - len(self.prompt_ids)
         self.max_new_tokens = room if params.max_new_tokens is None else min(params.max_new_tokens, room)
-        self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(tokenizer.eos_token_ids))
+        eos = set() if params.ignore_eos and params.guided is None else set(tokenizer.eos_token_ids)
+        self.stop_ids = set(params.stop_token_ids) | eos
+        self.guided = None if params.guided is None else GuidedState(params.guided, tokenizer)
         self.sampler = Sampler(params)
         self.detokenizer = IncrementalDetokenizer(tokenizer.backend)
         self.stops = StopMatcher(params.stop)
@@ -73,7 +79,8 @@ class GenerationSequence:
 
     def choose(self, logits: np.ndarray) -> int:
         """The next token from this row's logits `[vocab]` (its `TokenLogprob` recorded when asked for)."""
-        token = self.sampler.sample(logits, self._history, self.token_ids)
+        row = logits if self.guided is None else self.guided.mask(logits)
+        token = self.sampler.sample(row, self._history, self.token_ids)
         if self.logprobs is not None:
             self.logprobs.append(token_logprob(logits, token, self.params.logprobs or 0))
         return token
@@ -83,6 +90,10 @@ class GenerationSequence:
         token = int(token)
         self.token_ids.append(token)
         self._history.append(token)
+        if self.guided is not None and token not in self.stop_ids:
+            self.guided.advance(token)
+        if self.guided is not None and self.guided.error is not None:
+            return self._finish("error", self.guided.error, self._drain())
         if token in self.stop_ids:
             return self._finish("stop", token, self._drain())
         delta, stopped = self.stops.push(self.detokenizer.push(token))
