@@ -160,3 +160,45 @@ def test_a_tiny_budget_evicts_and_answers_stay(llm):
     got = [llm.generate([p], GREEDY, prefix_cache=cache)[0].token_ids for p in prompts + prompts]
     assert got == plain + plain
     assert cache.stats.evictions > 0 and cache.stats.hits > 0 and cache.stats.blocks <= 6
+
+
+# ----------------------------------------------------------------------------------------------------- server
+def test_serve_reuses_a_repeated_system_prompt(serving_server, hf_chat_reference):
+    """The shared server runs with the prefix cache on (the default): chats sharing a system prompt and a second
+    turn get transformers' greedy answers, and /metrics counts the hits and the tokens they saved."""
+    import openai
+    from serving_helpers import API_KEY
+
+    client = openai.OpenAI(base_url=serving_server.base_url, api_key=API_KEY, max_retries=0, timeout=60)
+    hf = hf_chat_reference
+    before = serving_server.metrics()
+    system = {"role": "system", "content": "You are a terse assistant. Answer with one short sentence."}
+    chats = [[system, {"role": "user", "content": q}] for q in ("What is the capital of France?", "1 2 3 4")]
+    answers = []
+    for messages in chats:
+        out = client.chat.completions.create(model="chat", messages=messages, max_tokens=12, temperature=0)
+        answers.append(out.choices[0].message.content)
+        assert answers[-1] == hf.decode(hf.generate(hf.chat_ids(messages), 12))
+    second = [*chats[0], {"role": "assistant", "content": answers[0]}, {"role": "user", "content": "Why?"}]
+    out = client.chat.completions.create(model="chat", messages=second, max_tokens=8, temperature=0)
+    assert out.choices[0].message.content == hf.decode(hf.generate(hf.chat_ids(second), 8))
+    after = serving_server.metrics()
+
+    def added(name: str) -> float:
+        return after[f"paddle_qwen2_prefix_cache_{name}"] - before.get(f"paddle_qwen2_prefix_cache_{name}", 0)
+
+    first, other = hf.chat_ids(chats[0]), hf.chat_ids(chats[1])
+    shared = next(i for i, (a, b) in enumerate(zip(first, other)) if a != b)  # the system prompt and more
+    assert added("queries_total") == 3 and added("hits_total") == 2
+    # the second chat: the shared beginning's whole blocks; the second turn: at least the first turn's prompt
+    assert added("hit_tokens_total") >= shared // 16 * 16 + len(first) // 16 * 16 > 0
+    assert after["paddle_qwen2_prefix_cache_bytes"] > 0
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_a_bad_prefix_cache_budget_is_one_error_line(chat_checkpoint, capsys, value):
+    from paddle_qwen2 import cli
+
+    assert cli.main(["serve", "--model", str(chat_checkpoint("mha")), "--prefix-cache-mb", value]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: --prefix-cache-mb must be >= 1, got {value}", err

@@ -14,10 +14,11 @@ on top of the step. In a process of its own the engine steps while the event loo
 
 What crosses the pipe: the prompt ids and `SamplingParams` of each sequence (the child builds its own
 `GenerationSequence`, whose detokenizer makes the text), cancellations, embedding texts; back come each step's
-`TokenEvent`s with the running and waiting counts, and embedding results. The capacity check (429), the
-request metrics (tokens, time to first token, time per output token, finish reasons) and the model facts the
-routes need (`GenerationModelCard`, `EmbeddingModelCard`) live in this process, which never imports paddle.
-The child ignores SIGINT / SIGTERM (this process drains, then closes it) and exits when this process goes away.
+`TokenEvent`s with the running and waiting counts, the prefix cache's counters (when they moved), and embedding
+results. The capacity check (429), the request metrics (tokens, time to first token, time per output token, finish
+reasons, prefix cache) and the model facts the routes need (`GenerationModelCard`, `EmbeddingModelCard`) live in
+this process, which never imports paddle. The child ignores SIGINT / SIGTERM (this process drains, then closes it)
+and exits when this process goes away.
 
 When the child dies (an OOM kill, a crash), what is in flight ends with an error event, `alive` turns False and
 `restarting` True (HTTP 503 on new requests and on /health) and the reader thread starts a new child after a backoff
@@ -80,6 +81,7 @@ class EngineSpec:
     embedding_model: str | None = None
     max_batch_size: int = 16
     step_delay: float = 0.0
+    prefix_cache_mb: int = 512  # the prefix cache's budget in MiB; 0: no prefix cache
 
 
 @dataclass
@@ -292,6 +294,8 @@ class EngineProcess:
                     self._deliver(*payload)
                 elif kind == "embedded":
                     self._embedded(*payload)
+                elif kind == "prefix_cache":
+                    self._prefix_cache(*payload)
                 elif kind == "stopped":
                     error = None if self._closing else payload[0] or "the engine process stopped"
                     break
@@ -384,6 +388,13 @@ class EngineProcess:
         if finish_reason is not None:
             self.metrics.finished.labels(reason=finish_reason).inc()
 
+    def _prefix_cache(self, queries: int, hits: int, hit_tokens: int, nbytes: int) -> None:
+        """The child's prefix cache since its last report: lookups, hits and tokens saved added, bytes now held."""
+        self.metrics.prefix_cache_queries.inc(queries)
+        self.metrics.prefix_cache_hits.inc(hits)
+        self.metrics.prefix_cache_hit_tokens.inc(hit_tokens)
+        self.metrics.prefix_cache_bytes.set(nbytes)
+
     def _embedded(self, jid: int, vectors, counts, error: str | None) -> None:
         with self._lock:
             job = self._jobs.pop(jid, None)
@@ -450,6 +461,7 @@ class _EngineLoop(Scheduler):
         self.finished_embeddings: list[tuple] = []
         self.reported = (0, 0)  # the running and waiting counts the parent last heard of
         self.requests: dict[int, GenerationRequest] = {}  # by the parent's id, until they finish
+        self.prefix_reported = (0, 0, 0, 0)  # the prefix cache's counters and bytes the parent last heard of
 
     def run(self) -> None:
         """Serve until the parent says close or goes away (then fail what is left)."""
@@ -528,11 +540,22 @@ class _EngineLoop(Scheduler):
         events, self.outbox = self.outbox, []
         embedded, self.finished_embeddings = self.finished_embeddings, []
         with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
+            self._report_prefix_cache()  # before the events: a finished request's hits are counted when it ends
             if events or (running, waiting) != self.reported:
                 self.conn.send(("events", events, running, waiting))
                 self.reported = (running, waiting)
             for message in embedded:
                 self.conn.send(message)
+
+    def _report_prefix_cache(self) -> None:
+        if self.prefix_cache is None:
+            return
+        stats = self.prefix_cache.stats
+        now = (stats.queries, stats.hits, stats.hit_tokens, stats.bytes)
+        if now != self.prefix_reported:
+            added = [after - before for after, before in zip(now[:3], self.prefix_reported[:3])]
+            self.conn.send(("prefix_cache", *added, now[3]))
+            self.prefix_reported = now
 
 
 # Set in the engine process before paddle loads (a value already in the environment wins). KMP_BLOCKTIME=0: OpenMP
@@ -561,7 +584,10 @@ def _engine_main(conn, spec: EngineSpec) -> None:
         conn.send(("failed", str(exc)))
         conn.close()
         return
-    engine = _EngineLoop(conn, llm, embedder, spec.max_batch_size, _UNBOUNDED, None, spec.step_delay)
+    prefix_cache = llm.make_prefix_cache(spec.prefix_cache_mb << 20) if llm and spec.prefix_cache_mb else None
+    engine = _EngineLoop(
+        conn, llm, embedder, spec.max_batch_size, _UNBOUNDED, None, spec.step_delay, prefix_cache=prefix_cache
+    )
     conn.send(("ready", cards))
     engine.run()
     with contextlib.suppress(OSError):

@@ -34,7 +34,8 @@ TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 class ServerMetrics:
     """The server's metrics in a registry of their own: requests by endpoint and status, tokens in and out, the
     scheduler's running and queued sequences, finished sequences by reason (stop, length, cancelled, error), engine
-    restarts and whether the engine is up, time to first token and time per output token.
+    restarts and whether the engine is up, the prefix cache's lookups, hits, tokens saved and bytes, time to first
+    token and time per output token.
 
     Creating one turns off `prometheus_client`'s `_created` samples for the process
     (`prometheus_client.disable_created_metrics()`).
@@ -72,6 +73,20 @@ class ServerMetrics:
         )
         self.engine_up = Gauge(
             PREFIX + "engine_up", "1 while the engine serves, 0 while it is down or restarting", registry=registry
+        )
+        self.prefix_cache_queries = Counter(
+            PREFIX + "prefix_cache_queries_total", "prompts looked up in the prefix cache", registry=registry
+        )
+        self.prefix_cache_hits = Counter(
+            PREFIX + "prefix_cache_hits_total", "prompts that found a cached prefix", registry=registry
+        )
+        self.prefix_cache_hit_tokens = Counter(
+            PREFIX + "prefix_cache_hit_tokens_total",
+            "prompt tokens taken from the prefix cache instead of prefilled",
+            registry=registry,
+        )
+        self.prefix_cache_bytes = Gauge(
+            PREFIX + "prefix_cache_bytes", "bytes of KV cache blocks held by the prefix cache", registry=registry
         )
         self.time_to_first_token = Histogram(
             PREFIX + "time_to_first_token_seconds",

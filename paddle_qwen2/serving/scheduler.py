@@ -108,6 +108,7 @@ class Scheduler:
         step_delay: float = 0.0,
         embedding_batch_size: int = 32,
         max_embedding_texts: int = 256,
+        prefix_cache: Any = None,
     ) -> None:
         if max_batch_size < 1 or max_queue_size < 0:
             raise PaddleQwen2Error(
@@ -121,6 +122,8 @@ class Scheduler:
         self.step_delay = step_delay
         self.embedding_batch_size = embedding_batch_size
         self.max_embedding_texts = max_embedding_texts
+        self.prefix_cache = prefix_cache  # an inference.PrefixCache, or None
+        self._prefix_counted = (0, 0, 0)  # the cache's queries, hits and hit tokens already in the metrics
         self._cond = threading.Condition()
         self._waiting: deque[GenerationRequest] = deque()
         self._embeddings: deque[EmbeddingJob] = deque()
@@ -283,8 +286,12 @@ class Scheduler:
         """Prefill `new` together, sample each one's first token, and join the unfinished ones to the batch."""
         from ..inference import Batch
 
+        prompts = [r.sequence.prompt_ids for r in new]
         try:
-            logits, batch = self.llm.prefill([r.sequence.prompt_ids for r in new])
+            if self.prefix_cache is None:
+                logits, batch = self.llm.prefill(prompts)
+            else:
+                logits, batch = self.llm.prefill(prompts, prefix_cache=self.prefix_cache)
         except Exception as exc:  # a bad request must not take the others down: retry them one by one
             if len(new) > 1:
                 for request in new:
@@ -293,6 +300,7 @@ class Scheduler:
             logger.error("prefill failed: %s\n%s", exc, traceback.format_exc())
             self._fail(new[0], f"prefill failed: {type(exc).__name__}: {exc}")
             return
+        self._count_prefix_cache()
         now = time.perf_counter()
         for row, request in enumerate(new):
             self.metrics.time_to_first_token.observe(now - request.arrival)
@@ -350,9 +358,36 @@ class Scheduler:
         """Keep only these rows of the running set (and of the batch)."""
         if len(keep) == len(self._running):
             return
+        if self.prefix_cache is not None:
+            self._cache_leaving(set(range(len(self._running))) - set(keep))
         self._running = [self._running[row] for row in keep]
         self._batch = self._batch.select(keep) if keep else None
         self._publish_counts()
+
+    def _cache_leaving(self, rows: set[int]) -> None:
+        """Put the whole sequence (prompt and answer) of each leaving row into the prefix cache: the next turn of
+        its chat starts with it. A failure here costs only cache hits."""
+        try:
+            for row in sorted(rows):
+                sequence = self._running[row].sequence
+                self.prefix_cache.insert(sequence.prompt_ids + sequence.token_ids, self._batch, row)
+        except Exception as exc:
+            logger.warning("prefix cache insert failed: %s: %s", type(exc).__name__, exc)
+        self._count_prefix_cache()
+
+    def _count_prefix_cache(self) -> None:
+        """Bring the prefix-cache metrics up to the cache's own counters."""
+        if self.prefix_cache is None:
+            return
+        stats = self.prefix_cache.stats
+        now = (stats.queries, stats.hits, stats.hit_tokens)
+        metrics = self.metrics
+        counters = (metrics.prefix_cache_queries, metrics.prefix_cache_hits, metrics.prefix_cache_hit_tokens)
+        for counter, before, after in zip(counters, self._prefix_counted, now):
+            if after > before:
+                counter.inc(after - before)
+        self._prefix_counted = now
+        metrics.prefix_cache_bytes.set(stats.bytes)
 
     def _fail(self, request: GenerationRequest, message: str) -> None:
         self.metrics.finished.labels(reason="error").inc()
