@@ -5,7 +5,7 @@
 
 The decode program returns the logits of the last position of a run only. So the prompt but its last token is
 prefilled once (its last logits score the prompt's last token) and its cache is reused for the other positions:
-row `j` of a follow-up run is token `j` on top of the cache with only columns `< j` unmasked. The mask gives the
+row `j` of a follow-up run is token `j` on top of the cache with only positions `< j` unmasked. The mask gives the
 row's position (`j`) and hides the later keys, so each row is the model at position `j` alone: the logits that
 score token `j + 1`. Rows go in runs of at most `ROW_TOKENS` cached tokens (the cache is repeated per row).
 """
@@ -33,8 +33,8 @@ def prompt_logprobs(llm: Any, prompt_ids: Sequence[int], k: int = 0) -> list[Tok
         return [None] * len(prompt)
     last, batch = llm.prefill([prompt[:-1]])
     scores: list[TokenLogprob | None] = [None]
-    width = len(prompt) - 1  # cached columns (one row, no padding)
-    rows_per_run = max(1, ROW_TOKENS // width)
+    width = len(prompt) - 1  # cached prompt positions
+    rows_per_run = max(1, ROW_TOKENS // batch.mask.shape[1])
     for start in range(0, width - 1, rows_per_run):
         rows = list(range(start, min(start + rows_per_run, width - 1)))
         logits = _run_positions(llm, batch, prompt, rows)
@@ -50,9 +50,10 @@ def _run_positions(llm: Any, batch: Any, prompt: list[int], rows: list[int]) -> 
     from .engine import Batch
 
     width = batch.mask.shape[1]
+    real = np.flatnonzero(batch.mask[0])  # the cache's columns of prompt positions 0, 1, ... (padding skipped)
     mask = np.zeros((len(rows), width + 1), dtype=np.int64)
     for i, j in enumerate(rows):
-        mask[i, :j] = 1
+        mask[i, real[:j]] = 1
     mask[:, width] = 1
     cache = [paddle.tile(t, [len(rows)] + [1] * (len(t.shape) - 1)) for t in batch.cache]
     ids = np.asarray([prompt[j] for j in rows], dtype=np.int64).reshape(-1, 1)
