@@ -49,3 +49,15 @@ def test_short_prompts(chat_checkpoint, reference):
     assert prompt_logprobs(llm, PROMPT[:1]) == [None]
     first, second = prompt_logprobs(llm, PROMPT[:2])
     assert first is None and abs(second.logprob - reference[0, PROMPT[1]]) <= TOL and second.top == ()
+
+
+def test_generate_returns_prompt_logprobs_when_asked(chat_checkpoint, reference):
+    from paddle_qwen2.inference import SamplingParams
+
+    llm = LLM.from_pretrained(chat_checkpoint("mha"), engine="dygraph")
+    asked = SamplingParams(max_new_tokens=2, temperature=0, prompt_logprobs=2)
+    plain, scored = llm.generate([PROMPT, PROMPT], [SamplingParams(max_new_tokens=2, temperature=0), asked])
+    assert plain.prompt_logprobs is None and scored.token_ids == plain.token_ids
+    assert scored.prompt_logprobs[0] is None and len(scored.prompt_logprobs) == len(PROMPT)
+    values = [entry.logprob for entry in scored.prompt_logprobs[1:]]
+    np.testing.assert_allclose(values, reference[np.arange(len(PROMPT) - 1), PROMPT[1:]], atol=TOL)

@@ -33,6 +33,7 @@ import numpy as np
 from ..export import ExportError
 from .errors import EngineError
 from .prefix_cache import DEFAULT_BLOCK_SIZE, PrefixCache
+from .prompt_logprobs import prompt_logprobs
 from .sampling import SamplingParams
 from .sequence import Completion, GenerationSequence
 from .tokenization import ChatTokenizer, TokenizerError
@@ -401,6 +402,11 @@ class LLM:
             ]
         except ValueError as exc:
             raise EngineError(str(exc)) from None
+        scores = {
+            i: prompt_logprobs(self, s.prompt_ids, s.params.prompt_logprobs)
+            for i, s in enumerate(sequences)
+            if s.params.prompt_logprobs is not None
+        }
         logits, batch = self.prefill([s.prompt_ids for s in sequences], prefix_cache)
         running = list(range(len(sequences)))
         while running:
@@ -424,7 +430,10 @@ class LLM:
                 batch = batch.select(keep)
                 tokens = [tokens[row] for row in keep]
             logits = self.decode(batch, tokens)
-        return [s.completion() for s in sequences]
+        completions = [s.completion() for s in sequences]
+        for i, entries in scores.items():
+            completions[i].prompt_logprobs = entries
+        return completions
 
 
 def _context_limit(config: dict) -> int:

@@ -29,7 +29,8 @@ __all__ = ["Completion", "GenerationSequence"]
 class Completion:
     """A finished generation: the generated ids (a stop token included, as transformers and vLLM count it), the
     text (stop token and stop string excluded), why it ended, and the prompt's length; `logprobs` one
-    `TokenLogprob` per generated id when they were asked for."""
+    `TokenLogprob` per generated id when they were asked for; `prompt_logprobs` one per prompt token (None for the
+    first) when `SamplingParams.prompt_logprobs` asked for them."""
 
     token_ids: list[int]
     text: str
@@ -38,6 +39,7 @@ class Completion:
     stop_reason: int | str | None = None
     extra: dict = field(default_factory=dict)
     logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
     def completion_tokens(self) -> int:
