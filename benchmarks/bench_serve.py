@@ -20,6 +20,17 @@ server's RSS after a warm-up (the first 10% of the time) and at the end: a leak 
     python benchmarks/bench_serve.py                          # small config, levels 1 4 8 16 (~5 min on 2 cores)
     python benchmarks/bench_serve.py --soak-seconds 300       # plus a 5-minute soak
     python benchmarks/bench_serve.py --quick                  # smoke run: tiny config, levels 1 and 4 (~30 s)
+
+`--workload prefix` measures automatic prefix caching instead (results in benchmarks/results/prefix.json): on a
+random-weight checkpoint of configs/qwen2.5-0.5b.json (real size; served with the default prefix cache), each
+repetition makes a new ~1,500-token system prompt from the bundled corpus and sends two requests with it and
+different user questions, one after the other: the first (cold: nothing of it cached) and the second (warm: its
+system prompt was seen). Each is a one-token completion, so its latency is its time to first token (prefill and
+one sampled token, over HTTP). After an untimed warm-up pair, `--repeats` (3) repetitions; reported: the median
+cold and warm times, their ratio (target <= 0.3x) and the server's prefix-cache metrics.
+
+    python benchmarks/bench_serve.py --workload prefix              # qwen2.5-0.5b, 1,500-token prompts (~5 min)
+    python benchmarks/bench_serve.py --workload prefix --quick      # tiny config, 300-token prompts
 """
 
 from __future__ import annotations
@@ -42,6 +53,8 @@ from model_configs import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "serve.json"
+PREFIX_RESULTS = ROOT / "benchmarks" / "results" / "prefix.json"
+PREFIX_TARGET = 0.3  # warm time to first token over cold, at most
 TOKENIZER_VOCAB = 4096  # the bundled tokenizer's ids (ChatML specials 4000-4002)
 GENERATION_CONFIG = {"eos_token_id": [4000, 4002], "pad_token_id": 4000, "do_sample": False}
 TARGET = 4.0  # 8 clients' aggregate tokens/s over 1 client's, at least
@@ -270,7 +283,9 @@ def soak(server: Server, prompts: list[str], max_tokens: int, seconds: float, ma
 
 # ------------------------------------------------------------------------------------------------------ report
 def table(result: dict) -> str:
-    """The README table of a result (benchmarks/results/serve.json)."""
+    """The docs table of a result (benchmarks/results/serve.json or prefix.json)."""
+    if result.get("workload") == "prefix":
+        return prefix_table(result)
     rows = [
         f"`paddle-qwen2 serve`, config `{result['config']}`, engine {result['engine']}, {result['max_tokens']} new "
         f"tokens per request, {result['machine']['cores']} cores, {result['date']}",
@@ -298,17 +313,48 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
+def prefix_table(result: dict) -> str:
+    """The table of a `--workload prefix` result."""
+    rows = [
+        f"`paddle-qwen2 serve` with the prefix cache, config `{result['config']}`, engine {result['engine']}, "
+        f"system prompt of ~{result['system_tokens']} tokens, {result['repeats']} repetitions, "
+        f"{result['machine']['cores']} cores, {result['date']}",
+        "",
+        "| request | time to first token, median | runs | prompt tokens | tokens from the cache, median |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for kind, what in (("cold", "cold (new system prompt)"), ("warm", "warm (system prompt seen)")):
+        times = result[f"{kind}_seconds"]
+        rows.append(
+            f"| {what} | {statistics.median(times) * 1000:.0f} ms | {', '.join(f'{t * 1000:.0f}' for t in times)} "
+            f"ms | {result['prompt_tokens'][kind]} | {statistics.median(result['hit_tokens'][kind]):.0f} |"
+        )
+    rows.append(f"\nwarm vs cold: **{result['ratio']:.3f}x** time to first token (target <= {result['target']}x)")
+    return "\n".join(rows)
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="small", help="a config in configs/ (default small)")
+    p.add_argument(
+        "--workload",
+        choices=("levels", "prefix"),
+        default="levels",
+        help="levels: 1-16 streaming clients; prefix: a repeated system prompt, cold vs warm (default levels)",
+    )
+    p.add_argument("--config", help="a config in configs/ (default small; qwen2.5-0.5b for --workload prefix)")
+    p.add_argument(
+        "--system-tokens", type=int, default=1500, help="--workload prefix: system prompt tokens (default 1500)"
+    )
     p.add_argument("--engine", default="inference", choices=("inference", "dygraph"))
     p.add_argument("--clients", default="1,4,8,16", help="concurrency levels (default 1,4,8,16)")
     p.add_argument("--requests", type=int, default=4, help="requests per client per level (default 4)")
-    p.add_argument("--repeats", type=int, default=5, help="passes over the levels, order rotated (default 5)")
+    p.add_argument(
+        "--repeats", type=int, help="passes over the levels, order rotated (default 5); prefix repetitions (3)"
+    )
     p.add_argument("--max-tokens", type=int, default=128, help="new tokens per request (default 128)")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--soak-seconds", type=float, default=0.0, help="then a soak of this many seconds (default none)")
@@ -322,20 +368,120 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", help=f"results JSON (default {RESULTS.relative_to(ROOT)})")
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "paddle_qwen2_bench_serve"))
     args = p.parse_args(argv)
-    if args.quick:
+    prefix = args.workload == "prefix"
+    args.config = args.config or ("qwen2.5-0.5b" if prefix else "small")
+    args.repeats = args.repeats or (3 if prefix else 5)
+    if args.quick and prefix:
+        args.config, args.system_tokens, args.repeats = "tiny", 300, 2
+    elif args.quick:
         args.config, args.clients, args.requests, args.max_tokens, args.repeats = "tiny", "1,4", 2, 16, 1
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    levels = [int(c) for c in args.clients.split(",")]
+def checkpoint_folder(args: argparse.Namespace) -> Path:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     folder = workdir / f"ckpt-{args.config}"
-    if not (folder / "model.safetensors").is_file():
+    if not (folder / "model.safetensors").is_file() and not (folder / "model.safetensors.index.json").is_file():
         print(f"writing the {args.config} checkpoint ...", flush=True)
         write_checkpoint(folder, args.config)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------- prefix workload
+def system_prompts(folder: Path, count: int, tokens: int) -> list[str]:
+    """`count` system prompts of the bundled corpus, each cut to `tokens` tokens of the checkpoint's tokenizer
+    (different starts, so no two share a first block)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    prompts = []
+    for text in corpus_spans(count, lambda rng: tokens * 8, seed=1):
+        encoding = tokenizer.encode(text, add_special_tokens=False)
+        end = encoding.offsets[min(tokens, len(encoding.ids)) - 1][1]
+        prompts.append(f"{text[:end]}\n\n")
+    return prompts
+
+
+def one_token(url: str, prompt: str) -> tuple[float, int]:
+    """A one-token completion of `prompt`: its latency (seconds) and prompt token count."""
+    import httpx
+
+    body = {"model": "bench", "prompt": prompt, "max_tokens": 1, "temperature": 0, "ignore_eos": True}
+    start = time.perf_counter()
+    response = httpx.post(url + "/v1/completions", json=body, timeout=600)
+    elapsed = time.perf_counter() - start
+    if response.status_code != 200:
+        raise SystemExit(f"HTTP {response.status_code}: {response.text[:500]}")
+    return elapsed, response.json()["usage"]["prompt_tokens"]
+
+
+def prefix_metrics(url: str) -> dict[str, float]:
+    import httpx
+
+    values = {}
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith("paddle_qwen2_prefix_cache_"):
+            name, value = line.rsplit(" ", 1)
+            values[name.removeprefix("paddle_qwen2_prefix_cache_")] = float(value)
+    return values
+
+
+def run_prefix(args: argparse.Namespace) -> dict:
+    """Cold and warm time to first token of requests sharing a system prompt (see the module docstring)."""
+    folder = checkpoint_folder(args)
+    systems = system_prompts(folder, args.repeats + 1, args.system_tokens)
+    questions = ["Question: what is this text about?\nAnswer:", "Question: who wrote it, and when?\nAnswer:"]
+    server = Server(folder, Path(args.workdir), args.engine, args.max_batch_size)
+    print(f"server up at {server.url} (RSS {server.rss_mb():.0f} MB)", flush=True)
+    times: dict[str, list[float]] = {"cold": [], "warm": []}
+    hits: dict[str, list[float]] = {"cold": [], "warm": []}
+    tokens = {}
+    try:
+        for i, system in enumerate(systems):  # the first pair is the untimed warm-up
+            line = []
+            for kind, question in zip(("cold", "warm"), questions):
+                before = prefix_metrics(server.url).get("hit_tokens_total", 0)
+                seconds, tokens[kind] = one_token(server.url, system + question)
+                hit = prefix_metrics(server.url).get("hit_tokens_total", 0) - before
+                line.append(f"{kind} {seconds * 1000:.0f} ms ({hit:.0f} tokens from the cache)")
+                if i:
+                    times[kind].append(seconds)
+                    hits[kind].append(hit)
+            print(f"  {'warm-up' if i == 0 else f'run {i}'}: {', '.join(line)}", flush=True)
+        metrics = prefix_metrics(server.url)
+    finally:
+        exit_code = server.stop()
+    ratio = statistics.median(times["warm"]) / statistics.median(times["cold"])
+    result = {
+        "workload": "prefix",
+        "config": args.config,
+        "engine": args.engine,
+        "system_tokens": args.system_tokens,
+        "repeats": args.repeats,
+        "prompt_tokens": tokens,
+        "cold_seconds": times["cold"],
+        "warm_seconds": times["warm"],
+        "hit_tokens": hits,
+        "ratio": ratio,
+        "target": PREFIX_TARGET,
+        "prefix_cache_metrics": metrics,
+        "server_exit_code": exit_code,
+    }
+    out = Path(args.out) if args.out else (Path(args.workdir) / "prefix_quick.json" if args.quick else PREFIX_RESULTS)
+    result = write_results(out, result)
+    print("\n" + table(result) + f"\n\nserver exit code {exit_code}; results: {out}")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.workload == "prefix":
+        return run_prefix(args)
+    levels = [int(c) for c in args.clients.split(",")]
+    workdir = Path(args.workdir)
+    folder = checkpoint_folder(args)
     prompts = make_prompts(64)
     server = Server(folder, workdir, args.engine, args.max_batch_size)
     print(f"server up at {server.url} (RSS {server.rss_mb():.0f} MB)", flush=True)

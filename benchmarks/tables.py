@@ -27,6 +27,7 @@ KINDS = {
     "embed": ("Embeddings", "bench_embed.py"),
     "inference": ("Inference engine", "bench_inference.py"),
     "serve": ("Serving", "bench_serve.py"),
+    "prefix": ("Prefix caching", "bench_serve.py"),
 }
 UNITS = {"decode_16+64": ("tokens/s", True), "embed_32x64": ("sentences/s", True)}
 

@@ -14,6 +14,10 @@ are prefilled together (up to the free slots of `max_batch_size`), sample their 
 (`Batch.select`). Rows are left-padded with their own position ids, so a greedy answer is the same alone or in a
 batch. The engine is not thread-safe: only this thread touches it (the embedding model too).
 
+With a `prefix_cache` (an `inference.PrefixCache`; `serve` makes one unless `--no-prefix-cache`), prompts are
+prefilled from their cached prefixes, their full blocks go into the cache after the prefill, and a row's whole
+sequence (prompt and answer) when it leaves the batch; the metrics follow the cache's counters.
+
 Events go back through each request's `emit` callback, called on this thread (the server hands them to its event
 loop with `call_soon_threadsafe`).
 """
