@@ -25,6 +25,7 @@ transformers = pytest.importorskip("transformers")
 from paddle_qwen2.inference import SamplingParams  # noqa: E402
 from paddle_qwen2.inference.guided import GuidedDecodingError, GuidedSpec, GuidedState  # noqa: E402
 from paddle_qwen2.inference.sequence import GenerationSequence  # noqa: E402
+from paddle_qwen2.inference.tokenization import ChatTokenizer  # noqa: E402
 
 SEEDS = range(10)
 
@@ -131,7 +132,7 @@ def test_json_object_answers_are_objects_even_against_the_bias(llm, prompt):
     """The sampler is pushed toward quotes and braces (logit_bias, applied after the mask): the answers end quickly
     and still parse as JSON objects."""
     vocab = llm.tokenizer.backend.get_vocab()
-    bias = {i: 6.0 for text, i in vocab.items() if '"' in text or "}" in text}
+    bias = {i: 15.0 for text, i in vocab.items() if '"' in text or "}" in text}
     outs = _generate(llm, prompt, GuidedSpec.json_object(), logit_bias=bias)
     for out in outs:
         _assert_stopped(out)
@@ -179,8 +180,6 @@ def test_tool_tags_are_the_tokenizers_own_tokens(llm):
     """With `<tool_call>` / `</tool_call>` added tokens (as Qwen2.5's tokenizer has them) the tags are those single
     tokens, never spelled out in pieces."""
     from tokenizers import AddedToken
-
-    from paddle_qwen2.inference.tokenization import ChatTokenizer
 
     base = llm.tokenizer
     backend = type(base.backend).from_str(base.backend.to_str())
@@ -267,6 +266,13 @@ def test_logprobs_stay_the_raw_logits_and_limits_still_apply(llm):
     assert allowed.size > 0 and allowed.max() < len(llm.tokenizer.backend.get_vocab())  # padded rows are masked
     wrong.append(next(t for t in range(4096) if masked[t] == -np.inf))
     assert wrong.finish_reason == "error" and wrong.stop_reason
+
+    base = llm.tokenizer
+    no_eos = ChatTokenizer(base.backend, base.config, base.chat_template, [])
+    ended = GenerationSequence([1, 2], SamplingParams(seed=0, guided=spec), no_eos, 100)
+    assert ended.guided.compiled is None  # nothing is compiled until the first step (the HTTP process never steps)
+    ended.append(ended.choose(rng.normal(size=4096).astype(np.float32)))
+    assert ended.finish_reason == "error" and "no eos token" in ended.stop_reason
 
 
 def test_spec_is_small_and_picklable():

@@ -192,9 +192,11 @@ class _Compiled:
         eos = list(tokenizer.eos_token_ids)
         if not eos:
             raise GuidedDecodingError("guided", "the tokenizer has no eos token: a guided answer could not end")
-        self.tokenizer = llg.LLTokenizer(tokenizer.backend.to_str(), eos_token=eos)
+        try:
+            self.tokenizer = llg.LLTokenizer(tokenizer.backend.to_str(), eos_token=eos)
+        except Exception as exc:  # the Rust library raises its own exception types
+            raise GuidedDecodingError("guided", f"the grammar engine cannot use this tokenizer: {exc}") from None
         self.vocab_size = int(self.tokenizer.vocab_size)
-        self.eos = np.asarray(eos, dtype=np.int64)
         self.tag_rules = _tag_rules(all(self._is_special(tag) for tag in (TOOL_OPEN, TOOL_CLOSE)))
         self.matchers: OrderedDict[str, Any] = OrderedDict()
         self.lock = threading.Lock()
@@ -233,38 +235,52 @@ def _compiled(tokenizer) -> _Compiled:
 
 # ------------------------------------------------------------------------------------------ per sequence
 class GuidedState:
-    """The grammar state of one sequence. `error` is set (and only eos is allowed from then on) if the engine
-    fails mid-answer (a resource limit); the sequence then ends with finish reason "error"."""
+    """The grammar state of one sequence, compiled on first use (so a sequence built only to be sent elsewhere, as
+    the server's HTTP process does, costs nothing; the first use per tokenizer builds llguidance's view of its
+    vocabulary). `error` is set if the engine cannot go on (a tokenizer it cannot use, a resource limit): `mask`
+    then leaves the logits alone and the sequence ends at once with finish reason "error"."""
 
     def __init__(self, spec: GuidedSpec, tokenizer) -> None:
         self.spec = spec
-        self.compiled = _compiled(tokenizer)
-        self.matcher = self.compiled.matcher(spec)
+        self.tokenizer = tokenizer
+        self.compiled: _Compiled | None = None
+        self._matcher = None
         self.error: str | None = None
+
+    def _get_matcher(self):
+        """The matcher (built on first call); None once `error` is set."""
+        if self._matcher is None and self.error is None:
+            try:
+                self.compiled = _compiled(self.tokenizer)
+                self._matcher = self.compiled.matcher(self.spec)
+            except GuidedDecodingError as exc:
+                self.error = str(exc)
+        if self._matcher is not None and self.error is None and self._matcher.is_error():
+            self.error = self._matcher.get_error()
+        return None if self.error is not None else self._matcher
 
     @property
     def complete(self) -> bool:
         """True when the grammar accepts no more text (only eos is allowed next)."""
-        return self.matcher.is_stopped()
+        matcher = self._get_matcher()
+        return matcher is not None and matcher.is_stopped()
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
         """A float32 copy of one row of logits `[vocab]` with -inf at every token the grammar does not allow next
-        (ids from the tokenizer's vocabulary size on included)."""
+        (ids from the tokenizer's vocabulary size on included); the logits unmasked once `error` is set."""
         row = np.asarray(logits, dtype=np.float32)
-        out = np.full(row.shape, -np.inf, dtype=np.float32)
-        if self.error is None and self.matcher.is_error():
-            self.error = self.matcher.get_error()
-        if self.error is not None:
-            eos = self.compiled.eos[self.compiled.eos < row.size]
-            out[eos] = row[eos]
-            return out
+        matcher = self._get_matcher()
+        bits = None if matcher is None else np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
+        if bits is None or self._get_matcher() is None:
+            return row.copy()
         n = min(row.size, self.compiled.vocab_size)
-        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
         allowed = np.unpackbits(bits, count=n, bitorder="little").view(bool)
+        out = np.full(row.shape, -np.inf, dtype=np.float32)
         np.copyto(out[:n], row[:n], where=allowed)
         return out
 
     def advance(self, token: int) -> None:
-        """Consume the chosen token (it was allowed by `mask`)."""
-        if self.error is None and not self.matcher.consume_token(int(token)):
-            self.error = self.matcher.get_error() or f"token {int(token)} is not allowed here"
+        """Consume the chosen token (it was allowed by `mask`); sets `error` if it was not."""
+        matcher = self._get_matcher()
+        if matcher is not None and not matcher.consume_token(int(token)):
+            self.error = matcher.get_error() or f"token {int(token)} is not allowed here"

@@ -6,8 +6,9 @@ the sequence finishes with `finish_reason` "stop" (a stop token or stop string) 
 the context is full). With `params.logprobs` set, `choose` also records each chosen token's `TokenLogprob` (the
 raw logits' log-softmax) in `logprobs`; otherwise nothing is computed and `logprobs` is None. With `params.guided`
 set, `choose` samples from the logits masked by the sequence's `guided.GuidedState` (the logprobs are still the raw
-logits'), `append` advances it, and the eos ids always stop the sequence; should the grammar engine fail mid-answer
-the sequence ends with finish reason "error" and the engine's message as `stop_reason`.
+logits'), `append` advances it, and the eos ids always stop the sequence; should the grammar engine fail (a
+tokenizer it cannot use, a resource limit) the sequence ends with finish reason "error" and the engine's message as
+`stop_reason`.
 """
 
 from __future__ import annotations
