@@ -154,6 +154,7 @@ def _assert_valid_call(call: dict) -> None:
     jsonschema.validate(call["arguments"], parameters)
 
 
+@pytest.mark.paddle26
 def test_required_tool_calls_are_hermes_blocks_of_the_tools(llm, prompt):
     outs = _generate(llm, prompt, GuidedSpec.tool_calls(TOOLS))
     counts = []
@@ -199,6 +200,7 @@ def test_tool_tags_are_the_tokenizers_own_tokens(llm):
         assert "<" not in backend.decode([t for t in sequence.token_ids if t not in (open_id, close_id)])
 
 
+@pytest.mark.paddle26
 def test_greedy_guided_answer_is_the_masked_argmax_of_transformers_logits(llm, hf_model, prompt):
     spec = GuidedSpec.json_schema(SCHEMAS["nested_object_and_array"])
     [out] = llm.generate([prompt], [SamplingParams(temperature=0, guided=spec)])
