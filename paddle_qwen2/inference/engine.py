@@ -254,6 +254,9 @@ class LLM:
         self._cache_layout = tuple(step.cache_layout)
         self._layers = int(config["num_hidden_layers"])
         self._cache_dtype = cache_dtype
+        # a prefill from a cached prefix leaves padding columns between the prefix and the rest of a row, and a
+        # sliding window counts columns: models with one prefill without the cache
+        self.prefix_caching = not _sliding_window(config)
 
     # ------------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -327,10 +330,12 @@ class LLM:
         from it and only the rest of the prompt is run: the cached prefixes are left-padded to the longest one and
         the rest of each prompt, left-padded too, follows (a row's mask is `0.. 1 (cached) 0.. 1 (computed)`;
         position ids count its real tokens, so the logits are those of the whole prompt). Afterwards the full
-        blocks of every prompt are inserted into the cache."""
+        blocks of every prompt are inserted into the cache. (Not for models with sliding-window attention
+        (`prefix_caching` False): they ignore `prefix_cache`.)"""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise EngineError("prefill needs at least one prompt, each with at least one token")
         self._check_ids(prompts)
+        prefix_cache = prefix_cache if self.prefix_caching else None
         hits = [prefix_cache.lookup(p) for p in prompts] if prefix_cache is not None else []
         cached = [n for n, _ in hits]
         if not any(cached):
@@ -407,6 +412,7 @@ class LLM:
             for i, s in enumerate(sequences)
             if s.params.prompt_logprobs is not None
         }
+        prefix_cache = prefix_cache if self.prefix_caching else None
         logits, batch = self.prefill([s.prompt_ids for s in sequences], prefix_cache)
         running = list(range(len(sequences)))
         while running:
@@ -446,6 +452,15 @@ def _context_limit(config: dict) -> int:
     if scaling.get("original_max_position_embeddings") and factor:
         return int(scaling["original_max_position_embeddings"] * factor)
     return int(limit * (factor or 1))
+
+
+def _sliding_window(config: dict) -> bool:
+    """Whether any layer attends within a sliding window (transformers' `layer_types`, or `use_sliding_window`)."""
+    if config.get("layer_types"):
+        return "sliding_attention" in config["layer_types"]
+    if not (config.get("use_sliding_window") and config.get("sliding_window")):
+        return False
+    return int(config.get("max_window_layers", 28)) < int(config["num_hidden_layers"])
 
 
 def _check_checkpoint(path: Path) -> None:
