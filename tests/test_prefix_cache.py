@@ -219,3 +219,16 @@ def test_a_sliding_window_model_prefills_without_the_cache(chat_checkpoint):
     assert [llm.generate([prompt], GREEDY, prefix_cache=cache)[0].token_ids for _ in range(2)] == [plain, plain]
     assert cache.stats.queries == 0 and len(cache) == 0
     assert LLM.from_pretrained(chat_checkpoint("gqa"), engine="dygraph").prefix_caching
+
+
+def test_the_options_reach_the_engine_spec():
+    import argparse
+
+    from paddle_qwen2.cli import serve
+
+    def spec(*argv: str):
+        return serve.engine_spec(serve.add_arguments(argparse.ArgumentParser()).parse_args(["--model", "m", *argv]))
+
+    assert spec().prefix_cache_mb == 512
+    assert spec("--prefix-cache-mb", "64").prefix_cache_mb == 64
+    assert spec("--no-prefix-cache").prefix_cache_mb == 0

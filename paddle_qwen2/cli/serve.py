@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .errors import ServeError
 
-__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "engine_spec", "run"]
 
 DEFAULT_PREFIX_CACHE_MB = 512
 HELP = "an OpenAI-compatible HTTP server (continuous batching)"
@@ -171,17 +171,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _load(args: argparse.Namespace):
-    """The engine process (it loads the models) and the server state (no HTTP yet)."""
-    from ..runtime import configure_cpu_threads
-
-    configure_cpu_threads()  # before the engine process starts: it inherits the environment
-    from ..serving import ServerMetrics, ServerState
-    from ..serving.engine_process import EngineProcess, EngineSpec
+def engine_spec(args: argparse.Namespace):
+    """The `serving.engine_process.EngineSpec` of the parsed options (what the engine process loads and runs)."""
+    from ..serving.engine_process import EngineSpec
 
     onednn = {"auto": None, "on": True, "off": False}[args.onednn]
     name = args.served_model_name or (Path(args.model).resolve().name if args.model else None)
-    spec = EngineSpec(
+    return EngineSpec(
         args.model,
         args.engine,
         onednn,
@@ -192,6 +188,17 @@ def _load(args: argparse.Namespace):
         args.debug_step_delay,
         0 if args.no_prefix_cache else args.prefix_cache_mb,
     )
+
+
+def _load(args: argparse.Namespace):
+    """The engine process (it loads the models) and the server state (no HTTP yet)."""
+    from ..runtime import configure_cpu_threads
+
+    configure_cpu_threads()  # before the engine process starts: it inherits the environment
+    from ..serving import ServerMetrics, ServerState
+    from ..serving.engine_process import EngineProcess
+
+    spec = engine_spec(args)
     metrics = ServerMetrics()
     engine = EngineProcess(spec, args.max_queue_size, metrics, max_restarts=args.max_engine_restarts)
     llm, embedder = engine.start()
