@@ -55,8 +55,9 @@ class PrefixCache:
 
     def __init__(self, capacity_bytes: int, block_size: int = DEFAULT_BLOCK_SIZE, past_axis: int = 2) -> None:
         if capacity_bytes < 0 or block_size < 1:
-            raise EngineError(f"PrefixCache: capacity_bytes must be >= 0 and block_size >= 1, got "
-                              f"{capacity_bytes}, {block_size}")  # fmt: skip
+            raise EngineError(
+                f"PrefixCache: capacity_bytes must be >= 0 and block_size >= 1, got {capacity_bytes}, {block_size}"
+            )
         self.capacity_bytes = int(capacity_bytes)
         self.block_size = int(block_size)
         self.past_axis = int(past_axis)
