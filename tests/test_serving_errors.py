@@ -68,7 +68,7 @@ BAD_REQUESTS = [
     ("stop a number", CHAT, chat(stop=3), API_KEY, 400, "stop", "invalid_value", ["string"]),
     ("stop empty", CHAT, chat(stop=[""]), API_KEY, 400, "stop", "invalid_value", ["non-empty"]),
     ("stream a string", CHAT, chat(stream="yes"), API_KEY, 400, "stream", "invalid_value", ["boolean"]),
-    ("unknown field", CHAT, chat(tools=[]), API_KEY, 400, "tools", "invalid_value", ["unknown field"]),
+    ("unknown field", CHAT, chat(functions=[]), API_KEY, 400, "functions", "invalid_value", ["unknown field"]),
     ("top_logprobs 21", CHAT, chat(logprobs=True, top_logprobs=21), API_KEY, 400, "top_logprobs", "invalid_value",
      ["20", "21"]),
     ("top_logprobs negative", CHAT, chat(logprobs=True, top_logprobs=-1), API_KEY, 400, "top_logprobs",

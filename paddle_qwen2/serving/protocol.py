@@ -11,22 +11,34 @@ are vLLM's names for the same settings (`top_k`, `repetition_penalty`, `stop_tok
 Chat takes `logprobs` + `top_logprobs` (0 to `MAX_LOGPROBS`), completions `logprobs` (an int, 0 to `MAX_LOGPROBS`
 as vLLM allows) and `echo`; `echo` with `logprobs` is refused (the engine computes no prompt logprobs).
 
+Chat takes OpenAI's tools: `tools` (function definitions, names as OpenAI allows them, `parameters` a JSON-schema
+object, no name twice), `tool_choice` ("none", "auto", "required" or a named function, only with `tools`),
+`parallel_tool_calls`, assistant messages with `tool_calls` (`arguments` a JSON string as OpenAI clients send it,
+parsed into the object the chat template writes, as vLLM does) and `role: "tool"` messages whose `tool_call_id`
+answers an earlier assistant tool call. `ChatCompletionRequest.template_messages()` / `template_tools()` are what the
+chat template gets (the tools exactly as sent); their checks are 400s naming the field (`tools[1].function.name`,
+`messages[3].tool_call_id`, `messages[2].tool_calls[0].function.arguments`, `tool_choice`).
+
 No `from __future__ import annotations` here: pydantic evaluates the annotations at runtime, and `X | None` would
 need Python 3.10.
 """
 
+import copy
 import json
 import time
 import uuid
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..errors import PaddleQwen2Error
 
 __all__ = [
     "APIError",
     "ChatMessage",
+    "ToolDefinition",
+    "ToolCall",
+    "NamedToolChoice",
     "ChatCompletionRequest",
     "CompletionRequest",
     "EmbeddingRequest",
@@ -94,23 +106,98 @@ class TextPart(BaseModel):
     text: str
 
 
-class ChatMessage(BaseModel):
-    """One message; `content` is a string or a list of text parts (joined). Other fields an SDK echoes back from
-    a response (`refusal`, `tool_calls: null`, ...) are ignored."""
+TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
+
+
+class FunctionDefinition(_Strict):
+    name: str = Field(pattern=TOOL_NAME_PATTERN)
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = None
+    strict: Optional[bool] = None
+
+
+class ToolDefinition(_Strict):
+    """One entry of `tools`: `{"type": "function", "function": {"name", "description"?, "parameters"?}}`."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    """`tool_choice` naming the function to call: `{"type": "function", "function": {"name": ...}}`."""
+
+    type: Literal["function"]
+    function: FunctionName
+
+
+class ToolCallFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: str
+    arguments: Union[str, dict[str, Any]]
+
+
+class ToolCall(BaseModel):
+    """A tool call of an earlier assistant message, as an OpenAI client sends it back (`arguments` a JSON string)."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
-    role: Literal["system", "developer", "user", "assistant"]
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+    def template_dict(self, where: str) -> dict:
+        """The call with its arguments as an object (what chat templates write); 400 naming `where` + the field
+        when they are not a JSON object."""
+        arguments = self.function.arguments
+        param = f"{where}.function.arguments"
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError as exc:
+                message = f"{param}: not valid JSON ({exc}): {arguments[:80]!r}"
+                raise APIError(400, message, param=param, code="invalid_value") from None
+        if not isinstance(arguments, dict):
+            message = f"{param}: expected a JSON object, got {json.dumps(arguments)[:80]}"
+            raise APIError(400, message, param=param, code="invalid_value")
+        return {"id": self.id, "type": "function", "function": {"name": self.function.name, "arguments": arguments}}
+
+
+class ChatMessage(BaseModel):
+    """One message; `content` is a string or a list of text parts (joined). An assistant message may carry
+    `tool_calls` (its content then may be null), a `tool` message answers one by `tool_call_id`. Other fields an
+    SDK echoes back from a response (`refusal`, `audio`, ...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Union[str, list[TextPart], None] = None
     name: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None
+    tool_call_id: Optional[str] = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
         return self.content or ""
 
-    def template_dict(self) -> dict:
-        """The message as the chat template reads it (`developer` is OpenAI's new name for `system`)."""
-        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+    def template_dict(self, index: int = 0) -> dict:
+        """The message as the chat template reads it (`developer` is OpenAI's new name for `system`); tool calls
+        with their arguments as objects (400 naming `messages[index]...` when they are not JSON objects)."""
+        out = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            if self.role != "assistant":
+                param = f"messages[{index}].tool_calls"
+                raise APIError(400, f"{param}: only assistant messages have tool calls", param=param)
+            out["tool_calls"] = [
+                c.template_dict(f"messages[{index}].tool_calls[{j}]") for j, c in enumerate(self.tool_calls)
+            ]
+            if self.content is None:
+                out["content"] = None
+        if self.role == "tool":
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 class _Sampling(_Strict):
@@ -194,6 +281,77 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS)
+    tools: Optional[list[ToolDefinition]] = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: Optional[bool] = None
+    _raw_tools: Optional[list] = PrivateAttr(default=None)
+    _guided: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_raw_tools(cls, data: Any, handler) -> "ChatCompletionRequest":
+        """The tools as sent (key order and all), for the chat template."""
+        request = handler(data)
+        if isinstance(data, dict) and data.get("tools") is not None:
+            request._raw_tools = copy.deepcopy(data["tools"])
+        return request
+
+    def template_tools(self) -> Optional[list[dict]]:
+        """The `tools` as sent (for the chat template's `tools=`), after the checks across them: 400 naming
+        `tools[i].function.name` for a name given twice, `tool_choice` without tools or naming an unknown one."""
+        first: dict[str, int] = {}
+        for i, tool in enumerate(self.tools or []):
+            name, param = tool.function.name, f"tools[{i}].function.name"
+            if name in first:
+                message = f"{param}: {name!r} is also the name of tools[{first[name]}]; names must be unique"
+                raise APIError(400, message, param=param, code="invalid_value")
+            first[name] = i
+        if self.tool_choice is not None and not self.tools:
+            message = "tool_choice: only allowed when tools are given (the request has none)"
+            raise APIError(400, message, param="tool_choice", code="invalid_value")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in first:
+            known = ", ".join(repr(n) for n in first)
+            message = f"tool_choice: no tool named {self.tool_choice.function.name!r} (the tools are {known})"
+            raise APIError(400, message, param="tool_choice", code="invalid_value")
+        return copy.deepcopy(self._raw_tools)
+
+    def template_messages(self) -> list[dict]:
+        """The messages as the chat template reads them; 400 naming the field for tool calls whose arguments are
+        not a JSON object and for a `tool` message whose `tool_call_id` answers no earlier assistant tool call."""
+        out, call_ids = [], set()
+        for i, message in enumerate(self.messages):
+            if message.role == "tool":
+                param = f"messages[{i}].tool_call_id"
+                if message.tool_call_id is None:
+                    raise APIError(400, f"{param}: field required (a tool message answers a tool call)", param=param)
+                if message.tool_call_id not in call_ids:
+                    known = ", ".join(repr(c) for c in sorted(call_ids)) or "none"
+                    message_text = (
+                        f"{param}: {message.tool_call_id!r} is not the id of a tool call of an earlier assistant "
+                        f"message (those are: {known})"
+                    )
+                    raise APIError(400, message_text, param=param, code="invalid_value")
+            out.append(message.template_dict(i))
+            call_ids.update(c.id for c in message.tool_calls or [])
+        return out
+
+    @property
+    def parses_tool_calls(self) -> bool:
+        """Whether the answer's `<tool_call>` blocks become `tool_calls` (tools given, tool_choice not "none")."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def forced_tool(self) -> Optional[str]:
+        """The tool-call constraint: None (none), "" (tool_choice "required": any tools) or the named tool."""
+        if self.tool_choice == "required":
+            return ""
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return None
+
+    def set_guided(self, spec: Any) -> None:
+        """The constrained-decoding spec (`inference.guided.GuidedSpec`) that `sampling_overrides` passes on."""
+        self._guided = spec
 
     @field_validator("top_logprobs")
     @classmethod
@@ -203,10 +361,13 @@ class ChatCompletionRequest(_Sampling):
         return value
 
     def sampling_overrides(self) -> dict:
-        """`_Sampling`'s, plus `logprobs` (how many top tokens) when logprobs are asked for."""
+        """`_Sampling`'s, plus `logprobs` (how many top tokens) when logprobs are asked for and `guided` when a tool
+        call is forced (`set_guided`)."""
         values = super().sampling_overrides()
         if self.logprobs:
             values["logprobs"] = self.top_logprobs or 0
+        if self._guided is not None:
+            values["guided"] = self._guided
         return values
 
     @property
@@ -323,6 +484,8 @@ _TAG_NAMES = {
     "int": "an integer",
     "float": "a number",
     "bool": "a boolean",
+    "literal['none','auto','required']": '"none", "auto", "required"',
+    "NamedToolChoice": '{"type": "function", "function": {"name": ...}}',
 }
 
 

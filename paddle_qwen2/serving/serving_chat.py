@@ -13,6 +13,13 @@ is server-sent events: the chunks of each text piece, each choice's finish chunk
 then `data: [DONE]`. However a stream ends, its sequences are cancelled. With logprobs asked for, each choice (and
 each streamed chunk, for its new tokens) carries them in OpenAI's shape (`logprobs.TokenStrings`); completions'
 `echo` puts the prompt text before each choice's text (as the first chunk when streamed).
+
+Chat with `tools` renders them through the model's chat template (`tools=`, as transformers does); unless
+`tool_choice` is "none", the answer's hermes `<tool_call>` blocks become `message.tool_calls` (`tool_parsers`), the
+content is the text outside them and the finish reason "tool_calls" when there are calls and the answer stopped by
+itself; streamed, each choice's text goes through a `StreamingToolParser` (no part of a block is sent as content;
+each call is a delta with its index, id and name, then its arguments). `tool_choice` "required" or a named function
+constrains decoding to tool-call blocks (`inference.guided.GuidedSpec.tool_calls`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from .logprobs import TokenStrings
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, new_id, now, parse_request, usage
 from .scheduler import GenerationRequest, TokenEvent
 from .state import ServerState
+from .tool_parsers import StreamingToolParser, parse_tool_calls
 
 __all__ = ["chat", "completions"]
 
@@ -41,12 +49,30 @@ async def chat(state: ServerState, http: Request) -> Response:
     """`POST /v1/chat/completions`: the messages through the model's chat template, `n` choices."""
     body = parse_request(await http.body(), ChatCompletionRequest)
     state.check_model(body.model, "generation")
-    messages = [m.template_dict() for m in body.messages]
+    tools = body.template_tools()
+    messages = body.template_messages()
+    _force_tool_calls(body, tools)
     try:
-        prompt = state.llm.tokenizer.encode_chat(messages)
+        tool_kwargs = {} if tools is None else {"tools": tools}
+        prompt = state.llm.tokenizer.encode_chat(messages, **tool_kwargs)
     except Exception as exc:  # ValueError from the checks, jinja2's TemplateError from the template itself
         raise APIError(400, f"messages: {exc}", param="messages", code="invalid_value") from None
     return await _generate(state, http, body, [prompt], "messages", chat=True)
+
+
+def _force_tool_calls(body: ChatCompletionRequest, tools: list[dict] | None) -> None:
+    """For tool_choice "required" or a named function: the guided-decoding spec of hermes tool-call blocks (one
+    or more of any tool, or one of the named tool); 400 naming the field when a tool's parameters cannot be
+    enforced."""
+    name = body.forced_tool
+    if name is None:
+        return
+    from ..inference.guided import GuidedDecodingError, GuidedSpec
+
+    try:
+        body.set_guided(GuidedSpec.tool_calls(tools, name or None, field="tool_choice"))
+    except GuidedDecodingError as exc:
+        raise APIError(400, str(exc), param=exc.param, code="invalid_value") from None
 
 
 async def completions(state: ServerState, http: Request) -> Response:
@@ -76,6 +102,8 @@ async def _generate(state: ServerState, http: Request, body, prompts: list[list[
     state.submit(requests)
     if body.stream:
         maker = _ChunkMaker(chat, state.llm_name, body.include_usage, bool(body.return_token_ids), tokens, echo, scored)
+        if chat and body.parses_tool_calls:
+            maker.parse_tool_calls()
         prompt_tokens = sum(len(p) for p in prompts)
         return _EventStream(_stream(state, requests, events, maker, prompt_tokens), lambda: state.cancel(requests))
     try:
@@ -95,9 +123,23 @@ async def _generate(state: ServerState, http: Request, body, prompts: list[list[
         ],
         "usage": usage(prompt_tokens, completion_tokens),
     }
+    if chat and body.parses_tool_calls:
+        for choice in out["choices"]:
+            _parse_tool_calls(choice)
     if body.return_token_ids:
         out["prompt_token_ids"] = prompts[0] if chat else prompts
     return JSONResponse(out)
+
+
+def _parse_tool_calls(choice: dict) -> None:
+    """A chat choice's message with its tool calls parsed out of the text (content: the text outside them, None
+    when only whitespace is left); finish reason "tool_calls" when there are calls and the answer stopped."""
+    message = choice["message"]
+    message["content"], calls = parse_tool_calls(message["content"])
+    if calls:
+        message["tool_calls"] = calls
+        if choice["finish_reason"] == "stop":
+            choice["finish_reason"] = "tool_calls"
 
 
 def _check_fit(prompt_tokens: int, max_tokens: int | None, context: int, what: str) -> None:
@@ -282,9 +324,15 @@ async def _stream(
                 yield _sse(chunks.echo_chunk(event.index, event.prompt_logprobs))
             ids, logprobs = held.pop(event.index, ([], []))
             ids, logprobs = ids + event.token_ids, logprobs + (event.logprobs or [])
-            if event.text or event.finish_reason is not None:
-                yield _sse(chunks.piece(event.index, event.text, ids, event.finish_reason, logprobs))
+            if chunks.tool_parsers is not None:
+                pieces = chunks.tool_pieces(event.index, event.text, ids, event.finish_reason, logprobs)
+            elif event.text or event.finish_reason is not None:
+                pieces = [chunks.piece(event.index, event.text, ids, event.finish_reason, logprobs)]
             else:
+                pieces = []
+            for piece in pieces:
+                yield _sse(piece)
+            if not pieces:
                 held[event.index] = (ids, logprobs)
             if event.finish_reason is not None:
                 pending -= 1
@@ -334,6 +382,11 @@ class _ChunkMaker:
         self.model = model
         self.include_usage = include_usage
         self.return_token_ids = return_token_ids
+        self.tool_parsers: dict[int, StreamingToolParser] | None = None  # chat with tool calls parsed: per choice
+
+    def parse_tool_calls(self) -> None:
+        """Send each chat choice's text through a `StreamingToolParser` (`tool_pieces`)."""
+        self.tool_parsers = {}
 
     def _chunk(self, choices: list[dict]) -> dict:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
@@ -372,6 +425,28 @@ class _ChunkMaker:
         choice = self._choice(index, {"text": self.echo[index]}, [], None)
         choice["logprobs"] = self.tokens.prompt(self.scored[index], prompt_logprobs)
         return self._chunk([choice])
+
+    def tool_pieces(
+        self, index: int, text: str, token_ids: list[int], finish_reason: str | None, logprobs: list | None = None
+    ) -> list[dict]:
+        """The chunks that a text piece of chat choice `index` decides through its tool parser: content and tool
+        call deltas (the tokens and their logprobs ride on the first), and with `finish_reason` whatever the parser
+        held back and the finish chunk ("tool_calls" when the answer stopped after calls). Empty while undecided."""
+        parser = self.tool_parsers.setdefault(index, StreamingToolParser())
+        deltas = parser.feed(text)
+        if finish_reason is not None:
+            deltas += parser.finish()
+            if finish_reason == "stop" and parser.calls:
+                finish_reason = "tool_calls"
+            deltas.append({})
+        out = []
+        for k, delta in enumerate(deltas):
+            last = finish_reason if k == len(deltas) - 1 else None
+            choice = self._choice(index, {"delta": delta}, token_ids if k == 0 else None, last)
+            if self.tokens is not None and k == 0:
+                choice["logprobs"] = self._logprobs(index, logprobs or [])
+            out.append(self._chunk([choice]))
+        return out
 
     def _logprobs(self, index: int, logprobs: list) -> dict:
         if self.chat:
