@@ -1,13 +1,15 @@
 """Chat templates with tools: `ChatTokenizer.encode_chat(messages, tools=...)` gives the ids of transformers'
 `AutoTokenizer.apply_chat_template(messages, tools=..., add_generation_prompt=True)` on Qwen2.5-Instruct's template
 (tool definitions, assistant `tool_calls` with argument objects, content None or absent, one and several tool
-results), and `check_conversation` accepts those messages and names what is wrong in others."""
+results), as does the PaddleNLP-layout `Qwen2Tokenizer.apply_chat_template(..., tools=...)`; `check_conversation`
+accepts those messages and names what is wrong in others."""
 
 from __future__ import annotations
 
 import pytest
 from tool_template import TOOL_TOKENS, write_tool_tokenizer
 
+from paddle_qwen2 import Qwen2Tokenizer
 from paddle_qwen2.chat_template import check_conversation
 from paddle_qwen2.inference.tokenization import ChatTokenizer
 
@@ -73,17 +75,19 @@ def tokenizers(tmp_path_factory):
     import transformers
 
     folder = write_tool_tokenizer(tmp_path_factory.mktemp("tool-tokenizer"))
-    return ChatTokenizer.from_folder(folder), transformers.AutoTokenizer.from_pretrained(folder)
+    hf = transformers.AutoTokenizer.from_pretrained(folder)
+    return ChatTokenizer.from_folder(folder), hf, Qwen2Tokenizer.from_pretrained(str(folder))
 
 
 @pytest.mark.parametrize("name", CONVERSATIONS)
 def test_prompt_ids_equal_transformers(tokenizers, name):
-    ours, hf = tokenizers
+    ours, hf, paddlenlp_layout = tokenizers
     messages, tools = CONVERSATIONS[name]
     text = hf.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
     expected = hf.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
     assert ours.apply_chat_template(messages, tools=tools) == text
     assert ours.encode_chat(messages, tools=tools) == list(expected)
+    assert paddlenlp_layout.apply_chat_template(messages, tools=tools, add_generation_prompt=True) == list(expected)
     if tools:
         assert "# Tools" in text and '"name": "get_weather"' in text and "天气" in text
     if any(m.get("tool_calls") for m in messages):
@@ -93,7 +97,7 @@ def test_prompt_ids_equal_transformers(tokenizers, name):
 
 
 def test_tool_tags_decode_as_text(tokenizers):
-    ours, _ = tokenizers
+    ours = tokenizers[0]
     ids = ours.encode('<tool_call>\n{"name": "f"}\n</tool_call>')
     assert ids[0] == 4003 and ids[-1] == 4004
     assert ours.decode(ids) == '<tool_call>\n{"name": "f"}\n</tool_call>'  # not special: kept by decode
