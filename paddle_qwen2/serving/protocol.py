@@ -284,6 +284,7 @@ class ChatCompletionRequest(_Sampling):
     tools: Optional[list[ToolDefinition]] = None
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
     parallel_tool_calls: Optional[bool] = None
+    response_format: Optional[dict[str, Any]] = None  # checked by structured.response_format_spec (400 naming fields)
     _raw_tools: Optional[list] = PrivateAttr(default=None)
     _guided: Any = PrivateAttr(default=None)
 
@@ -362,7 +363,7 @@ class ChatCompletionRequest(_Sampling):
 
     def sampling_overrides(self) -> dict:
         """`_Sampling`'s, plus `logprobs` (how many top tokens) when logprobs are asked for and `guided` when a tool
-        call is forced (`set_guided`)."""
+        call is forced or a JSON `response_format` is given (`set_guided`)."""
         values = super().sampling_overrides()
         if self.logprobs:
             values["logprobs"] = self.top_logprobs or 0

@@ -19,7 +19,8 @@ Chat with `tools` renders them through the model's chat template (`tools=`, as t
 content is the text outside them and the finish reason "tool_calls" when there are calls and the answer stopped by
 itself; streamed, each choice's text goes through a `StreamingToolParser` (no part of a block is sent as content;
 each call is a delta with its index, id and name, then its arguments). `tool_choice` "required" or a named function
-constrains decoding to tool-call blocks (`inference.guided.GuidedSpec.tool_calls`).
+constrains decoding to tool-call blocks (`inference.guided.GuidedSpec.tool_calls`), a JSON `response_format` to
+JSON (`structured.response_format_spec`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .logprobs import TokenStrings
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, new_id, now, parse_request, usage
 from .scheduler import GenerationRequest, TokenEvent
 from .state import ServerState
+from .structured import response_format_spec
 from .tool_parsers import StreamingToolParser, parse_tool_calls
 
 __all__ = ["chat", "completions"]
@@ -52,6 +54,9 @@ async def chat(state: ServerState, http: Request) -> Response:
     tools = body.template_tools()
     messages = body.template_messages()
     _force_tool_calls(body, tools)
+    response_format = response_format_spec(body)  # 400 for a bad response_format, before anything is queued
+    if response_format is not None:
+        body.set_guided(response_format)
     try:
         tool_kwargs = {} if tools is None else {"tools": tools}
         prompt = state.llm.tokenizer.encode_chat(messages, **tool_kwargs)
