@@ -168,6 +168,16 @@ def test_required_tool_calls_are_hermes_blocks_of_the_tools(llm, prompt):
     assert len({c["name"] for out in outs for c in _calls(out.text)}) > 1  # any tool may be called
 
 
+def test_required_without_parallel_calls_is_one_block(llm, prompt):
+    seeds = range(12, 16)  # seeds whose answers hold two calls when several are allowed
+    parallel = [out.text.count("<tool_call>") for out in _generate(llm, prompt, GuidedSpec.tool_calls(TOOLS), seeds)]
+    assert max(parallel) >= 2
+    for out in _generate(llm, prompt, GuidedSpec.tool_calls(TOOLS, parallel=False), seeds):
+        _assert_stopped(out)
+        [call] = _calls(out.text)
+        _assert_valid_call(call)
+
+
 @pytest.mark.parametrize("name", ["get_weather", "now", "search"])
 def test_a_named_tool_is_called_exactly_once(llm, prompt, name):
     for out in _generate(llm, prompt, GuidedSpec.tool_calls(TOOLS, name), range(4)):

@@ -84,10 +84,13 @@ class GuidedSpec:
         return cls("json_schema", "start: " + _json_rule(schema), field)
 
     @classmethod
-    def tool_calls(cls, tools: list[dict], name: str | None = None, field: str = "tool_choice") -> GuidedSpec:
-        """One or more hermes tool-call blocks (`name` None: OpenAI's tool_choice "required"), or exactly one
-        calling the tool `name`. `tools` are OpenAI tool definitions (`{"type": "function", "function": {...}}`)
-        or bare function dicts (`{"name", "parameters"?}`); a function without parameters takes `{}`."""
+    def tool_calls(
+        cls, tools: list[dict], name: str | None = None, field: str = "tool_choice", parallel: bool = True
+    ) -> GuidedSpec:
+        """One or more hermes tool-call blocks (`name` None: OpenAI's tool_choice "required"; exactly one with
+        `parallel` False, OpenAI's `parallel_tool_calls: false`), or exactly one calling the tool `name`. `tools` are
+        OpenAI tool definitions (`{"type": "function", "function": {...}}`) or bare function dicts (`{"name",
+        "parameters"?}`); a function without parameters takes `{}`."""
         functions = _functions(tools, field)
         if name is not None:
             if name not in functions:
@@ -102,7 +105,7 @@ class GuidedSpec:
             rules.append(f"call_{i}: {name_key} KEY_SEP {name_value} ITEM_SEP {arguments_key} KEY_SEP args_{i} {close}")
             rules.append(f"args_{i}: " + _json_rule(parameters))
         lines = [
-            "start: block" if name is not None else 'start: block ("\\n" block)*',
+            "start: block" if name is not None or not parallel else 'start: block ("\\n" block)*',
             'block: tool_open "\\n" call "\\n" tool_close',
             "call: " + " | ".join(f"call_{i}" for i in range(len(functions))),
             *rules,
