@@ -28,7 +28,10 @@ WEATHER = {
     "type": "function",
     "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
 }
-TIME = {"type": "function", "function": {"name": "get_time", "description": "Time in a zone"}}
+TIME = {
+    "type": "function",
+    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}},
+}
 TOOLS = [WEATHER, TIME]
 
 
@@ -273,7 +276,7 @@ def test_tool_choice_none_gives_the_raw_text(client, trained, stream):
     assert response.usage is None or response.usage.prompt_tokens == len(data["A"][0])
 
 
-def test_named_tool_choice_forces_that_call(client):
+def test_forced_tool_choice(client):
     response = _ask(client, ASK_C, tool_choice={"type": "function", "function": {"name": "get_time"}})
     (choice,) = response.choices
     ((name, arguments),) = _calls(choice.message)
@@ -281,6 +284,10 @@ def test_named_tool_choice_forces_that_call(client):
     assert choice.finish_reason == "tool_calls"
     response = _ask(client, ASK_C, tool_choice="required")
     assert _calls(response.choices[0].message)
+    # the model's own two calls fit the grammar; parallel_tool_calls false stops after the first
+    assert _calls(_ask(client, ASK_B, tool_choice="required").choices[0].message) == EXPECTED["B"][1]
+    one = _ask(client, ASK_B, tool_choice="required", parallel_tool_calls=False).choices[0]
+    assert _calls(one.message) == EXPECTED["B"][1][:1] and one.finish_reason == "tool_calls"
 
 
 BAD_CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": '}}

@@ -67,15 +67,18 @@ async def chat(state: ServerState, http: Request) -> Response:
 
 def _force_tool_calls(body: ChatCompletionRequest, tools: list[dict] | None) -> None:
     """For tool_choice "required" or a named function: the guided-decoding spec of hermes tool-call blocks (one
-    or more of any tool, or one of the named tool); 400 naming the field when a tool's parameters cannot be
-    enforced."""
+    or more of any tool, exactly one with `parallel_tool_calls` false, or one of the named tool); 400 naming the
+    field when a tool's parameters cannot be enforced."""
     name = body.forced_tool
     if name is None:
         return
     from ..inference.guided import GuidedDecodingError, GuidedSpec
 
     try:
-        body.set_guided(GuidedSpec.tool_calls(tools, name or None, field="tool_choice"))
+        spec = GuidedSpec.tool_calls(
+            tools, name or None, field="tool_choice", parallel=body.parallel_tool_calls is not False
+        )
+        body.set_guided(spec)
     except GuidedDecodingError as exc:
         raise APIError(400, str(exc), param=exc.param, code="invalid_value") from None
 
