@@ -53,6 +53,10 @@ def test_metrics_names_types_and_buckets():
         "paddle_qwen2_sequences_finished_total": "counter",
         "paddle_qwen2_engine_restarts_total": "counter",
         "paddle_qwen2_engine_up": "gauge",
+        "paddle_qwen2_prefix_cache_queries_total": "counter",
+        "paddle_qwen2_prefix_cache_hits_total": "counter",
+        "paddle_qwen2_prefix_cache_hit_tokens_total": "counter",
+        "paddle_qwen2_prefix_cache_bytes": "gauge",
         "paddle_qwen2_time_to_first_token_seconds": "histogram",
         "paddle_qwen2_time_per_output_token_seconds": "histogram",
     }
