@@ -9,7 +9,7 @@ unknown field is an error naming it, and every error is a 400 whose `param` is t
 are vLLM's names for the same settings (`top_k`, `repetition_penalty`, `stop_token_ids`, `ignore_eos`) and
 `return_token_ids` (vLLM's too: the response then carries `prompt_token_ids` and each choice's `token_ids`).
 Chat takes `logprobs` + `top_logprobs` (0 to `MAX_LOGPROBS`), completions `logprobs` (an int, 0 to `MAX_LOGPROBS`
-as vLLM allows) and `echo`; `echo` with `logprobs` is refused (the engine computes no prompt logprobs).
+as vLLM allows) and `echo`; `echo` with `logprobs` asks for the prompt's logprobs too (`prompt_logprobs`).
 
 Chat takes OpenAI's tools: `tools` (function definitions, names as OpenAI allows them, `parameters` a JSON-schema
 object, no name twice), `tool_choice` ("none", "auto", "required" or a named function, only with `tools`),
