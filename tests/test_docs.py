@@ -220,3 +220,15 @@ def test_every_benchmark_result_has_a_table():
         assert f"<!-- benchmark-table: {kind} -->" in page, f"docs/benchmarks.md has no table marker for {path.name}"
         rendered = tables.render(path)
         assert json.loads(path.read_text())["date"] in rendered and "| --- |" in rendered, path.name
+
+
+def test_contributing_tree_names_every_module():
+    """CONTRIBUTING.md's "Where things live" names each module of the package's subpackages."""
+    text = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    modules = sorted(
+        f"{path.parent.name}/{path.name}"
+        for path in (ROOT / "paddle_qwen2").glob("*/*.py")
+        if path.name != "__init__.py" and path.parent.name != "__pycache__"
+    )
+    missing = [m for m in modules if not re.search(rf"\b{re.escape(m.split('/')[1])}\b", text)]
+    assert not missing, f"CONTRIBUTING.md's tree does not name: {missing}"
