@@ -5,11 +5,26 @@
 `--chat` wraps the prompt (and `--system`) in the tokenizer's chat template. Sampling defaults come from the
 folder's `generation_config.json` (greedy when it does not say `do_sample`); the flags override them. Text is
 printed as it is generated, whole characters at a time; a summary line goes to stderr unless `--quiet`.
+
+`--stats` replaces the summary line with one JSON line on stderr after the text (printed with `--quiet` too):
+
+    {"prompt_tokens": 7, "completion_tokens": 22, "ttft_s": 0.0123, "decode_tokens_per_s": 180.5,
+     "engine": "inference", "weights": "float32"}
+
+`completion_tokens` counts a stop token too (as vLLM and the OpenAI usage count it); `ttft_s` is the time from the
+start of generation (after loading: tokenizing the prompt, the prefill, the first sampling) to the first token;
+`decode_tokens_per_s` is `(completion_tokens - 1) / (time of the last token - time of the first token)`, null with
+fewer than 2 tokens; `engine` is `--engine`'s value and `weights` the precision of the weights the engine reads.
+
+`--ignore-eos` (vLLM's `ignore_eos`, needs `--max-new-tokens N`) does not stop at the model's eos tokens: an eos
+token is generated like any other and the generation goes on, so exactly N tokens come out unless a `--stop`
+string matches or the context fills first.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -36,9 +51,13 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, metavar="R", help="HF-style repetition penalty")
     p.add_argument("--seed", type=int, metavar="S", help="random seed for sampling")
     p.add_argument("--stop", action="append", metavar="TEXT", help="a stop string (repeatable)")
+    p.add_argument(
+        "--ignore-eos", action="store_true", help="go on past eos tokens: exactly --max-new-tokens tokens (needs it)"
+    )
     p.add_argument("--engine", choices=("inference", "dygraph"), default="inference", help="default: inference")
     p.add_argument("--onednn", choices=("auto", "on", "off"), default="auto", help="oneDNN on CPU (default auto)")
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
+    p.add_argument("--stats", action="store_true", help="one JSON line of token counts and timings on stderr instead")
     return p
 
 
@@ -55,6 +74,8 @@ def run(args: argparse.Namespace, own_process: bool = False) -> int:
 
     if args.system is not None and not args.chat:
         raise EngineError("--system needs --chat")
+    if args.ignore_eos and args.max_new_tokens is None:
+        raise EngineError("--ignore-eos needs --max-new-tokens (it would generate until the context is full)")
     llm = LLM.from_pretrained(
         args.model, engine=args.engine, onednn={"auto": None, "on": True, "off": False}[args.onednn]
     )
@@ -67,20 +88,31 @@ def run(args: argparse.Namespace, own_process: bool = False) -> int:
             repetition_penalty=args.repetition_penalty,
             seed=args.seed,
             stop=args.stop,
+            ignore_eos=args.ignore_eos,
         )
     except ValueError as exc:
         raise EngineError(str(exc)) from None
+    start = time.perf_counter()
     if args.chat:
         messages = [{"role": "system", "content": args.system}] if args.system is not None else []
         ids = llm.tokenizer.encode_chat([*messages, {"role": "user", "content": args.prompt}])
     else:
         ids = llm.tokenizer.encode(args.prompt)
-    start = time.perf_counter()
-    [out] = llm.generate([ids], params, on_text=lambda row, delta: _write(delta))
+    times: list[float] = []
+    [out] = llm.generate(
+        [ids],
+        params,
+        on_text=lambda row, delta: _write(delta),
+        on_token=lambda row, token: times.append(time.perf_counter()),
+    )
     seconds = time.perf_counter() - start
     sys.stdout.write("\n")
     sys.stdout.flush()
-    if not args.quiet:
+    if args.stats:
+        print(
+            json.dumps(_stats(len(ids), out.completion_tokens, start, times, llm.engine, llm.weights)), file=sys.stderr
+        )
+    elif not args.quiet:
         rate = out.completion_tokens / max(seconds, 1e-9)
         print(
             f"[{llm.describe()}] {len(ids)} prompt tokens, {out.completion_tokens} generated in {seconds:.2f} s "
@@ -88,6 +120,24 @@ def run(args: argparse.Namespace, own_process: bool = False) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _stats(
+    prompt_tokens: int, completion_tokens: int, start: float, times: list[float], engine: str, weights: str
+) -> dict:
+    """The `--stats` record: `times` are the `time.perf_counter()` values at which the tokens were chosen, `start`
+    the one at which generation began."""
+    decode = None
+    if len(times) >= 2 and times[-1] > times[0]:
+        decode = round((len(times) - 1) / (times[-1] - times[0]), 3)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "ttft_s": round(times[0] - start, 6) if times else None,
+        "decode_tokens_per_s": decode,
+        "engine": engine,
+        "weights": weights,
+    }
 
 
 def _write(text: str) -> None:

@@ -123,6 +123,7 @@ class _DygraphStep:
         self.config = model.config.to_dict()
         self.cache_layout = DecodeProgram.CACHE_LAYOUT
         self.description = f"dygraph ({dtype})"
+        self.engine, self.weights = "dygraph", dtype
 
     def __call__(self, inputs: list, owner: Batch) -> tuple:
         import paddle
@@ -192,6 +193,7 @@ class _PredictorStep:
         self.predictor = step
         self.config = step.meta["config"]
         self.cache_layout = tuple(step.meta["decode"].get("cache_layout", _FIRST_CACHE_LAYOUT))
+        self.engine, self.weights = "inference", str(step.meta.get("dtype", "float32"))
         self.description = f"paddle.inference ({self._describe(prefill)}"
         if prefill is not step:
             self.description += f" prefill, {self._describe(step)} steps"
@@ -304,6 +306,16 @@ class LLM:
     def describe(self) -> str:
         return f"{self.name}: {self.step.description}, context {self.max_model_len}"
 
+    @property
+    def engine(self) -> str:
+        """The engine running the step program: "inference" (Paddle Inference) or "dygraph"."""
+        return self.step.engine
+
+    @property
+    def weights(self) -> str:
+        """The precision of the weights the step program reads ("float32"; the export's `dtype`)."""
+        return self.step.weights
+
     # ----------------------------------------------------------------------------------------------- stepping
     def _run(self, ids: np.ndarray, batch: Batch) -> np.ndarray:
         """One program run on `batch` (its mask already covers `ids`); its cache is replaced by the grown one."""
@@ -395,10 +407,13 @@ class LLM:
         params: SamplingParams | Sequence[SamplingParams] | None = None,
         on_text: Callable[[int, str], None] | None = None,
         prefix_cache: PrefixCache | None = None,
+        on_token: Callable[[int, int], None] | None = None,
     ) -> list[Completion]:
-        """Generate for each prompt (token ids) together in one batch; `on_text(row, delta)` streams the text.
-        Rows that finish leave the batch at once. With a `prefix_cache`, the prefill starts from the prompts'
-        cached prefixes and each finished row's whole sequence goes into the cache."""
+        """Generate for each prompt (token ids) together in one batch; `on_text(row, delta)` streams the text, and
+        `on_token(row, token_id)` is called as each token is chosen (before its text; every token, a stop token
+        included: the hook for per-token timing). Rows that finish leave the batch at once. With a `prefix_cache`,
+        the prefill starts from the prompts' cached prefixes and each finished row's whole sequence goes into the
+        cache."""
         if not isinstance(params, Sequence):
             params = [params or self.sampling_params()] * len(prompts)
         try:
@@ -421,6 +436,8 @@ class LLM:
                 seq = sequences[index]
                 token = seq.choose(logits[row])
                 tokens.append(token)
+                if on_token is not None:
+                    on_token(index, token)
                 delta = seq.append(token)
                 if delta and on_text is not None:
                     on_text(index, delta)
