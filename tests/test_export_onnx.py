@@ -1,7 +1,7 @@
 """`--format onnx` files that weight tools can read: every weight is an initializer (the tied LM head too, read by
 its MatMul without a Transpose), `onnxruntime.quantization`'s MatMul n-bits quantizer turns every linear projection
-into MatMulNBits and onnxruntime runs the result; large exports go to ONNX external data; weights paddle2onnx cannot
-convert are one clear ExportError."""
+into MatMulNBits and onnxruntime runs the result; large exports go to ONNX external data, and weights too large
+for paddle2onnx are added after it converted the program alone."""
 
 import json
 
@@ -11,7 +11,7 @@ import pytest
 
 from conftest import assert_close, load_paddle
 from paddle_qwen2 import Qwen2ForCausalLM
-from paddle_qwen2.export import FUSED, ExportError, export_model, onnx_graph, onnx_saver
+from paddle_qwen2.export import FUSED, export_model, onnx_graph, onnx_saver
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -118,24 +118,26 @@ def test_matmul_nbits_quantizer_takes_every_projection(onnx_export, hf_checkpoin
     assert 1e-5 < error < (0.3 if bits == 4 else 0.03), error  # quantized (not the float weights), and close
 
 
-def test_external_data(hf_checkpoint, onnx_export, tmp_path, monkeypatch):
+@pytest.mark.parametrize("weights", ["converted", "added"])
+def test_external_data(hf_checkpoint, onnx_export, tmp_path, monkeypatch, weights):
+    """Tensors above the threshold go to model.onnx.data; weights above paddle2onnx's limit are converted without
+    it and added from the model ("added"); both forced by tiny limits here."""
     monkeypatch.setattr(onnx_graph, "EXTERNAL_DATA_THRESHOLD", 1000)
+    if weights == "added":
+        monkeypatch.setattr(onnx_saver, "PADDLE2ONNX_LIMIT", 1000)
     folder = export_model(hf_checkpoint("tied"), tmp_path / "exp", "causal-lm", format="onnx")
     files = json.loads((folder / "export_meta.json").read_text())["files"]
     assert files == {"onnx": "model.onnx", "onnx_data": "model.onnx.data"}
     data = (folder / "model.onnx.data").stat().st_size
     assert (folder / "model.onnx").stat().st_size < 200_000 < data  # the weights (~0.9 MB) are in the data file
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "scratch folder left behind"
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    assert not [n.name for n in model.graph.node if n.op_type == "Constant"]
+    reference = onnx.load(str(onnx_export("tied") / "model.onnx"))
+    shapes = sorted((t.data_type, *t.dims) for t in model.graph.initializer)
+    assert shapes == sorted((t.data_type, *t.dims) for t in reference.graph.initializer)
     feed = batch()
     np.testing.assert_array_equal(run(folder / "model.onnx", feed), run(onnx_export("tied") / "model.onnx", feed))
-
-
-def test_weights_over_paddle2onnx_limit(hf_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(onnx_saver, "PADDLE2ONNX_LIMIT", 1000)
-    expected = r"weights take \d+ bytes .*paddle2onnx .* converts models whose weights take under 1000 bytes"
-    with pytest.raises(ExportError, match=expected + r" .*use --format paddle"):
-        export_model(hf_checkpoint("tied"), tmp_path / "out" / "exp", "causal-lm", format="onnx")
-    assert not list((tmp_path / "out").iterdir())
 
 
 def test_save_model_threshold(tmp_path):

@@ -21,7 +21,8 @@ Inputs `input_ids` and `attention_mask`, int64 `[batch, seq]`, both dims dynamic
 GPU to run (Paddle has no CPU kernels for their matmuls).
 
 `format="paddle"` writes `paddle.jit.save`'s files (Paddle 3.x: `model.json` + `model.pdiparams`; Paddle 2.6:
-`model.pdmodel` + `model.pdiparams`), `format="onnx"` writes `model.onnx` (paddle2onnx). Both add
+`model.pdmodel` + `model.pdiparams`), `format="onnx"` writes `model.onnx` (paddle2onnx; every weight an initializer,
+the tensors in `model.onnx.data` above `onnx_graph.EXTERNAL_DATA_THRESHOLD`). Both add
 `export_meta.json` (task, files, inputs, outputs in order, the model config, the embedding pipeline's pooling,
 prompts and max length) and the tokenizer / config / generation config files. The folder is written into a
 temporary folder beside `out` and renamed at the end; a non-empty `out` needs `force=True`.
@@ -33,7 +34,8 @@ The modules, in the order an export uses them:
 - `loading.py`: the folder checked, the model of the task loaded (projections fused), `build_program`.
 - `programs.py`: the layers traced for each task (`DecodeProgram`, ...); imports paddle.
 - `paddle_saver.py`: `paddle.jit.save` (Paddle Inference files).
-- `onnx_saver.py`: `model.onnx` through paddle2onnx.
+- `onnx_saver.py`: `model.onnx` through paddle2onnx (weights above its 2 GiB limit added after it).
+- `onnx_graph.py`: the weights as initializers (what weight-only quantizers read), `save_model` with external data.
 - `exporter.py`: `export_model`, the folder written and renamed into place.
 - `errors.py`: `ExportError`.
 
