@@ -4,9 +4,11 @@ paddlenlp and HF transformers, measured in one run: `small` config, fp32, CPU, t
 * decode: tokens/s of one stream (a 16-token prompt, 128 new tokens, greedy, eos ignored), as `generate` runs it;
   the prefill is taken out by timing `generate` of 1 and of 129 new tokens and dividing the difference by 128.
   Against the machine's memory-bandwidth limit, measured in the same run: a decode step reads every weight once
-  (all parameters incl. lm_head, fp32; of the embedding table only one row), and the limit is one step per timed
-  `np.copyto` of that many bytes (a same-sized float32 array, one thread; median), timed in each decode child
-  right around its timing (its % of the limit) and between the children. Target: the engine at >= 70%.
+  (all parameters incl. lm_head, fp32; of the embedding table only one row), and the limit is those bytes over
+  the machine's read bandwidth (benchmarks/bandwidth.py: a read-only pass over a 1 GiB float32 array split across
+  the engine's threads, and on one thread; the best pass of those probed between the children). Also reported:
+  the one-thread read bandwidth and its limit (a one-token step that runs on one thread reads at most that fast).
+  Target: the engine at >= 70% of the limit.
   Implementations: `engine` (`LLM.from_pretrained(folder)`: the exported `decode` program on Paddle Inference),
   `engine_serve` (`onednn=False` after `runtime.keep_freed_memory()` with `ENGINE_ENVIRONMENT`, as
   `paddle-qwen2 serve` runs it), `engine_onednn` (oneDNN for every run), `dygraph`
@@ -45,7 +47,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -56,6 +57,8 @@ from paddle_qwen2.runtime import configure_cpu_threads  # noqa: E402  (sets thre
 THREADS = int(configure_cpu_threads()["OMP_NUM_THREADS"])
 
 import numpy as np  # noqa: E402
+from bandwidth import ReadProbe, read_bandwidth  # noqa: E402
+from bandwidth import summary as bandwidth_summary  # noqa: E402
 from common import machine_info, status_bytes, timed, write_hf_checkpoint, write_results  # noqa: E402
 from model_configs import load_config  # noqa: E402
 
@@ -65,7 +68,7 @@ PREFILL = {"prefill_1x512": (1, 512), "prefill_4x256": (4, 256)}
 EMBED_BATCH = 32
 PAD_ID = 4000  # the bundled tokenizer's <|endoftext|>
 TARGETS = {
-    "decode": 0.70,  # engine tokens/s as a fraction of the memory-bandwidth limit, at least
+    "decode": 0.70,  # engine tokens/s as a fraction of the read-bandwidth limit, at least
     "prefill": 0.85,  # engine time / HF sdpa time, at most
     "embed": 1.2,  # engine texts/s / sentence-transformers texts/s, at least
 }
@@ -132,42 +135,6 @@ def checkpoint_bytes_per_token(folder: Path) -> int:
     return total
 
 
-def copy_seconds(nbytes: int, repeats: int = 9) -> list[float]:
-    """Seconds of `np.copyto` of `nbytes` of float32 (pages touched beforehand), `repeats` times."""
-    src = np.ones(nbytes // 4, dtype=np.float32)
-    dst = np.zeros_like(src)
-    np.copyto(dst, src)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def copy_seconds_threads(nbytes: int, threads: int, repeats: int = 9) -> float:
-    """Median seconds of the same copy split over `threads` threads (numpy releases the GIL while copying)."""
-    src = np.ones(nbytes // 4, dtype=np.float32)
-    dst = np.zeros_like(src)
-    bounds = np.linspace(0, len(src), threads + 1).astype(int)
-    parts = [(dst[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-
-    def run():
-        workers = [threading.Thread(target=np.copyto, args=part) for part in parts]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 # --------------------------------------------------------------------------------------------------------- folders
 
 
@@ -206,23 +173,18 @@ def prepare(workdir: Path, texts: int) -> dict:
 # ---------------------------------------------------------------------------------------------------- child side
 
 
-def decode_seconds(generate, runs: int, new_tokens: int, nbytes: int) -> dict:
+def decode_seconds(generate, runs: int, new_tokens: int) -> dict:
     """Seconds per decode step: (generate(new_tokens + 1) - generate(1)) / new_tokens, median of `runs` pairs
-    (in alternating order, after one warm-up); also the generated ids, and the memory-bandwidth limit measured
-    right before and after (seconds of a copy of `nbytes`, median), for a fraction of the limit that holds on a
-    machine whose load changes."""
+    (in alternating order, after one warm-up); also the generated ids."""
     _, tokens = timed(generate, new_tokens + 1)
-    copies = copy_seconds(nbytes, 5)
     samples = []
     for run in range(runs):
         pair = [1, new_tokens + 1] if run % 2 == 0 else [new_tokens + 1, 1]
         seconds = dict((n, timed(generate, n)[0]) for n in pair)
         samples.append((seconds[new_tokens + 1] - seconds[1]) / new_tokens)
-    copies += copy_seconds(nbytes, 5)
     return {
         "seconds_per_token": statistics.median(samples),
         "runs": samples,
-        "copy_seconds": statistics.median(copies),
         "tokens": [int(t) for t in tokens],
     }
 
@@ -381,7 +343,7 @@ def child_engine(name: str, workdir: Path, settings: dict) -> dict:
     def generate(n):
         return llm.generate([prompt], SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True))[0].token_ids
 
-    out = {"description": llm.describe(), "decode": decode_seconds(generate, runs, new_tokens, settings["nbytes"])}
+    out = {"description": llm.describe(), "decode": decode_seconds(generate, runs, new_tokens)}
     if name == "dygraph":
         return out
     if name == "engine":
@@ -438,7 +400,7 @@ def child_hf(workdir: Path, settings: dict) -> dict:
 
     out = {
         "description": f"transformers {transformers.__version__} sdpa",
-        "decode": decode_seconds(generate, runs, new_tokens, settings["nbytes"]),
+        "decode": decode_seconds(generate, runs, new_tokens),
     }
     out["prefill"] = {}
     for workload, (batch, seq) in PREFILL.items():
@@ -485,7 +447,7 @@ def child_paddlenlp(workdir: Path, settings: dict) -> dict:
 
     return {
         "description": f"paddlenlp {paddlenlp.__version__}",
-        "decode": decode_seconds(generate, runs, new_tokens, settings["nbytes"]),
+        "decode": decode_seconds(generate, runs, new_tokens),
     }
 
 
@@ -565,23 +527,49 @@ def agreement(tokens: list[int], reference: list[int]) -> dict:
     return {"same": same, "of": min(len(tokens), len(reference)), "first_difference": first}
 
 
-def summarize(runs: dict, copies: list[float], copies_threads: list[float], nbytes: int, settings: dict) -> dict:
-    """The medians, ratios and target verdicts of the children's results."""
+def memory_bandwidth(probes: list[dict], nbytes: int, measured: str) -> dict:
+    """The decode limit of a step reading `nbytes`, from `read_bandwidth` probes (benchmarks/bandwidth.py): the
+    machine's read bandwidth is the best pass at either thread count; the one-thread figure besides."""
+    one = [gb for probe in probes for gb in probe["one_thread"]["runs"]]
+    many = [gb for probe in probes for gb in probe["all_threads"]["runs"]]
+    read = max(one + many)
+    kernels = probes[0]["kernels"]
+    return {
+        "weight_bytes_per_token": nbytes,
+        "probe": f"benchmarks/bandwidth.py: {' and '.join(kernels)} reads of a {probes[0]['bytes'] / 2**30:g} GiB "
+        "float32 array",
+        "threads": probes[0]["threads"],
+        "by_kernel": {
+            k: {n: max(probe["by_kernel"][k][n] for probe in probes) for n in ("one_thread", "all_threads")}
+            for k in kernels
+        },
+        "read_gb_per_s": read,
+        "read_gb_per_s_one_thread": max(one),
+        "one_thread": bandwidth_summary(one),
+        "all_threads": bandwidth_summary(many),
+        "limit_tokens_per_s": read * 1e9 / nbytes,
+        "one_thread_limit_tokens_per_s": max(one) * 1e9 / nbytes,
+        "measured": measured,
+    }
+
+
+def apply_limit(decode: dict, limit: float) -> None:
+    """Set each decode row's fractions of the limit (`limit` tokens/s): its median, best and bare-loop tokens/s."""
+    for row in decode.values():
+        row["fraction_of_limit"] = row["tokens_per_s"] / limit
+        row["best_fraction_of_limit"] = row["best_tokens_per_s"] / limit
+        if "decode_loop_tokens_per_s" in row:
+            row["decode_loop_fraction_of_limit"] = row["decode_loop_tokens_per_s"] / limit
+        for stale in ("fraction_of_run_limit", "copy_seconds"):  # keys of results files of an older layout
+            row.pop(stale, None)
+
+
+def summarize(runs: dict, probes: list[dict], nbytes: int) -> dict:
+    """The medians, ratios and target verdicts of the children's results; `probes`: the read-bandwidth probes
+    run between the children."""
     ok = {name: [r for r in results if "error" not in r] for name, results in runs.items()}
     errors = {name: results[-1]["error"] for name, results in runs.items() if results and not ok[name]}
-    # the copies timed by this process between the children, and by the decode children around their timing
-    copies = copies + [r["decode"]["copy_seconds"] for name in DECODE_IMPLS for r in ok.get(name, [])]
-    copy = statistics.median(copies)
-    limit = 1 / copy
-    bandwidth = {
-        "weight_bytes_per_token": nbytes,
-        "copy_seconds": copy,
-        "copy_gb_per_s": nbytes / copy / 1e9,
-        "copy_seconds_min": min(copies),
-        "copy_seconds_max": max(copies),
-        f"copy_seconds_{THREADS}_threads": median_of(copies_threads),
-        "limit_tokens_per_s": limit,
-    }
+    bandwidth = memory_bandwidth(probes, nbytes, "probed between the children of this run")
     decode = {}
     for name in DECODE_IMPLS:
         if not ok.get(name):
@@ -590,24 +578,18 @@ def summarize(runs: dict, copies: list[float], copies_threads: list[float], nbyt
         seconds = median_of([c["seconds_per_token"] for c in children])
         row = {
             "tokens_per_s": 1 / seconds,
-            # each child's tokens/s over the limit measured in that child around its timing
-            "fraction_of_limit": median_of([c["copy_seconds"] / c["seconds_per_token"] for c in children]),
             "best_tokens_per_s": 1 / min(min(c["runs"]) for c in children),
-            "best_fraction_of_limit": max(c["copy_seconds"] / min(c["runs"]) for c in children),
-            "fraction_of_run_limit": 1 / seconds / limit,
             "description": ok[name][0]["description"],
             "runs": [c["runs"] for c in children],
-            "copy_seconds": [c["copy_seconds"] for c in children],
         }
         if ok.get("hf"):
             row["tokens_vs_hf"] = agreement(children[0]["tokens"], ok["hf"][0]["decode"]["tokens"])
         if "decode_loop" in ok[name][0]:
-            loops = [(r["decode"]["copy_seconds"], r["decode_loop"]["seconds_per_token"]) for r in ok[name]]
-            row["decode_loop_tokens_per_s"] = 1 / median_of([s for _, s in loops])
-            row["decode_loop_fraction_of_limit"] = median_of([c / s for c, s in loops])
+            row["decode_loop_tokens_per_s"] = 1 / median_of([r["decode_loop"]["seconds_per_token"] for r in ok[name]])
             parts = ok[name][0]["step_parts_ms"]
             row["step_parts_ms"] = {k: median_of([r["step_parts_ms"][k] for r in ok[name]]) for k in parts}
         decode[name] = row
+    apply_limit(decode, bandwidth["limit_tokens_per_s"])
     prefill = {}
     for workload in PREFILL:
         row = {}
@@ -689,7 +671,7 @@ def verdicts(decode: dict, prefill: dict, embed: dict) -> list[dict]:
 
     engine = decode.get("engine", {})
     add(
-        "decode: engine % of the memory-bandwidth limit",
+        "decode: engine % of the read-bandwidth limit",
         engine,
         "fraction_of_limit",
         "best_fraction_of_limit",
@@ -749,10 +731,11 @@ def table(result: dict) -> str:
         f"{s['repeats']} repeats.",
         "",
         f"Decode, one stream ({PROMPT_TOKENS}-token prompt, {s['new_tokens']} new tokens, greedy): a step reads "
-        f"{bw['weight_bytes_per_token'] / 1e6:.1f} MB of weights; `np.copyto` of that many bytes takes "
-        f"{bw['copy_seconds'] * 1000:.2f} ms ({bw['copy_gb_per_s']:.1f} GB/s) -> limit "
-        f"**{bw['limit_tokens_per_s']:.0f} tokens/s** (medians; % of the limit: each child's tokens/s over the "
-        "limit timed in that child around its decode timing; best: the fastest run).",
+        f"{bw['weight_bytes_per_token'] / 1e6:.1f} MB of weights; the machine reads {bw['read_gb_per_s']:.1f} GB/s "
+        f"(best pass; {bw['threads']} threads {bw['all_threads']['best']:.1f}, one thread "
+        f"{bw['read_gb_per_s_one_thread']:.1f}) -> limit **{bw['limit_tokens_per_s']:.0f} tokens/s** (of one "
+        f"thread's reads: {bw['one_thread_limit_tokens_per_s']:.0f}). {limit_source(bw)}. tokens/s: medians; best: "
+        "the fastest run.",
         "",
         "| | tokens/s | % of the limit | best (% of the limit) | vs dygraph | vs HF | bare `llm.decode` loop |",
         "| --- | --- | --- | --- | --- | --- | --- |",
@@ -810,6 +793,16 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def limit_source(bw: dict) -> str:
+    """How the read bandwidth was measured: the probe, its passes' spread, when."""
+    many, one = bw["all_threads"], bw["one_thread"]
+    return (
+        f"Read bandwidth: {bw['probe']}, best of {len(many['runs'])} passes per thread count ({bw['threads']} threads: "
+        f"{many['min']:.1f}-{many['best']:.1f} GB/s, median {many['median']:.1f}; one thread: "
+        f"{one['min']:.1f}-{one['best']:.1f}, median {one['median']:.1f}), {bw['measured']}"
+    )
+
+
 def profile_text(result: dict, decode: bool = True, prefill: bool = True) -> list[str]:
     """Where the engine's time goes: a decode step split into its parts, and Paddle Inference's operator profiles
     of the decode steps and of the 1x512 prefill (printed, and kept in the results, when a target is missed)."""
@@ -820,7 +813,7 @@ def profile_text(result: dict, decode: bool = True, prefill: bool = True) -> lis
         parts = row["step_parts_ms"]
         limit_ms = 1000 / result["memory_bandwidth"]["limit_tokens_per_s"]
         lines.append(
-            f"engine decode step (median ms; the bandwidth limit is {limit_ms:.2f} ms): "
+            f"engine decode step (median ms; the read-bandwidth limit is {limit_ms:.2f} ms): "
             + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
             + f"; total {sum(parts.values()):.2f}"
         )
@@ -853,12 +846,21 @@ def main(argv=None) -> int:
     p.add_argument("--no-profile", action="store_true", help="skip Paddle Inference's profile of a decode step")
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "paddle_qwen2_bench_inference"))
     p.add_argument("--out", help=f"results JSON (default {RESULTS.relative_to(ROOT)}; --quick: in the workdir)")
+    p.add_argument(
+        "--refresh-limit",
+        action="store_true",
+        help="only re-probe the read bandwidth and recompute the limit, fractions and verdicts of --out's results",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     workdir = Path(args.workdir)
     if args.child:
         child(args.child, workdir, json.loads(args.settings))
+        return 0
+    if args.refresh_limit:
+        result = refresh_limit(Path(args.out) if args.out else RESULTS, args.repeats)
+        print(table(result))
         return 0
     if args.quick:
         args.repeats, args.runs, args.new_tokens, args.texts = 1, 1, 32, 64
@@ -870,21 +872,21 @@ def main(argv=None) -> int:
         raise SystemExit(f"export failed:\n{exported['error']}")
     nbytes = weight_bytes_per_token(small_config())
     assert nbytes == checkpoint_bytes_per_token(workdir / "ckpt-small"), "weight bytes differ from the checkpoint's"
-    settings = {"new_tokens": args.new_tokens, "runs": args.runs, "nbytes": nbytes, "profile": False}
+    settings = {"new_tokens": args.new_tokens, "runs": args.runs, "profile": False}
     names = args.only or list(CHILDREN)
     runs: dict[str, list[dict]] = {name: [] for name in names}
-    copies, copies_threads = [], []
+    probe, probes = ReadProbe(), []
     for repeat in range(args.repeats):
         order = names[repeat % len(names) :] + names[: repeat % len(names)]
         for name in order:
-            copies += copy_seconds(nbytes, 3)
+            probes.append(read_bandwidth(THREADS, repeats=2, probe=probe))
             # Paddle Inference's profile once, in the last repeat's engine child
             profile = name == "engine" and repeat == args.repeats - 1 and not args.no_profile
             result = run_child(name, workdir, dict(settings, profile=profile))
             runs[name].append(result)
             print(f"  repeat {repeat + 1}/{args.repeats} {name:<17} {brief(result)}", flush=True)
-        copies_threads.append(copy_seconds_threads(nbytes, THREADS))
-    copies += copy_seconds(nbytes, 3)
+    probes.append(read_bandwidth(THREADS, repeats=2, probe=probe))
+    del probe
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine_info(),
@@ -901,7 +903,7 @@ def main(argv=None) -> int:
             "quick": args.quick,
         },
         "export_seconds": exported["export_seconds"],
-        **summarize(runs, copies, copies_threads, nbytes, settings),
+        **summarize(runs, probes, nbytes),
     }
     embeddings = [workdir / f"{name}.npy" for name in ("embed_engine", "embed_engine_cli")]
     if (workdir / "embed_st.npy").is_file() and any(p.is_file() for p in embeddings):
@@ -911,10 +913,7 @@ def main(argv=None) -> int:
         )
     result["load_average"] = {"before": load_before, "after": load_average()}
     result["elapsed_seconds"] = time.perf_counter() - started
-    missed = [t["met"] is False for t in result["targets"]]
-    note = profile_text(result, decode=missed[0] or args.quick, prefill=any(missed[1:3]) or args.quick)
-    if note:
-        result["profile_note"] = note
+    note = set_profile_note(result, args.quick)
     write_results(out_path, result)
     print("\n" + table(result))
     if note:
@@ -923,6 +922,35 @@ def main(argv=None) -> int:
         print(f"\n{name} failed:\n{error}")
     print(f"\n{result['elapsed_seconds'] / 60:.1f} min; results written to {out_path}")
     return 0
+
+
+def set_profile_note(result: dict, quick: bool = False) -> list[str]:
+    """Put `profile_text` of the missed targets (all of it for a quick run) into `result["profile_note"]`."""
+    missed = [t["met"] is False for t in result["targets"]]
+    note = profile_text(result, decode=missed[0] or quick, prefill=any(missed[1:3]) or quick)
+    result.pop("profile_note", None)
+    if note:
+        result["profile_note"] = note
+    return note
+
+
+def refresh_limit(path: Path, repeats: int) -> dict:
+    """Re-probe the read bandwidth (`repeats` probes of 5 passes per kernel and thread count) and recompute the
+    limit, the decode fractions, the verdicts and the profile note of the results in `path`, from its recorded
+    tokens/s and weight bytes; the rest of the file (its date, machine, timings) is kept. Returns what was written."""
+    result = json.loads(path.read_text())
+    probe = ReadProbe()
+    probes = [read_bandwidth(THREADS, probe=probe) for _ in range(repeats)]
+    measured = (
+        f"probed on {time.strftime('%Y-%m-%d %H:%M')} by `bench_inference.py --refresh-limit` (load average "
+        f"{load_average()[0]}); the tokens/s are of the run of {result['date']}"
+    )
+    nbytes = result["memory_bandwidth"]["weight_bytes_per_token"]
+    result["memory_bandwidth"] = memory_bandwidth(probes, nbytes, measured)
+    apply_limit(result["decode"], result["memory_bandwidth"]["limit_tokens_per_s"])
+    result["targets"] = verdicts(result["decode"], result["prefill"], result["embed"])
+    set_profile_note(result, result["settings"].get("quick", False))
+    return write_results(path, result)
 
 
 def brief(result: dict) -> str:

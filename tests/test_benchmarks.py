@@ -155,6 +155,68 @@ def test_inference_table_shows_every_implementation_and_target(bench_inference):
     assert table.count("| decode: ") == 1 and table.count(": engine time / HF sdpa time |") == 2
 
 
+def test_read_probe_measures_one_and_all_thread_read_bandwidth():
+    """benchmarks/bandwidth.py on a small array: every kernel, both thread counts, sane GB/s; the passes split
+    across threads read at least about as fast as one thread (best of several passes: the machine is shared)."""
+    bandwidth = load_script("bandwidth")
+    probe = bandwidth.ReadProbe(32 << 20)
+    assert probe.kernels == ("numpy", "torch") and probe.nbytes == 32 << 20
+    result = bandwidth.read_bandwidth(2, repeats=25, probe=probe)
+    assert result["bytes"] == 32 << 20 and result["threads"] == 2
+    assert len(result["one_thread"]["runs"]) == len(result["all_threads"]["runs"]) == 50
+    for which in ("one_thread", "all_threads"):
+        assert 0.5 < result[which]["min"] <= result[which]["median"] <= result[which]["best"] < 5000, result[which]
+        assert result[which]["best"] == max(result["by_kernel"][k][which] for k in ("numpy", "torch"))
+    assert result["all_threads"]["best"] >= 0.8 * result["one_thread"]["best"], result
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        probe.pass_seconds(0)
+    with pytest.raises(ValueError, match=r"unknown kernel\(s\) \['copy'\]"):
+        bandwidth.ReadProbe(1024, kernels=("copy",))
+
+
+def test_inference_limit_is_weight_bytes_over_the_read_bandwidth(bench_inference):
+    def probe(one: list[float], many: list[float]) -> dict:
+        best = {"one_thread": max(one), "all_threads": max(many)}
+        return {
+            "bytes": 2**30,
+            "threads": 2,
+            "kernels": ["numpy"],
+            "by_kernel": {"numpy": best},
+            "one_thread": {"runs": one},
+            "all_threads": {"runs": many},
+        }
+
+    bw = bench_inference.memory_bandwidth(
+        [probe([10.0, 12.0], [20.0, 25.0]), probe([11.0, 9.0], [30.0, 18.0])], 10**8, ""
+    )
+    assert (bw["read_gb_per_s"], bw["read_gb_per_s_one_thread"], bw["all_threads"]["median"]) == (30.0, 12.0, 22.5)
+    assert bw["limit_tokens_per_s"] == pytest.approx(300.0)
+    assert bw["one_thread_limit_tokens_per_s"] == pytest.approx(120.0)
+    assert bw["by_kernel"] == {"numpy": {"one_thread": 12.0, "all_threads": 30.0}}
+    row = {"tokens_per_s": 150.0, "best_tokens_per_s": 180.0, "decode_loop_tokens_per_s": 240.0}
+    decode = {"engine": dict(row, copy_seconds=[0.006], fraction_of_run_limit=0.9)}  # keys of the older layout
+    bench_inference.apply_limit(decode, bw["limit_tokens_per_s"])
+    fractions = {"fraction_of_limit": 0.5, "best_fraction_of_limit": 0.6, "decode_loop_fraction_of_limit": 0.8}
+    assert decode["engine"] == pytest.approx(dict(row, **fractions))
+
+
+def test_inference_results_and_table_state_the_read_bandwidth_limit(bench_inference):
+    recorded = json.loads((RESULTS / "inference.json").read_text())
+    bw = recorded["memory_bandwidth"]
+    assert bw["read_gb_per_s"] == max(bw["one_thread"]["best"], bw["all_threads"]["best"])
+    assert bw["limit_tokens_per_s"] == pytest.approx(bw["read_gb_per_s"] * 1e9 / bw["weight_bytes_per_token"])
+    for row in recorded["decode"].values():
+        assert row["fraction_of_limit"] == pytest.approx(row["tokens_per_s"] / bw["limit_tokens_per_s"])
+        assert not {"copy_seconds", "fraction_of_run_limit"} & set(row)
+    assert recorded["targets"][0]["value"] == recorded["decode"]["engine"]["fraction_of_limit"]
+    table = bench_inference.table(recorded)
+    assert f"the machine reads {bw['read_gb_per_s']:.1f} GB/s (best pass; {bw['threads']} threads " in table
+    assert f"limit **{bw['limit_tokens_per_s']:.0f} tokens/s**" in table
+    engine = recorded["decode"]["engine"]
+    assert f"| {engine['tokens_per_s']:.1f} | **{engine['fraction_of_limit'] * 100:.0f}%** |" in table
+    assert "| decode: engine % of the read-bandwidth limit |" in table and "copyto" not in table
+
+
 def test_inference_verdicts_say_met_or_by_how_much(bench_inference):
     decode = {"engine": {"fraction_of_limit": 0.6, "best_fraction_of_limit": 0.75}}
     prefill = {
