@@ -155,3 +155,9 @@ def test_save_model_threshold(tmp_path):
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["model.onnx", "model.onnx.data"]
     feed = {"x": np.arange(32, dtype=np.float32).reshape(2, 16)}
     np.testing.assert_array_equal(run(tmp_path / "b" / "model.onnx", feed), feed["x"] @ np.ones((16, 16)))
+
+
+def test_every_initializer_is_read(onnx_export):
+    graph = onnx.load(str(onnx_export("tied") / "model.onnx")).graph
+    read = {name for node in graph.node for name in node.input}
+    assert [t.name for t in graph.initializer if t.name not in read] == []

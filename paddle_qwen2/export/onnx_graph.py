@@ -12,7 +12,8 @@ the graph in place so that:
   (`W_transposed [cols, rows]`) and the MatMul reads it directly. When `W` is otherwise read only by `Gather(axis=0)`
   (the tied embedding), `W` itself is replaced: each lookup becomes `Gather(W_transposed, axis=1)` followed by a
   `Transpose` that moves the hidden axis last, so the weights are stored once. Otherwise `W` stays for its other
-  readers and `W_transposed` is an extra initializer.
+  readers and `W_transposed` is an extra initializer;
+- initializers that nothing reads are removed.
 
 `save_model` writes `model.onnx` alone, or with all tensors in `model.onnx.data` (ONNX external data) when the
 tensors exceed `EXTERNAL_DATA_THRESHOLD` (protobuf cannot serialize a message of 2 GiB or more).
@@ -161,12 +162,21 @@ def _fold_transposes(graph) -> None:
             readers = _consumers(graph)
 
 
+def _drop_unread(graph) -> None:
+    """Initializers that no node reads and that are no graph output are removed (paddle2onnx leaves some)."""
+    read = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+    unread = [i for i, tensor in enumerate(graph.initializer) if tensor.name not in read]
+    for i in reversed(unread):
+        del graph.initializer[i]
+
+
 def weights_to_initializers(model) -> None:
     """Rewrite `model` (an `onnx.ModelProto` from paddle2onnx) in place as the module docstring says."""
     graph = model.graph
     _constants_to_initializers(graph)
     _bypass_identities(graph)
     _fold_transposes(graph)
+    _drop_unread(graph)
 
 
 def tensor_bytes(model) -> int:
