@@ -751,6 +751,14 @@ def table(result: dict) -> str:
             f"| {LABELS[name]} | {row['tokens_per_s']:.1f} | **{pct(row['fraction_of_limit'])}** | "
             f"{row['best_tokens_per_s']:.1f} ({pct(row['best_fraction_of_limit'])}) | {vs[0]} | {vs[1]} | {loop_cell} |"
         )
+    parts = decode.get("engine", {}).get("step_parts_ms")
+    if parts:
+        lines += [
+            "",
+            f"A decode step of the engine: {sum(parts.values()):.2f} ms (median; the program run "
+            f"{parts['program_run']:.2f} ms) against the read-bandwidth limit's {1000 / bw['limit_tokens_per_s']:.2f} "
+            f"ms (of one thread's reads: {1000 / bw['one_thread_limit_tokens_per_s']:.2f} ms).",
+        ]
     names = [n for n in PREFILL_IMPLS if any(n in row for row in result["prefill"].values())]
     lines += ["", "Prefill (ms; in brackets: time / HF sdpa's time):", ""]
     lines += ["| | " + " | ".join(LABELS[n] for n in names) + " |", "|" + " --- |" * (len(names) + 1)]

@@ -215,6 +215,9 @@ def test_inference_results_and_table_state_the_read_bandwidth_limit(bench_infere
     engine = recorded["decode"]["engine"]
     assert f"| {engine['tokens_per_s']:.1f} | **{engine['fraction_of_limit'] * 100:.0f}%** |" in table
     assert "| decode: engine % of the read-bandwidth limit |" in table and "copyto" not in table
+    limit_ms = 1000 / bw["limit_tokens_per_s"]
+    assert f"{sum(engine['step_parts_ms'].values()):.2f} ms (median; the program run " in table
+    assert f"against the read-bandwidth limit's {limit_ms:.2f} ms (of one thread's reads: " in table
 
 
 def test_inference_verdicts_say_met_or_by_how_much(bench_inference):
