@@ -5,8 +5,8 @@ paddlenlp and HF transformers, measured in one run: `small` config, fp32, CPU, t
   the prefill is taken out by timing `generate` of 1 and of 129 new tokens and dividing the difference by 128.
   Against the machine's memory-bandwidth limit, measured in the same run: a decode step reads every weight once
   (all parameters incl. lm_head, fp32; of the embedding table only one row), and the limit is those bytes over
-  the machine's read bandwidth (benchmarks/bandwidth.py: a read-only pass over a 1 GiB float32 array split across
-  the engine's threads, and on one thread; the best pass of those probed between the children). Also reported:
+  the machine's read bandwidth (benchmarks/bandwidth.py: numpy and torch read-only passes over a 1 GiB float32
+  array on the engine's threads and on one thread; the best pass of those probed between the children). Also reported:
   the one-thread read bandwidth and its limit (a one-token step that runs on one thread reads at most that fast).
   Target: the engine at >= 70% of the limit.
   Implementations: `engine` (`LLM.from_pretrained(folder)`: the exported `decode` program on Paddle Inference),
@@ -34,6 +34,8 @@ Inference's own operator profiles of the decode steps and of a 1x512 prefill).
 
     python benchmarks/bench_inference.py            # 3 repeats: ~4 min on 2 idle cores (12 min on a busy machine)
     python benchmarks/bench_inference.py --quick    # smoke run (1 repeat, 32 new tokens, 64 texts; ~1.5 min)
+    python benchmarks/bench_inference.py --refresh-limit   # re-probe the read bandwidth only (~20 s); recompute
+                                                           # the limit and fractions of the recorded results
 """
 
 from __future__ import annotations
