@@ -25,8 +25,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 __all__ = [
     "EXTERNAL_DATA_FILE",
     "EXTERNAL_DATA_THRESHOLD",
@@ -118,6 +116,7 @@ def _is_plain_transpose(node) -> bool:
 
 def _fold_transposed_weight(graph, weight, readers: list) -> None:
     """Store `weight` transposed for the MatMuls that read it through a Transpose (see the module docstring)."""
+    import numpy as np  # here, not at import: `convert` runs without numpy (export is imported by the CLI)
     from onnx import helper, numpy_helper
 
     transposes = {node.output[0] for node in readers if _is_plain_transpose(node)}

@@ -137,3 +137,8 @@ def main():
 
 if __name__ == "__main__":
     main()
+    # The results are written. Leave without the interpreter's teardown: paddle's gloo process group can abort
+    # (SIGABRT) while it is destroyed, after every check has passed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
