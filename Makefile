@@ -50,7 +50,7 @@ test: lint
 
 # The docs site (mkdocs.yml, docs/): a strict build fails on any warning (broken link, missing page, hook error).
 docs: $(VENV)/.installed
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 test-paddle26: $(VENV26)/.installed
 	$(VENV26)/bin/python -m pytest -q -m paddle26 tests
