@@ -17,6 +17,7 @@ from .meta import (
     META_FILE,
     META_VERSION,
     TASKS,
+    check_weights,
     generation_config,
     inference_settings,
     input_meta,
@@ -43,10 +44,11 @@ def _check_paths(model: Path, out: Path, force: bool) -> None:
         raise ExportError(f"{out}: would replace the model folder {model}")
 
 
-def _check_choices(task: str, format: str, dtype: str) -> None:
+def _check_choices(task: str, format: str, dtype: str, weights: str) -> None:
     for what, value, allowed in (("format", format, FORMATS), ("task", task, TASKS), ("dtype", dtype, DTYPES)):
         if value not in allowed:
             raise ExportError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+    check_weights(weights, format, dtype)
 
 
 def export_model(
@@ -57,11 +59,12 @@ def export_model(
     dtype: str = "float32",
     force: bool = False,
     opset: int = ONNX_OPSET,
+    weights: str = "float32",
 ) -> Path:
     """Export `model_dir` for `task` into the folder `out` (see the `paddle_qwen2.export` docstring); returns
     `out`. ExportError on bad input, before anything is written."""
     model_dir, out = Path(model_dir), Path(out)
-    _check_choices(task, format, dtype)
+    _check_choices(task, format, dtype, weights)
     _check_paths(model_dir, out, force)
     from ..runtime import configure_cpu_threads
 
@@ -103,6 +106,7 @@ def export_model(
             "task": task,
             "format": format,
             "dtype": dtype,
+            "weights": weights,
             "files": files,
             "inputs": input_meta(task, task_meta.get("decode")),
             "outputs": outputs,

@@ -22,6 +22,9 @@ __all__ = [
     "META_FILE",
     "META_VERSION",
     "TASKS",
+    "WEIGHTS",
+    "WEIGHT_FORMATS",
+    "check_weights",
     "decode_meta",
     "decode_outputs",
     "generation_config",
@@ -35,6 +38,11 @@ __all__ = [
 TASKS = ("causal-lm", "embedding", "sequence-classification", "decode")
 DTYPES = ("float32", "bfloat16", "float16")
 FORMATS = ("paddle", "onnx")
+# the precision of the weights an engine reads, and the export formats that hold each: bfloat16 runs on Paddle
+# Inference's oneDNN bf16 passes (the program holds float32 weights, converted when the predictor loads), int8 and
+# int4 on onnxruntime's MatMulNBits (block-quantized weights written into model.onnx)
+WEIGHTS = ("float32", "bfloat16", "int8", "int4")
+WEIGHT_FORMATS = {"float32": ("paddle", "onnx"), "bfloat16": ("paddle",), "int8": ("onnx",), "int4": ("onnx",)}
 META_FILE = "export_meta.json"
 META_VERSION = 1
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -58,6 +66,17 @@ def read_meta(folder: str | os.PathLike) -> dict:
     if version != META_VERSION:
         raise ExportError(f"{path}: export_meta_version {version!r}, expected {META_VERSION}")
     return meta
+
+
+def check_weights(weights: str, format: str, dtype: str) -> None:
+    """ExportError unless `weights` is a known precision that `format` holds, traced in float32 (`dtype`)."""
+    if weights not in WEIGHTS:
+        raise ExportError(f"unknown weights {weights!r}; expected one of {', '.join(WEIGHTS)}")
+    if format not in WEIGHT_FORMATS[weights]:
+        formats = " or ".join(f"--format {f}" for f in WEIGHT_FORMATS[weights])
+        raise ExportError(f"--weights {weights} is written with {formats}, not --format {format}")
+    if weights != "float32" and dtype != "float32":
+        raise ExportError(f"--weights {weights} quantizes a float32 program; --dtype {dtype} cannot go with it")
 
 
 def generation_config(folder: Path) -> dict:

@@ -51,25 +51,41 @@ def _fingerprint(folder: Path, task: str) -> str:
     return digest.hexdigest()[:20]
 
 
-def resolve_export(path: str | os.PathLike, task: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """An export folder of `task` for `path` (an export folder, or a checkpoint exported into the cache)."""
+def resolve_export(
+    path: str | os.PathLike, task: str, cache_dir: str | os.PathLike | None = None, weights: str | None = None
+) -> Path:
+    """An export folder of `task` for `path` (an export folder, or a checkpoint exported into the cache) whose
+    weights are `weights` (None: an export folder's own, float32 for a checkpoint). Precisions that only ONNX holds
+    (`export.WEIGHT_FORMATS`) are exported with `--format onnx`, the others with `--format paddle`."""
+    from ..export.meta import WEIGHT_FORMATS, check_weights
+
     path = Path(path)
     if (path / META_FILE).is_file():
         meta = read_meta(path)
-        if meta.get("task") != task or meta.get("format") != "paddle":
+        own = meta.get("weights", "float32")
+        if meta.get("task") != task:
             raise ExportError(
                 f"{path}: an export of task {meta.get('task')!r} ({meta.get('format')}); this needs "
                 f"task {task!r} (paddle-qwen2 export --task {task})"
             )
+        if weights is not None and weights != own:
+            raise ExportError(
+                f"{path}: an export with {own} weights, not {weights} (paddle-qwen2 export --weights {weights})"
+            )
         return path
     if not path.is_dir():
         raise ExportError(f"{path}: no such model folder")
-    out = Path(cache_dir or export_cache_dir()) / f"{path.name}-{task}-{_fingerprint(path, task)}"
+    weights = weights or "float32"
+    format = WEIGHT_FORMATS.get(weights, ("paddle",))[0]
+    check_weights(weights, format, "float32")
+    key = task if weights == "float32" else f"{task}-{weights}"
+    out = Path(cache_dir or export_cache_dir()) / f"{path.name}-{key}-{_fingerprint(path, key)}"
     if not (out / META_FILE).is_file():
         if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
             raise ExportError(f"{path}: not a Qwen2 model (no config.json)")
-        print(f"paddle_qwen2: exporting {path} ({task}) for Paddle Inference into {out}", file=sys.stderr)
-        export_model(path, out, task, force=True)
+        runtime = "onnxruntime" if format == "onnx" else "Paddle Inference"
+        print(f"paddle_qwen2: exporting {path} ({task}, {weights} weights) for {runtime} into {out}", file=sys.stderr)
+        export_model(path, out, task, format=format, force=True, weights=weights)
     return out
 
 
