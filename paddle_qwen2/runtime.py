@@ -12,7 +12,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["configure_cpu_threads", "keep_freed_memory", "mkl_cpu_type"]
+__all__ = ["bfloat16_missing", "configure_cpu_threads", "cpu_flags", "keep_freed_memory", "mkl_cpu_type"]
 
 # glibc mallopt parameters
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
@@ -48,19 +48,64 @@ _AVX2 = ("avx2", "fma")
 _AVX512 = ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
 
 
+def _read_cpuinfo() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _first_cpu(cpuinfo: str) -> dict[str, str]:
+    first_cpu = cpuinfo.strip().split("\n\n")[0]
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first_cpu.splitlines())}
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
+    """The instruction-set flags of the first CPU in /proc/cpuinfo (`cpuinfo`: its text, read when None); None
+    where there is no /proc/cpuinfo (nothing is known)."""
+    cpuinfo = _read_cpuinfo() if cpuinfo is None else cpuinfo
+    if cpuinfo is None:
+        return None
+    return set(_first_cpu(cpuinfo).get("flags", "").split())
+
+
+# CPU features with bf16 dot-product instructions: oneDNN's bf16 matmuls are fast only with one of them (without,
+# oneDNN emulates bf16 and runs slower than float32)
+BF16_FEATURES = ("avx512_bf16", "amx_bf16")
+
+
+def bfloat16_missing(cpuinfo: str | None = None, check_paddle: bool = True) -> str | None:
+    """Why this machine cannot run bf16 matmuls fast, None when it can: the CPU must list `avx512_bf16` or
+    `amx_bf16` in /proc/cpuinfo (`cpuinfo`: its text, read when None; unknown without it), and with
+    `check_paddle`, Paddle's oneDNN build must agree (`paddle.base.core.supports_bfloat16_fast_performance()`;
+    this imports paddle)."""
+    flags = cpu_flags(cpuinfo)
+    if flags is not None and not flags.intersection(BF16_FEATURES):
+        return (
+            "this CPU has neither avx512_bf16 nor amx_bf16 (/proc/cpuinfo flags), which bf16 matmuls need to run fast"
+        )
+    if check_paddle:
+        import paddle
+
+        core = paddle.base.core
+        if not (hasattr(core, "supports_bfloat16_fast_performance") and core.supports_bfloat16_fast_performance()):
+            return (
+                f"Paddle {paddle.__version__} reports no fast bf16 on this CPU "
+                "(paddle.base.core.supports_bfloat16_fast_performance() is False: it needs avx512_bf16 or amx_bf16)"
+            )
+    return None
+
+
 def mkl_cpu_type(cpuinfo: str | None = None) -> str | None:
     """The `MKL_DEBUG_CPU_TYPE` for this CPU (`cpuinfo`: the text of /proc/cpuinfo, read when None): "7" on AMD
     CPUs with AVX-512 (Zen 4 and later), "5" on AMD CPUs with AVX2 and FMA, None otherwise (Intel CPUs get MKL's
     own dispatch; without /proc/cpuinfo nothing is known). Without it MKL runs its generic SSE kernels on AMD
     CPUs, several times slower for fp32 matmuls."""
+    cpuinfo = _read_cpuinfo() if cpuinfo is None else cpuinfo
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return None
-    first_cpu = cpuinfo.strip().split("\n\n")[0]
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first_cpu.splitlines())}
+        return None
+    fields = _first_cpu(cpuinfo)
     if fields.get("vendor_id") != "AuthenticAMD":
         return None
     flags = set(fields.get("flags", "").split())

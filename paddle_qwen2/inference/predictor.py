@@ -6,7 +6,10 @@ and found again by the checkpoint's path, file sizes and times, the task, the Pa
 
 `Predictor` runs an export folder with `paddle.inference` on CPU (oneDNN as the folder's `export_meta.json`
 runs it correctly, unless told) or on the GPU when Paddle has one; each thread that calls it gets its own
-`predictor.clone()` (clones share the weights).
+`predictor.clone()` (clones share the weights). A folder exported with `--weights bfloat16` holds float32 weights
+and runs on the CPU with oneDNN and its bf16 passes (`enable_onednn_bfloat16`), which convert the weights and run
+the matmuls in bf16 when the predictor loads; where that cannot run fast (`runtime.bfloat16_missing`: no
+avx512_bf16 / amx_bf16) or oneDNN cannot run the program (Paddle 2.6), the predictor is refused (ExportError).
 """
 
 from __future__ import annotations
@@ -120,6 +123,38 @@ def _mkl_local_threads():
     return function
 
 
+def _check_bfloat16(folder: Path, settings: dict, onednn: bool | None) -> bool:
+    """`onednn` for a bfloat16 export (True), or ExportError saying why this process cannot run it fast."""
+    import paddle
+
+    from ..runtime import bfloat16_missing
+
+    if not settings.get("onednn", False):
+        raise ExportError(
+            f"{folder}: bfloat16 weights run on Paddle Inference's oneDNN bf16 passes, and oneDNN does not run these "
+            f"programs on Paddle {paddle.__version__}; use float32 weights (export --weights float32) or Paddle 3"
+        )
+    if onednn is False:
+        raise ExportError(f"{folder}: bfloat16 weights run on oneDNN; onednn=False cannot run them")
+    missing = bfloat16_missing()
+    if missing is not None:
+        raise ExportError(f"{folder}: bfloat16 weights: {missing}; use float32 weights (--weights float32)")
+    return True
+
+
+def _set_onednn(config, onednn: bool, bfloat16: bool) -> None:
+    """oneDNN on or off in `config` (the `onednn` API names where Paddle has them, else `mkldnn`), with its bf16
+    passes when `bfloat16`."""
+
+    def call(name: str) -> None:
+        method = getattr(config, name.replace("mkldnn", "onednn"), None) or getattr(config, name)
+        method()
+
+    call("enable_mkldnn" if onednn else "disable_mkldnn")
+    if bfloat16:
+        call("enable_mkldnn_bfloat16")
+
+
 class Predictor:
     """A Paddle Inference predictor of an export folder; `run(tensors) -> tensors` in the program's input and
     output order, on a clone of the predictor per calling thread."""
@@ -130,20 +165,29 @@ class Predictor:
 
         self.folder = Path(folder)
         self.meta = read_meta(self.folder)
+        self.weights = str(self.meta.get("weights", "float32"))
         settings = self.meta.get("paddle_inference", {})
+        if self.weights == "bfloat16":
+            onednn = _check_bfloat16(self.folder, settings, onednn)
+        elif self.weights != "float32":
+            raise ExportError(
+                f"{self.folder}: an export with {self.weights} weights ({self.meta.get('format')}); Paddle Inference "
+                "runs float32 and bfloat16 exports (onnxruntime runs this one: inference.onnx_predictor)"
+            )
         if onednn and not settings.get("onednn", False):
             raise ExportError(f"{self.folder}: oneDNN does not run this program on Paddle {paddle.__version__}")
         self.onednn = settings.get("onednn", False) if onednn is None else bool(onednn)
         files = self.meta["files"]
         config = inference.Config(str(self.folder / files["program"]), str(self.folder / files["params"]))
-        self.device = "gpu" if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 else "cpu"
+        has_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+        self.device = "gpu" if has_gpu and self.weights == "float32" else "cpu"  # bf16 runs on oneDNN (CPU)
         if self.device == "gpu":
             config.enable_use_gpu(256, 0)
         else:
             config.disable_gpu()
             self.threads = threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
             config.set_cpu_math_library_num_threads(self.threads)
-            config.enable_mkldnn() if self.onednn else config.disable_mkldnn()
+            _set_onednn(config, self.onednn, self.weights == "bfloat16")
         config.disable_glog_info()
         self._main = inference.create_predictor(config)
         self._threads = None if self.device == "gpu" else int(os.environ.get("OMP_NUM_THREADS", "1"))
@@ -204,4 +248,6 @@ class Predictor:
         return [paddle.to_tensor(predictor.get_output_handle(n).copy_to_cpu()) for n in predictor.get_output_names()]
 
     def describe(self) -> str:
-        return json.dumps({"folder": str(self.folder), "device": self.device, "onednn": self.onednn})
+        return json.dumps(
+            {"folder": str(self.folder), "device": self.device, "onednn": self.onednn, "weights": self.weights}
+        )
