@@ -36,6 +36,10 @@ Inference's own operator profiles of the decode steps and of a 1x512 prefill).
     python benchmarks/bench_inference.py --quick    # smoke run (1 repeat, 32 new tokens, 64 texts; ~1.5 min)
     python benchmarks/bench_inference.py --refresh-limit   # re-probe the read bandwidth only (~20 s); recompute
                                                            # the limit and fractions of the recorded results
+
+The real-size section (a random Qwen2.5-0.5B at every weight precision of the engine against HF transformers and
+llama.cpp's f32 / bf16 / Q8_0 / Q4_0) is benchmarks/bench_precision.py, run by `--real-size` (its options after
+`--real-size`, e.g. `--real-size --llama-cpp-src SDIST`), results in benchmarks/results/precision.json.
 """
 
 from __future__ import annotations
@@ -846,6 +850,11 @@ def profile_text(result: dict, decode: bool = True, prefill: bool = True) -> lis
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--real-size" in argv:  # the real-size section: bench_precision.py with the options that follow
+        import bench_precision
+
+        return bench_precision.main(argv[argv.index("--real-size") + 1 :])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3, help="child processes per implementation (default 3)")
     p.add_argument("--runs", type=int, default=3, help="timed runs inside each child (default 3)")
@@ -860,6 +869,11 @@ def main(argv=None) -> int:
         "--refresh-limit",
         action="store_true",
         help="only re-probe the read bandwidth and recompute the limit, fractions and verdicts of --out's results",
+    )
+    p.add_argument(
+        "--real-size",
+        action="store_true",
+        help="run the real-size section instead (bench_precision.py; the options after it are bench_precision's)",
     )
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
