@@ -43,6 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="dygraph (default) or inference: the exported program on Paddle Inference (a folder is exported once "
         "into the export cache)",
     )
+    p.add_argument(
+        "--weights",
+        metavar="float32|bfloat16|int8|int4",
+        help="with --engine inference: the precision of the weights the program reads (default: float32, or an "
+        "export folder's own); bfloat16 runs on Paddle Inference's oneDNN bf16 passes, int8 / int4 on onnxruntime's "
+        "n-bit matmuls (the ONNX export, quantized once into the export cache)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     return p
 
@@ -56,6 +63,7 @@ def run(args: argparse.Namespace, own_process: bool = False) -> int:
 
     check_input_path(args.input)
     check_output_path(args.output)
+    _check_weights(args)
     records = read_texts(args.input, args.text_field)
     from ..runtime import configure_cpu_threads, keep_freed_memory
 
@@ -83,6 +91,22 @@ def run(args: argparse.Namespace, own_process: bool = False) -> int:
     return 0
 
 
+def _check_weights(args: argparse.Namespace) -> None:
+    """EmbeddingError for an unknown `--weights`, or one other than float32 with `--engine dygraph`."""
+    weights = getattr(args, "weights", None)
+    if weights is None:
+        return
+    from ..embedding.errors import EmbeddingError
+    from ..export.meta import WEIGHTS
+
+    if weights not in WEIGHTS:
+        raise EmbeddingError(f"--weights {weights}: unknown precision; expected one of {', '.join(WEIGHTS)}")
+    if args.engine == "dygraph" and weights != "float32":
+        raise EmbeddingError(
+            f"--weights {weights}: the dygraph engine computes with float32 weights; use --engine inference"
+        )
+
+
 def _load(args: argparse.Namespace):
     """The dygraph `EmbeddingModel`, or the exported program (`--engine inference`), as the options say."""
     if args.engine == "dygraph":
@@ -98,4 +122,4 @@ def _load(args: argparse.Namespace):
         raise EmbeddingError(f"{', '.join(fixed)}: the exported program fixes the pipeline; use --engine dygraph")
     from ..inference.embedding import InferenceEmbeddingModel
 
-    return InferenceEmbeddingModel.from_pretrained(args.model)
+    return InferenceEmbeddingModel.from_pretrained(args.model, weights=getattr(args, "weights", None))

@@ -1,7 +1,13 @@
-"""`InferenceEmbeddingModel`: `EmbeddingModel.encode` on the exported embedding program (Paddle Inference).
+"""`InferenceEmbeddingModel`: `EmbeddingModel.encode` on the exported embedding program (Paddle Inference, or
+onnxruntime for int8 / int4 weights).
 
     model = InferenceEmbeddingModel.from_pretrained("gte-Qwen2-1.5B-instruct")   # exported once into the cache
     vectors = model.encode(texts, prompt_name="query")                          # as EmbeddingModel.encode
+    model = InferenceEmbeddingModel.from_pretrained(folder, weights="int8")     # the ONNX export, 8-bit weights
+
+`weights` picks the precision of the weights the program reads (`export.WEIGHTS`): float32 and bfloat16 run on
+Paddle Inference (`Predictor`; bfloat16 on oneDNN's bf16 passes), int8 and int4 on onnxruntime's n-bit matmuls
+(`OnnxPredictor` of the `--format onnx` export).
 
 The program holds the folder's whole pipeline (Transformer, Pooling, Dense, Normalize), so what runs on the host is
 the tokenization and batching of `EmbeddingEncoder` and, when asked for, a normalisation the folder does not do.
@@ -45,17 +51,20 @@ class InferenceEmbeddingModel(EmbeddingEncoder):
         onednn: bool | None = None,
         threads: int | None = None,
         cache_dir: str | os.PathLike | None = None,
+        weights: str | None = None,
     ) -> InferenceEmbeddingModel:
         """`path`: a sentence-transformers folder (exported into the export cache on first use) or an embedding
-        export folder."""
+        export folder. `weights`: float32, bfloat16, int8 or int4 (None: an export folder's own, float32 for a
+        sentence-transformers folder); EmbeddingError for an export folder of other weights, a precision this
+        machine cannot run, or `onednn` with an onnxruntime export."""
         from ..runtime import configure_cpu_threads
 
         configure_cpu_threads()
-        from .predictor import Predictor, resolve_export
+        from .predictor import resolve_export
 
         try:
-            folder = resolve_export(path, "embedding", cache_dir)
-            predictor = Predictor(folder, onednn=onednn, threads=threads)
+            folder = resolve_export(path, "embedding", cache_dir, weights=weights)
+            predictor = _predictor(folder, onednn, threads)
         except ExportError as exc:
             raise EmbeddingError(str(exc)) from None
         meta = predictor.meta["embedding"]
@@ -89,17 +98,44 @@ class InferenceEmbeddingModel(EmbeddingEncoder):
                 "module; unnormalised embeddings need the dygraph EmbeddingModel (--engine "
                 "dygraph)"
             )
-        import paddle
-
-        out = self.predictor.run([paddle.to_tensor(input_ids), paddle.to_tensor(mask)])[0].numpy()
+        out = _numpy(self.predictor.run(self._inputs(input_ids, mask))[0])
         if normalize_embeddings and not self.spec.normalizes:
             out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out.astype(np.float32, copy=False)
+
+    def _inputs(self, input_ids: np.ndarray, mask: np.ndarray) -> list:
+        """The program's inputs: numpy arrays for onnxruntime, `paddle.Tensor`s for Paddle Inference."""
+        if self.predictor.meta.get("format") == "onnx":
+            return [input_ids, mask]
+        import paddle
+
+        return [paddle.to_tensor(input_ids), paddle.to_tensor(mask)]
 
     def _empty_embedding(self, normalize_embeddings) -> np.ndarray:
         """A row of one padding token with a zero mask: the program's answer for a text with no tokens."""
         ids = np.full((1, 1), self.tokenizer.pad_token_id, dtype=np.int64)
         return self._run_batch(ids, np.zeros((1, 1), dtype=np.int64), 0, normalize_embeddings)
+
+
+def _predictor(folder: Path, onednn: bool | None, threads: int | None):
+    """The predictor of an export folder: onnxruntime's for a `--format onnx` export, else Paddle Inference's."""
+    from ..export import read_meta
+
+    meta = read_meta(folder)
+    if meta.get("format") == "onnx":
+        if onednn:
+            raise ExportError(f"{folder}: onnxruntime runs this export ({meta.get('weights')} weights), not oneDNN")
+        from .onnx_predictor import OnnxPredictor
+
+        return OnnxPredictor(folder, threads=threads)
+    from .predictor import Predictor
+
+    return Predictor(folder, onednn=onednn, threads=threads)
+
+
+def _numpy(value) -> np.ndarray:
+    """A program output (numpy from onnxruntime, `paddle.Tensor` from Paddle Inference) as a numpy array."""
+    return value if isinstance(value, np.ndarray) else value.numpy()
 
 
 def _spec_from_meta(folder: Path, meta: dict):
