@@ -15,7 +15,7 @@ from typing import Optional
 
 import pytest
 
-from paddle_qwen2.runtime import mkl_cpu_type
+from paddle_qwen2.runtime import bfloat16_missing, cpu_flags, mkl_cpu_type
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")
@@ -96,6 +96,37 @@ CPUINFO = [
 @pytest.mark.parametrize("cpuinfo, wanted", CPUINFO)
 def test_mkl_cpu_type_follows_the_vendor_and_instruction_sets(cpuinfo, wanted):
     assert mkl_cpu_type(cpuinfo) == wanted
+
+
+# ------------------------------------------------------------------------------------------------ bf16 probe
+
+# (/proc/cpuinfo text, what bfloat16_missing says without asking paddle): None = bf16 runs fast
+BF16_CPUINFO = [
+    (f"vendor_id\t: AuthenticAMD\nflags\t\t: {ZEN5_FLAGS}\n\nprocessor\t: 1\nflags\t\t: fpu\n", None),
+    ("vendor_id\t: GenuineIntel\nflags\t\t: avx512f avx512bw amx_tile amx_bf16\n", None),  # AMX only
+    ("vendor_id\t: GenuineIntel\nflags\t\t: avx2 avx512f avx512_vnni\n", "neither avx512_bf16 nor amx_bf16"),
+    ("flags\t\t: fpu\n\nprocessor\t: 1\nflags\t\t: avx512_bf16\n", "neither avx512_bf16 nor amx_bf16"),
+    ("processor\t: 0\n", "neither avx512_bf16 nor amx_bf16"),  # no flags line
+]
+
+
+@pytest.mark.parametrize("cpuinfo, wanted", BF16_CPUINFO)
+def test_bfloat16_missing_names_the_cpu_feature(cpuinfo, wanted):
+    got = bfloat16_missing(cpuinfo, check_paddle=False)
+    assert got is None if wanted is None else wanted in got, got
+
+
+def test_bfloat16_probe_agrees_with_paddle():
+    """On this machine: the probe says bf16 runs fast exactly when the CPU lists the feature and Paddle agrees."""
+    import paddle
+
+    fast = paddle.base.core.supports_bfloat16_fast_performance()
+    flags = cpu_flags()
+    has_feature = flags is None or bool(flags & {"avx512_bf16", "amx_bf16"})
+    got = bfloat16_missing()
+    assert (got is None) == (has_feature and fast), got
+    if not has_feature:
+        assert "neither avx512_bf16 nor amx_bf16" in got
 
 
 # ------------------------------------------------------------------------------------------------ precedence
