@@ -18,17 +18,18 @@ from paddle_qwen2.inference.predictor import Predictor
 
 PADDLE3 = int(paddle.__version__.split(".")[0]) >= 3
 needs_bf16 = pytest.mark.skipif(
-    not paddle.base.core.supports_bfloat16(), reason="this CPU has no avx512: oneDNN cannot compute in bf16 here"
+    not getattr(paddle.base.core, "supports_bfloat16", bool)(),
+    reason="this CPU has no avx512: oneDNN cannot compute in bf16 here",
 )
 NO_CPU_FEATURE = "this CPU has neither avx512_bf16 nor amx_bf16 (/proc/cpuinfo flags), which bf16 matmuls need"
 
 
 @pytest.fixture(scope="module")
 def exports(hf_checkpoint, tmp_path_factory):
-    """float32 and bfloat16 `causal-lm` exports of the tiny checkpoint."""
+    """float32 and bfloat16 `decode` exports of the tiny checkpoint."""
     root = tmp_path_factory.mktemp("bf16")
     src = hf_checkpoint("gqa")
-    return {w: export_model(src, root / w, "causal-lm", weights=w) for w in ("float32", "bfloat16")}
+    return {w: export_model(src, root / w, "decode", weights=w) for w in ("float32", "bfloat16")}
 
 
 @pytest.fixture
@@ -37,12 +38,21 @@ def fast_bf16(monkeypatch):
     monkeypatch.setattr(runtime, "bfloat16_missing", lambda *a, **k: None)
 
 
-def logits(predictor: Predictor) -> np.ndarray:
-    """Logits of two unpadded rows (a padded row is NaN in bf16: the mask's float32 minimum is -inf in bf16, and
-    a query row with every key masked then has a softmax of NaN)."""
+def prefill_and_step(predictor: Predictor) -> list[np.ndarray]:
+    """A prefill of two unpadded rows (empty cache), then a step of one more token each on its cache: both logits,
+    and the prefill's cache.
+    (A padded row is NaN in bf16: the mask's float32 minimum is -inf in bf16, and a query row with every key
+    masked then has a NaN softmax.)"""
     rng = np.random.default_rng(0)
+    decode = predictor.meta["decode"]
+    shape = [2, decode["num_key_value_heads"], 0, decode["head_dim"]]
+    cache = [paddle.zeros(shape, dtype="float32") for _ in decode["cache_inputs"]]
     ids = paddle.to_tensor(rng.integers(0, 128, (2, 12)).astype("int64"))
-    return predictor.run([ids, paddle.ones([2, 12], dtype="int64")])[0].numpy()
+    first = predictor.run([ids, paddle.ones([2, 12], dtype="int64"), *cache])
+    first = [x.numpy() for x in first]  # before the next run reuses the outputs' buffers
+    step_ids = paddle.to_tensor(rng.integers(0, 128, (2, 1)).astype("int64"))
+    step = predictor.run([step_ids, paddle.ones([2, 13], dtype="int64"), *(paddle.to_tensor(x) for x in first[1:])])
+    return [first[0], step[0].numpy(), np.stack(first[1:])]
 
 
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:
@@ -52,15 +62,17 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 @needs_bf16
 @pytest.mark.skipif(not PADDLE3, reason="Paddle 2.6's oneDNN does not run these programs (refused: see below)")
 def test_bf16_export_runs_in_bf16(exports, fast_bf16):
-    want = logits(Predictor(exports["float32"], onednn=False))
-    onednn_fp32 = relative_error(logits(Predictor(exports["float32"], onednn=True)), want)
+    want = prefill_and_step(Predictor(exports["float32"], onednn=False))
+    onednn_fp32 = prefill_and_step(Predictor(exports["float32"], onednn=True))
     predictor = Predictor(exports["bfloat16"])
     assert predictor.onednn and predictor.weights == "bfloat16" and predictor.device == "cpu"
-    bf16 = relative_error(logits(predictor), want)
-    # bf16 has an 8-bit mantissa (relative rounding 2^-9 ~ 2e-3 per value): the logits move by about that much;
-    # float32 on oneDNN stays at float32's rounding, so the difference is the bf16 passes' doing
-    assert onednn_fp32 < 1e-5, onednn_fp32
-    assert 2e-4 < bf16 < 2e-2, bf16
+    bf16 = prefill_and_step(predictor)  # the prefill's empty cache: Predictor runs it with one masked position
+    assert [x.shape for x in bf16] == [x.shape for x in want]
+    for got, fp32, reference in zip(bf16, onednn_fp32, want):
+        # bf16 has an 8-bit mantissa (relative rounding 2^-9 ~ 2e-3 per value): the outputs move by about that
+        # much; float32 on oneDNN stays at float32's rounding, so the difference is the bf16 passes' doing
+        assert relative_error(fp32, reference) < 1e-5
+        assert 2e-4 < relative_error(got, reference) < 2e-2, relative_error(got, reference)
 
 
 def _without_onednn(folder, tmp_path):

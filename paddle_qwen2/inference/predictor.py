@@ -142,6 +142,26 @@ def _check_bfloat16(folder: Path, settings: dict, onednn: bool | None) -> bool:
     return True
 
 
+def _one_masked_position(inputs: Sequence, past_axis: int) -> list:
+    """Decode program inputs `(input_ids, attention_mask, *cache)` with an empty cache -> the same with a cache of
+    one zero position, masked out in front of `attention_mask` (positions count only unmasked tokens)."""
+    import paddle
+
+    ids, mask, cache = inputs[0], inputs[1], inputs[2:]
+    shape = list(cache[0].shape)
+    shape[past_axis] = 1
+    zeros = paddle.zeros(shape, dtype=cache[0].dtype)
+    masked = paddle.concat([paddle.zeros([mask.shape[0], 1], dtype=mask.dtype), mask], axis=1)
+    return [ids, masked, *(zeros for _ in cache)]
+
+
+def _drop_first(x, axis: int):
+    """`x` without its first position along `axis`."""
+    import paddle
+
+    return paddle.slice(x, axes=[axis], starts=[1], ends=[int(x.shape[axis])])
+
+
 def _set_onednn(config, onednn: bool, bfloat16: bool) -> None:
     """oneDNN on or off in `config` (the `onednn` API names where Paddle has them, else `mkldnn`), with its bf16
     passes when `bfloat16`."""
@@ -197,6 +217,8 @@ class Predictor:
         self._main_thread = threading.get_ident()
         self._local = threading.local()
         self.input_names = self._main.get_input_names()
+        decode = self.meta.get("decode") if self.weights == "bfloat16" else None
+        self._past_axis = list(decode["cache_layout"]).index("past") if decode else None
 
     def twin(self) -> Predictor:
         """Another predictor of the same program sharing this one's weights (a `clone()`), with buffers of its
@@ -222,6 +244,9 @@ class Predictor:
         """`paddle.Tensor`s in the program's input order -> its outputs as `paddle.Tensor`s. `matmul_threads`: MKL's
         threads for this run (on CPU), whatever the predictor's own count; its other kernels keep theirs."""
         predictor = self._predictor()
+        padded = self._pads_empty_cache(inputs)
+        if padded:
+            inputs = _one_masked_position(inputs, self._past_axis)
         widen = matmul_threads is not None and self._mkl_local is not None
         previous = self._mkl_local(matmul_threads) if widen else None
         try:
@@ -237,7 +262,15 @@ class Predictor:
             # a CPU run leaves MKL at one thread: dygraph paddle in this process would then compute (and round)
             # differently, and slower
             self._core.set_num_threads(self._threads)
+        if padded:  # the present cache without the masked position
+            outputs = [outputs[0], *(_drop_first(x, self._past_axis) for x in outputs[1:])]
         return outputs
+
+    def _pads_empty_cache(self, inputs: Sequence) -> bool:
+        """Whether this run is a bf16 decode program's prefill (an empty cache), which oneDNN's bf16 kernels cannot
+        run (they raise `std::exception` on the empty tensors): it then runs with one masked cache position in
+        front, which no query attends to, and the present cache is returned without it."""
+        return self._past_axis is not None and len(inputs) > 2 and int(inputs[2].shape[self._past_axis]) == 0
 
     def _run_handles(self, predictor, inputs: Sequence) -> list:
         import paddle
