@@ -20,8 +20,9 @@ warm-up in each child), medians over the children and the best run:
   llama.cpp's f32, and llama.cpp f32 and HF against the engine's float32 (the same weights: a check of the setup).
 * the limit of each row: the bytes a decode step reads at its precision over the machine's read bandwidth
   (benchmarks/bandwidth.py, probed between the children, as bench_inference.py does): every weight once except
-  the embedding table (one row), the tied head read whole. The engine's quantized rows count the n-bit weights
-  with their scales as the export stores them; llama.cpp's rows the GGUF file's tensor bytes.
+  the embedding table (one row), the tied head read whole: the engine's Paddle Inference rows from the parameter
+  count (4 or 2 bytes a weight), its onnxruntime rows from the ONNX model's initializers (n-bit weights with
+  their scales; a table only `Gather` reads counts one row), llama.cpp's rows from the GGUF file's tensor bytes.
 Where a target of issue 23 is missed, the results say where a step's time goes: onnxruntime's operator-type
 totals of decode steps (`enable_profiling`) for the onnxruntime rows, Paddle Inference's operator profile for the
 Paddle Inference rows.
@@ -295,6 +296,8 @@ def child(name: str, workdir: Path, settings: dict) -> dict:
 def engine_profile(llm, steps: int) -> list[str]:
     """Where a decode step's time goes: the operator-type totals of `steps` one-stream decode steps, from the
     runtime the engine runs on (onnxruntime's `enable_profiling`, or Paddle Inference's profile)."""
+    if getattr(llm, "engine", "inference") == "onnxruntime":
+        return onnxruntime_profile(llm, steps)
     ids = prompts(1, PROMPT_TOKENS, 0)[0]
     predictor = getattr(llm.step, "step", None) or getattr(llm.step, "predictor", None)
     if predictor is not None and hasattr(predictor, "meta") and "files" in predictor.meta:
@@ -316,55 +319,46 @@ def engine_profile(llm, steps: int) -> list[str]:
             return profile_summary(inference_profile(predictor, decode), top=12)
         except Exception as exc:  # noqa: BLE001  (a profile is a note; the numbers stand without it)
             return [f"Paddle Inference profile failed: {type(exc).__name__}: {exc}"]
-    return onnxruntime_profile(llm, steps)
+    return [f"{llm.describe()}: no profile for this engine"]
 
 
 def onnxruntime_profile(llm, steps: int) -> list[str]:
-    """onnxruntime's operator-type totals (ms over `steps` decode steps of one stream, after 32 cached tokens) of
-    the engine's ONNX decode model, run by a session of its own with `enable_profiling`."""
+    """onnxruntime's operator-type totals (ms per step over `steps` one-stream decode steps after a 16-token
+    prompt) of the engine's own session, replaced at the end of the child by one with the same options and
+    `enable_profiling` (the prefill's run left out)."""
     import onnxruntime as ort
 
-    folder = Path(llm.folder)
-    models = sorted(folder.glob("*.onnx"))
-    if not models:
-        return [f"{folder}: no .onnx model to profile"]
-    options = ort.SessionOptions()
+    predictor = getattr(llm.step, "predictor", None)
+    if predictor is None or not hasattr(predictor, "session"):
+        return [f"{llm.describe()}: no onnxruntime session to profile"]
+    options = predictor.session.get_session_options()
     options.enable_profiling = True
-    options.intra_op_num_threads = THREADS
-    options.profile_file_prefix = str(folder.parent / "ort_profile")
-    session = ort.InferenceSession(str(models[0]), options, providers=["CPUExecutionProvider"])
-    feeds = synthetic_feeds(session, past=32)
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"ort_profile_{os.getpid()}")
+    path = predictor.folder / predictor.meta["files"]["onnx"]
+    predictor.session = None  # the child ends after this: one session's weights in memory at a time
+    predictor.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    logits, batch = llm.prefill([prompts(1, PROMPT_TOKENS, 0)[0]])
+    token = int(logits[0].argmax())
     for _ in range(steps):
-        session.run(None, feeds)
-    trace = json.loads(Path(session.end_profiling()).read_text())
+        token = int(llm.decode(batch, [token])[0].argmax())
+    trace_path = Path(predictor.session.end_profiling())
+    trace = json.loads(trace_path.read_text())
+    trace_path.unlink()
+    runs = sorted((e for e in trace if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    after_prefill = runs[0]["ts"] + runs[0]["dur"] if runs else 0
     totals: dict[str, float] = {}
     for event in trace:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= after_prefill:
             op = event.get("args", {}).get("op_name", "?")
             totals[op] = totals.get(op, 0.0) + event["dur"] / 1000
     total = sum(totals.values())
+    step_ms = [e["dur"] / 1000 for e in runs[1:]]
+    head = (
+        f"onnxruntime {ort.__version__}, {path.name}: {steps} decode steps, model_run median "
+        f"{statistics.median(step_ms) if step_ms else float('nan'):.2f} ms/step, operators {total / steps:.2f} ms/step"
+    )
     rows = sorted(totals.items(), key=lambda kv: -kv[1])[:12]
-    return [f"onnxruntime {ort.__version__}, {models[0].name}, {steps} decode steps: {total / steps:.2f} ms/step"] + [
-        f"{op}: {ms / steps:.2f} ms/step ({ms / total:.0%})" for op, ms in rows
-    ]
-
-
-def synthetic_feeds(session, past: int) -> dict:
-    """Inputs of one decode step of one row after `past` cached tokens, from the session's input names and shapes:
-    ids [1, 1], the mask [1, past + 1], each cache tensor random with its symbolic `past` axis `past` long."""
-    feeds = {}
-    rng = np.random.RandomState(0)
-    for inp in session.get_inputs():
-        dtype = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}[inp.type]
-        name = inp.name.lower()
-        if "mask" in name:
-            feeds[inp.name] = np.ones((1, past + 1), dtype=dtype)
-        elif "id" in name and len(inp.shape) == 2:
-            feeds[inp.name] = np.full((1, 1), 5, dtype=dtype)
-        else:
-            shape = [d if isinstance(d, int) else (1 if "batch" in str(d) else past) for d in inp.shape]
-            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
-    return feeds
+    return [head] + [f"{op}: {ms / steps:.2f} ms/step ({ms / total:.0%})" for op, ms in rows]
 
 
 # -------------------------------------------------------------------------------------------------- parent side
@@ -424,16 +418,42 @@ def prepare_gguf(workdir: Path, checkpoint: Path, source: str | None, names: lis
     return out
 
 
-def export_quantization(workdir: Path, name: str) -> dict | None:
-    """What the engine's export of row `name` records of its quantization (export_meta.json's "quantization"), if
-    anything."""
+def export_folder(workdir: Path, name: str) -> Path | None:
+    """The decode export the engine row `name` ran (in the workdir's export cache), found by its metadata."""
     kwargs = OURS[name]
     weights = kwargs.get("weights", "float32")
+    onnx = kwargs.get("engine") == "onnxruntime" or weights in NOMINAL_BITS
     for meta in sorted((workdir / "exports").glob("*/export_meta.json")):
         data = json.loads(meta.read_text())
-        if data.get("task") == "decode" and data.get("weights", "float32") == weights:
-            return data.get("quantization")
+        same = data.get("weights", "float32") == weights and (data.get("format") == "onnx") == onnx
+        if data.get("task") == "decode" and same:
+            return meta.parent
     return None
+
+
+def onnx_step_bytes(folder: Path) -> int | None:
+    """Bytes of weights one decode step of the ONNX export in `folder` reads: every initializer, except that of a
+    table only `Gather` reads (the embeddings, when the head has its own copy) one row. None without a model."""
+    import onnx
+    from onnx import helper
+
+    meta = json.loads((folder / "export_meta.json").read_text())
+    path = folder / meta.get("files", {}).get("onnx", "model.onnx")
+    if not path.is_file():
+        return None
+    model = onnx.load(str(path), load_external_data=False)
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    total = 0
+    for init in model.graph.initializer:
+        count = int(np.prod(init.dims)) if init.dims else 1
+        nbytes = count * np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+        if readers.get(init.name) == {"Gather"} and init.dims:
+            nbytes //= init.dims[0]
+        total += nbytes
+    return total
 
 
 def relative_errors(workdir: Path) -> dict:
@@ -485,13 +505,16 @@ def summarize(runs: dict, probes: list[dict], config: dict, gguf: dict, workdir:
         row["peak_rss_mb"] = statistics.median([r["peak_rss_mb"] for r in ok])
         row["peak_rss_mb_after"] = ok[0]["peak_rss_mb_after"]
         row["load_seconds"] = statistics.median([r["load_seconds"] for r in ok])
+        row["load_average_at_start"] = [r["load_average_at_start"] for r in ok]
         row["tokens_1"] = ok[0]["decode_1"]["tokens"][0]
         if name in gguf and "tensors" in gguf[name]:
             row["step_bytes"] = gguf[name]["tensors"]["bytes"]  # the tied embedding table read whole as the head
             row["gguf"] = {k: v for k, v in gguf[name].items() if k != "path"}
         elif name in OURS:
-            row["quantization"] = export_quantization(workdir, name)
-            row["step_bytes"] = engine_step_bytes(config, PRECISION[name], row["quantization"])
+            folder = export_folder(workdir, name)
+            onnx_bytes = onnx_step_bytes(folder) if folder and name != "float32" else None
+            row["step_bytes"] = onnx_bytes or engine_step_bytes(config, PRECISION[name])
+            row["step_bytes_from"] = "the ONNX model's initializers" if onnx_bytes else "the parameter count"
         else:
             row["step_bytes"] = engine_step_bytes(config, "float32")
         row["limit_tokens_per_s"] = read / row["step_bytes"]
@@ -556,6 +579,11 @@ def verdicts(rows: dict) -> list[dict]:
 # ------------------------------------------------------------------------------------------------------ tables
 
 
+def percent(fraction: float) -> str:
+    """A relative error as a percentage (two decimals), or in scientific notation below 0.01%."""
+    return f"{fraction:.2%}" if fraction >= 1e-4 or fraction == 0 else f"{fraction * 100:.1e}%"
+
+
 def cell(value, fmt: str = "{:.1f}") -> str:
     return "-" if value is None else fmt.format(value)
 
@@ -568,7 +596,8 @@ def table(result: dict) -> str:
         f"Random-weight `{result['config']}` (bf16 checkpoint written by transformers), CPU, {result['threads']} "
         f"threads everywhere, {machine['cores']} cores ({machine['cpu']}); llama-cpp-python "
         f"{result.get('llama_cpp_python') or 'not installed'}; load average {result['load_average']['before'][0]} "
-        f"before, {result['load_average']['after'][0]} after; {s['repeats']} repeats of each row in alternating "
+        f"before, {result['load_average']['after'][0]} after{load_range(result['rows'])}; {s['repeats']} repeats of "
+        "each row in alternating "
         f"child processes. Decode: {PROMPT_TOKENS}-token prompts, {s['new_tokens']} new tokens, greedy, eos "
         f"ignored (medians; best run in brackets). Limit: the bytes a decode step reads at the row's precision over "
         f"the machine's read bandwidth ({bw['read_gb_per_s']:.1f} GB/s, best pass with {bw['threads']} threads or "
@@ -602,13 +631,19 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def load_range(rows: dict) -> str:
+    """ ", from X to Y at the children's starts" (the 1-minute load average), when the rows record it."""
+    loads = [x for row in rows.values() for x in row.get("load_average_at_start", [])]
+    return f", from {min(loads):.1f} to {max(loads):.1f} at the children's starts" if loads else ""
+
+
 def table_row(name: str, row: dict, hf: float | None) -> str:
     if "decode_1" not in row:
         why = "refused" if "refused" in row else "skipped" if "skipped" in row else "failed"
         return f"| {row['label']} | {why} (below) | | | | | | |"
     d1, d8, pre = row["decode_1"], row["decode_rows"], row["prefill_1x512"]
     error = row.get("logits_error")
-    error_cell = "-" if not error else f"{error['max']:.2%} (vs {LABELS[error['against']]})"
+    error_cell = "-" if not error else f"{percent(error['max'])} (vs {LABELS[error['against']]})"
     ratio = "-" if not hf else f"{d1['tokens_per_s'] / hf:.2f}x"
     return (
         f"| {row['label']} | **{d1['tokens_per_s']:.1f}** ({d1['best_tokens_per_s']:.1f}) | {ratio} | "

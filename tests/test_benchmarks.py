@@ -287,3 +287,145 @@ def test_serve_bench_quick_run(tmp_path):
     assert {"1", "4"} <= set(result["levels"])
     assert all(result["levels"][n]["errors"] == 0 for n in ("1", "4"))
     assert result["server_exit_code"] == 0
+
+
+# ------------------------------------------------------------------------- the real-size section (bench_precision)
+
+
+@pytest.fixture(scope="module")
+def bench_precision() -> ModuleType:
+    return load_script("bench_precision")
+
+
+def test_precision_step_bytes_count_every_weight_a_step_reads(bench_precision, bench_inference, model_configs):
+    config = model_configs.load_config("qwen2.5-0.5b")
+    # Qwen2.5-0.5B: 494,032,768 parameters (the head tied to the embeddings); a step reads them all and one row
+    assert bench_precision.engine_step_bytes(config, "float32") == 4 * (494_032_768 + 896)
+    assert bench_precision.engine_step_bytes(config, "float32") == bench_inference.weight_bytes_per_token(config)
+    counts = bench_precision.parameter_counts(config)
+    assert bench_precision.engine_step_bytes(config, "bfloat16") == 2 * counts["matmul"] + 4 * counts["other"]
+    # n bits and a float32 scale per block (the nominal block of 32 when the export records none)
+    int8 = bench_precision.engine_step_bytes(config, "int8", {"bits": 8, "block_size": 64})
+    assert int8 == int(counts["matmul"] * (1 + 4 / 64) + 4 * counts["other"])
+    int4 = bench_precision.engine_step_bytes(config, "int4")
+    assert int4 == int(counts["matmul"] * (0.5 + 4 / 32) + 4 * counts["other"])
+
+
+def test_precision_logits_errors_are_against_float32_of_the_same_runtime(bench_precision, tmp_path):
+    rng = np.random.RandomState(0)
+    (tmp_path / "logits").mkdir()
+    base = rng.standard_normal((4, 50)).astype(np.float32)
+    saved = {"float32": base, "int8": base * 1.01, "llama_f32": base, "llama_q4_0": base * 0.9, "hf": base}
+    for name, logits in saved.items():
+        np.save(tmp_path / "logits" / f"{name}.npy", logits)
+    errors = bench_precision.relative_errors(tmp_path)
+    assert set(errors) == {"int8", "llama_f32", "llama_q4_0", "hf"}
+    assert errors["int8"]["against"] == "float32" and errors["int8"]["max"] == pytest.approx(0.01, rel=1e-5)
+    assert errors["llama_q4_0"]["against"] == "llama_f32" and errors["llama_q4_0"]["max"] == pytest.approx(0.1)
+    assert errors["llama_f32"]["against"] == "float32" and errors["llama_f32"]["max"] == 0
+
+
+def test_precision_table_shows_rows_refusals_and_verdicts(bench_precision):
+    def row(name: str, tokens_per_s: float, rows_per_s: float, prefill: float) -> dict:
+        return {
+            "label": bench_precision.LABELS[name],
+            "decode_1": {"tokens_per_s": tokens_per_s, "best_tokens_per_s": tokens_per_s * 1.1},
+            "decode_rows": {"tokens_per_s": rows_per_s, "best_tokens_per_s": rows_per_s},
+            "prefill_1x512": {"seconds": prefill, "best_seconds": prefill},
+            "peak_rss_mb": 1000.0,
+            "limit_tokens_per_s": 40.0,
+            "fraction_of_limit": tokens_per_s / 40.0,
+        }
+
+    rows = {
+        "hf": row("hf", 5.0, 20.0, 3.0),
+        "float32": row("float32", 10.0, 50.0, 2.0),
+        "int8": dict(row("int8", 30.0, 60.0, 2.5), logits_error={"against": "float32", "max": 0.004, "mean": 0.003}),
+        "int4": {"label": bench_precision.LABELS["int4"], "refused": "EngineError: int4 needs onnxruntime"},
+        "llama_f32": row("llama_f32", 15.0, 40.0, 2.8),
+        "llama_q8_0": row("llama_q8_0", 40.0, 55.0, 2.0),
+    }
+    targets = bench_precision.verdicts(rows)
+    by_what = {t["what"]: t for t in targets}
+    f32 = by_what["decode 1 stream, float32: engine tokens/s / llama.cpp f32's"]
+    assert f32["row"] == "float32" and f32["value"] == pytest.approx(10 / 15) and f32["met"] is False
+    assert by_what["decode 8 rows, int8: engine tokens/s / llama.cpp Q8_0's"]["met"] is True
+    assert by_what["prefill 1x512, engine int8: time / engine float32's"]["met"] is False
+    assert by_what["relative logits error, engine int8 vs engine float32"]["met"] is True
+    assert by_what["decode 1 stream, int4: engine tokens/s / llama.cpp Q4_0's"]["met"] is None
+    result = {
+        "config": "qwen2.5-0.5b",
+        "threads": 2,
+        "machine": {"cores": 2, "cpu": "test CPU"},
+        "settings": {"repeats": 2, "new_tokens": 64},
+        "memory_bandwidth": {"read_gb_per_s": 30.0, "threads": 2},
+        "load_average": {"before": [1.0], "after": [1.0]},
+        "rows": rows,
+        "targets": targets,
+    }
+    text = bench_precision.table(result)
+    assert "| engine int8 | **30.0** (33.0) | 6.00x | 40 (75%) | 60.0 (60.0) | 2.50 s (2.50) | 1000 MB | 0.40%" in text
+    assert "- engine int4: EngineError: int4 needs onnxruntime" in text
+    assert (
+        "| decode 1 stream, float32: engine tokens/s / llama.cpp f32's | 0.67x | 0.67x | >= 1.00x | **missed** |"
+        in text
+    )
+
+
+def test_precision_recorded_results_render_every_row(bench_precision):
+    path = RESULTS / "precision.json"
+    recorded = json.loads(path.read_text())
+    text = bench_precision.table(recorded)
+    assert recorded["config"] == "qwen2.5-0.5b" and set(recorded["rows"]) <= set(bench_precision.ROW_NAMES)
+    for row in recorded["rows"].values():
+        assert row["label"] in text
+        if "decode_1" in row:
+            bw = recorded["memory_bandwidth"]["read_gb_per_s"]
+            assert row["limit_tokens_per_s"] == pytest.approx(bw * 1e9 / row["step_bytes"])
+
+
+def test_llama_cpp_converter_is_taken_from_the_sdist(tmp_path):
+    """llama_cpp_peer.converter_folder unpacks only the converter's parts of a llama-cpp-python sdist."""
+    import tarfile
+
+    peer = load_script("llama_cpp_peer")
+    vendor = tmp_path / "src" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp"
+    for name in ("convert_hf_to_gguf.py", "conversion/base.py", "gguf-py/gguf/__init__.py", "src/llama.cpp"):
+        (vendor / name).parent.mkdir(parents=True, exist_ok=True)
+        (vendor / name).write_text("# " + name)
+    sdist = tmp_path / "llama_cpp_python-0.3.36.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "llama_cpp_python-0.3.36", "llama_cpp_python-0.3.36")
+    folder = peer.converter_folder(sdist, tmp_path / "unpacked")
+    assert folder == tmp_path / "unpacked"
+    assert (folder / "convert_hf_to_gguf.py").read_text() == "# convert_hf_to_gguf.py"
+    assert (folder / "conversion" / "base.py").is_file() and (folder / "gguf-py" / "gguf" / "__init__.py").is_file()
+    assert not (folder / "src").exists()
+    assert peer.converter_folder(tmp_path / "src" / "llama_cpp_python-0.3.36", tmp_path / "x") == vendor
+    with pytest.raises(peer.PeerError, match="neither the llama-cpp-python sdist"):
+        peer.converter_folder(tmp_path, tmp_path / "y")
+
+
+def test_precision_onnx_step_bytes_read_a_gathered_table_one_row(bench_precision, tmp_path):
+    """An ONNX decode export's step bytes: every initializer, a table that only Gather reads one row of."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = numpy_helper.from_array(np.zeros((100, 8), np.float32), "table")  # Gather only: one row, 32 bytes
+    head = numpy_helper.from_array(np.zeros((8, 100), np.float32), "head")  # MatMul: 3,200 bytes
+    packed = numpy_helper.from_array(np.zeros((100, 1, 16), np.uint8), "packed")  # n-bit blocks: 1,600 bytes
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["x"]),
+        helper.make_node("MatMul", ["x", "head"], ["y"]),
+        helper.make_node("Identity", ["packed"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 1])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "z")],
+        initializer=[table, head, packed],
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"))
+    (tmp_path / "export_meta.json").write_text(json.dumps({"files": {"onnx": "model.onnx"}}))
+    assert bench_precision.onnx_step_bytes(tmp_path) == 32 + 3200 + 1600
