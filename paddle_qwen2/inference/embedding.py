@@ -99,6 +99,13 @@ class InferenceEmbeddingModel(EmbeddingEncoder):
                 "dygraph)"
             )
         out = _numpy(self.predictor.run(self._inputs(input_ids, mask))[0])
+        if np.isnan(out).any():
+            raise EmbeddingError(
+                f"{self.predictor.folder}: the program ({self.predictor.meta.get('weights', 'float32')} weights) "
+                f"returned NaN for {int(np.isnan(out).any(axis=1).sum())} of {len(out)} texts of a batch: in bf16 a "
+                "padded (or empty) text's row is NaN (its attention mask's float32 minimum is -inf in bf16); embed "
+                "with --batch-size 1, or float32 weights"
+            )
         if normalize_embeddings and not self.spec.normalizes:
             out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out.astype(np.float32, copy=False)
