@@ -2,8 +2,9 @@
 
     from paddle_qwen2.export import export_model
     export_model("DIR", "EXP", task="decode", format="paddle", dtype="float32")
+    export_model("DIR", "EXP", task="decode", format="onnx", weights="int4")
 
-(the command line: `paddle-qwen2 export --model DIR --out EXP --task ... [--format onnx]`)
+(the command line: `paddle-qwen2 export --model DIR --out EXP --task ... [--format onnx] [--weights int8]`)
 
 Inputs `input_ids` and `attention_mask`, int64 `[batch, seq]`, both dims dynamic. Output 0:
 - causal-lm: logits `[batch, seq, vocab]` float32; position ids are derived from the mask inside the program
@@ -19,6 +20,13 @@ Inputs `input_ids` and `attention_mask`, int64 `[batch, seq]`, both dims dynamic
 
 `dtype` sets the weights' (and the KV cache's) dtype; outputs stay float32. bfloat16 and float16 programs need a
 GPU to run (Paddle has no CPU kernels for their matmuls).
+
+`weights` is the precision of the weights the engine reads (`meta.WEIGHTS`, the formats holding each in
+`meta.WEIGHT_FORMATS`): "float32"; "bfloat16" (`format="paddle"`: float32 files that Paddle Inference's oneDNN bf16
+passes convert when the predictor loads); "int8" / "int4" (`format="onnx"`: every projection and the LM head
+block-quantized as onnxruntime's `MatMulNBits`, `quantize.py`; `export_meta.json` records the settings under
+`"quantization"`: bits, block_size, symmetric, accuracy_level, head_bits). Activations and the KV cache stay
+float32.
 
 `format="paddle"` writes `paddle.jit.save`'s files (Paddle 3.x: `model.json` + `model.pdiparams`; Paddle 2.6:
 `model.pdmodel` + `model.pdiparams`), `format="onnx"` writes `model.onnx` (paddle2onnx; every weight an initializer,
@@ -36,6 +44,7 @@ The modules, in the order an export uses them:
 - `paddle_saver.py`: `paddle.jit.save` (Paddle Inference files).
 - `onnx_saver.py`: `model.onnx` through paddle2onnx (weights above its 2 GiB limit added after it).
 - `onnx_graph.py`: the weights as initializers (what weight-only quantizers read), `save_model` with external data.
+- `quantize.py`: int8 / int4 weights (`MatMulNBits`) in a saved `model.onnx`, the settings chosen by measurement.
 - `exporter.py`: `export_model`, the folder written and renamed into place.
 - `errors.py`: `ExportError`.
 
@@ -47,7 +56,7 @@ from __future__ import annotations
 from .errors import ExportError
 from .exporter import SIDE_FILES, export_model
 from .loading import FUSED, build_program
-from .meta import DTYPES, FORMATS, INPUT_NAMES, META_FILE, META_VERSION, TASKS, read_meta
+from .meta import DTYPES, FORMATS, INPUT_NAMES, META_FILE, META_VERSION, TASKS, WEIGHT_FORMATS, WEIGHTS, read_meta
 from .onnx_saver import ONNX_OPSET
 
 __all__ = [
@@ -60,6 +69,8 @@ __all__ = [
     "ONNX_OPSET",
     "SIDE_FILES",
     "TASKS",
+    "WEIGHTS",
+    "WEIGHT_FORMATS",
     "ExportError",
     "build_program",
     "export_model",

@@ -1,5 +1,6 @@
-"""`export_model`: check the paths, build the program, save it (Paddle Inference or ONNX), copy the tokenizer and
-config files, write `export_meta.json`; all into a temporary folder beside `out`, renamed into place at the end."""
+"""`export_model`: check the paths, build the program, save it (Paddle Inference or ONNX; int8 / int4 weights
+quantized in the saved ONNX file, `quantize.py`), copy the tokenizer and config files, write `export_meta.json`; all
+into a temporary folder beside `out`, renamed into place at the end."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from .meta import (
     read_json,
 )
 from .onnx_saver import ONNX_OPSET
+from .quantize import SETTINGS as QUANTIZED
+from .quantize import quantize_folder
 
 __all__ = ["SIDE_FILES", "export_model"]
 
@@ -96,6 +99,9 @@ def export_model(
                 f"--dtype {dtype}: this Paddle build ({paddle.__version__}, {device}) cannot trace the model in "
                 f"{dtype}: {reason.strip().split(' (at ')[0]}; half-precision programs need paddlepaddle-gpu"
             ) from None
+        quantization = None
+        if weights in QUANTIZED:
+            files, quantization = quantize_folder(work, weights)
         copied = []
         for name in SIDE_FILES:
             if (source / name).is_file():
@@ -121,6 +127,8 @@ def export_model(
         }
         if format == "onnx":
             meta["onnx_opset"] = opset
+        if quantization is not None:
+            meta["quantization"] = quantization
         (work / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
