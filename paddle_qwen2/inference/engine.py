@@ -1,7 +1,8 @@
-"""`LLM`: generation with the one-step decode program (`paddle-qwen2 export --task decode`) on Paddle Inference,
-or with the dygraph model; the same loop either way.
+"""`LLM`: generation with the one-step decode program (`paddle-qwen2 export --task decode`) on Paddle Inference or
+onnxruntime, or with the dygraph model; the same loop either way.
 
     llm = LLM.from_pretrained("Qwen2.5-0.5B-Instruct")                 # a checkpoint (exported once) or an export
+    llm = LLM.from_pretrained("Qwen2.5-0.5B-Instruct", weights="int4") # int8 / int4 weights on onnxruntime
     [out] = llm.generate([llm.tokenizer.encode_chat(messages)], SamplingParams(temperature=0))
     out.text, out.finish_reason
 
@@ -13,17 +14,23 @@ The low-level API the server's scheduler uses (continuous batching):
     batch = Batch.concat([batch, other])      # join (left-padded to the longest row)
     batch = batch.select(rows)                # leave
 
+Engines (`ENGINES`, `LLM.engine`): "inference" (Paddle Inference: float32 exports, and bfloat16 ones on oneDNN's
+bf16 passes), "onnxruntime" (a `--format onnx` export: float32, int8 or int4 weights, `onnx_predictor.OnnxPredictor`)
+and "dygraph" (the paddle model, float32). `from_pretrained(engine=None)` takes onnxruntime for int8 / int4 weights
+or an ONNX export folder, Paddle Inference otherwise.
+
 Rows are left-padded: position ids are counted over each row's real tokens, so a row gives the same tokens alone
 or in a batch. The KV cache is a list of `[batch, kv_heads, past, head_dim]` tensors (the decode program's layout;
 an older export's `[batch, past, kv_heads, head_dim]` runs too) that the program returns and is fed again without
-host copies; sampling runs on the host (`sampling.Sampler`). Not thread-safe: one thread
-drives an `LLM`.
+host copies: paddle tensors on Paddle Inference and dygraph, numpy arrays on onnxruntime (`Batch` and the prefix
+cache handle both); sampling runs on the host (`sampling.Sampler`). Not thread-safe: one thread drives an `LLM`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,13 +47,14 @@ from .tokenization import ChatTokenizer, TokenizerError
 
 __all__ = ["LLM", "Batch", "EngineError", "ENGINES"]
 
-ENGINES = ("inference", "dygraph")
+ENGINES = ("inference", "onnxruntime", "dygraph")
+QUANTIZED = ("int8", "int4")  # weights only onnxruntime runs
 
 
 class Batch:
     """The KV cache of a set of rows: `cache` `[key_0, value_0, ...]`, each `[rows, kv_heads, width, head_dim]`
-    (`width` on axis `past_axis`: 1 in older exports' layout), and `mask` `[rows, width]` int64 (1 for a real
-    token; rows are left-padded)."""
+    (`width` on axis `past_axis`: 1 in older exports' layout; paddle tensors, or numpy arrays for onnxruntime), and
+    `mask` `[rows, width]` int64 (1 for a real token; rows are left-padded)."""
 
     def __init__(self, cache: list, mask: np.ndarray, past_axis: int = 2):
         self.cache = cache
@@ -64,14 +72,19 @@ class Batch:
     @staticmethod
     def concat(batches: Sequence[Batch]) -> Batch:
         """The rows of `batches` in order, left-padded to the widest."""
-        import paddle
-
         batches = [b for b in batches if len(b)]
         if len(batches) == 1:
             return batches[0]
         axis = batches[0].past_axis
         width = max(b.mask.shape[1] for b in batches)
         masks = [np.pad(b.mask, ((0, 0), (width - b.mask.shape[1], 0))) for b in batches]
+        host = isinstance(batches[0].cache[0], np.ndarray)
+        if host:
+            zeros, concat = np.zeros, np.concatenate
+        else:
+            import paddle
+
+            zeros, concat = paddle.zeros, paddle.concat
         cache = []
         for i in range(len(batches[0].cache)):
             parts = []
@@ -80,24 +93,35 @@ class Batch:
                 if missing:
                     shape = list(t.shape)
                     shape[axis] = missing
-                    t = paddle.concat([paddle.zeros(shape, t.dtype), t], axis=axis)
+                    t = concat([zeros(shape, t.dtype), t], axis=axis)
                 parts.append(t)
-            cache.append(paddle.concat(parts, axis=0))
+            cache.append(concat(parts, axis=0))
         return Batch(cache, np.concatenate(masks, axis=0), axis)
 
     def select(self, rows: Sequence[int]) -> Batch:
         """These rows, in this order; columns that are padding in every kept row are dropped."""
-        import paddle
-
         rows = [int(r) for r in rows]
         mask = self.mask[rows]
         real = np.flatnonzero(mask.any(axis=0))
         start = int(real[0]) if len(real) else mask.shape[1]
-        index = paddle.to_tensor(np.asarray(rows, dtype=np.int64))
         columns = (slice(None),) * self.past_axis + (slice(start, None),)
-        # contiguous: Paddle Inference reads a strided view (the column slice) as if it were dense
-        cache = [paddle.gather(t, index, axis=0)[columns].contiguous() for t in self.cache]
+        if self.cache and isinstance(self.cache[0], np.ndarray):
+            cache = [np.ascontiguousarray(t[rows][columns]) for t in self.cache]
+        else:
+            import paddle
+
+            index = paddle.to_tensor(np.asarray(rows, dtype=np.int64))
+            # contiguous: Paddle Inference reads a strided view (the column slice) as if it were dense
+            cache = [paddle.gather(t, index, axis=0)[columns].contiguous() for t in self.cache]
         return Batch(cache, np.ascontiguousarray(mask[:, start:]), self.past_axis)
+
+    def tile(self, rows: int) -> list:
+        """The cache of this one-row batch repeated `rows` times (new tensors or arrays, in the cache's kind)."""
+        if self.cache and isinstance(self.cache[0], np.ndarray):
+            return [np.repeat(t, rows, axis=0) for t in self.cache]
+        import paddle
+
+        return [paddle.tile(t, [rows] + [1] * (len(t.shape) - 1)) for t in self.cache]
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +192,8 @@ class _PredictorStep:
     `onednn=None` a second predictor of the same files runs them with oneDNN on all threads (faster when OpenMP
     workers spin between regions), holding the weights twice; with `onednn=False` the step predictor runs them too
     (faster where OpenMP workers sleep between regions, as in `serve`'s engine process). `onednn=True`, or a
-    `threads` count, runs one predictor as it is.
+    `threads` count, runs one predictor as it is; so does a bfloat16 export (`--weights bfloat16`: oneDNN's bf16
+    passes, one predictor with oneDNN on all threads).
 
     Steps alternate between two clones of the step predictor (shared weights, their own buffers): the cache a
     step returns stays in its clone's output buffers while the other clone runs the next step, so it is never
@@ -176,8 +201,11 @@ class _PredictorStep:
     outputs when that clone must run again gets copies first (`_Lane.release`)."""
 
     def __init__(self, folder: Path, onednn: bool | None, threads: int | None):
+        from ..export import read_meta
         from .predictor import Predictor
 
+        if read_meta(folder).get("weights") == "bfloat16":
+            onednn = True
         widen = onednn is not True and threads is None  # one thread, matmuls on all of them where that pays
         step = Predictor(folder, onednn=bool(onednn), threads=threads or (1 if widen else None))
         prefill = step
@@ -193,7 +221,10 @@ class _PredictorStep:
         self.predictor = step
         self.config = step.meta["config"]
         self.cache_layout = tuple(step.meta["decode"].get("cache_layout", _FIRST_CACHE_LAYOUT))
-        self.engine, self.weights = "inference", str(step.meta.get("dtype", "float32"))
+        # the weights' precision: --weights, or the program's dtype (a --dtype bfloat16 program holds bf16 weights)
+        weights = step.meta.get("weights", "float32")
+        self.engine = "inference"
+        self.weights = str(weights if weights != "float32" else step.meta.get("dtype", "float32"))
         self.description = f"paddle.inference ({self._describe(prefill)}"
         if prefill is not step:
             self.description += f" prefill, {self._describe(step)} steps"
@@ -221,6 +252,91 @@ class _PredictorStep:
         logits, *cache = lane.predictor.run(inputs, threads)
         lane.owner, lane.cache = weakref.ref(owner), cache
         return logits, cache
+
+
+class _OnnxStep:
+    """The exported decode program (`--format onnx`: float32, int8 or int4 weights) on onnxruntime. Takes and
+    returns numpy arrays (`host_cache`): the KV cache stays in host arrays between steps, never converted to paddle
+    tensors (a conversion each way copies the whole cache). onnxruntime returns each step's outputs in arrays of
+    their own, so a batch never shares its cache with another."""
+
+    host_cache = True
+
+    def __init__(self, folder: Path, threads: int | None):
+        from .onnx_predictor import OnnxPredictor
+
+        self.predictor = OnnxPredictor(folder, threads=threads)
+        meta = self.predictor.meta
+        if meta.get("task") != "decode":
+            raise ExportError(f"{folder}: an export of task {meta.get('task')!r}; generation runs a decode export")
+        self.config = meta["config"]
+        self.cache_layout = tuple(meta["decode"].get("cache_layout", _FIRST_CACHE_LAYOUT))
+        self.engine, self.weights = "onnxruntime", self.predictor.weights
+        self.description = self.predictor.describe()
+
+    def __call__(self, inputs: list, owner: Batch) -> tuple:
+        """`(logits, cache)` as numpy arrays (`owner`: the step contract's batch, unused here)."""
+        logits, *cache = self.predictor.run(inputs)
+        return logits, cache
+
+
+def _route(path: Path, engine: str | None, weights: str | None) -> tuple[str, dict | None]:
+    """The engine that runs `weights` of `path` (`engine` None: chosen), and `path`'s export metadata (None for a
+    checkpoint); EngineError for an unknown or mismatched engine / weights, naming both."""
+    from ..export import WEIGHTS, read_meta
+
+    if engine is not None and engine not in ENGINES:
+        raise EngineError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if weights is not None and weights not in WEIGHTS:
+        raise EngineError(f"unknown weights {weights!r}; expected one of {', '.join(WEIGHTS)}")
+    meta = read_meta(path) if (path / "export_meta.json").is_file() else None
+    if meta is not None:
+        own = str(meta.get("weights", "float32"))
+        if weights is not None and weights != own:
+            raise EngineError(
+                f"{path}: an export with {own} weights, not {weights} (paddle-qwen2 export --weights {weights})"
+            )
+        weights = own
+    if engine is None:
+        onnx = weights in QUANTIZED or (meta is not None and meta.get("format") == "onnx")
+        engine = "onnxruntime" if onnx else "inference"
+    runs = {"inference": ("float32", "bfloat16"), "onnxruntime": ("float32", *QUANTIZED), "dygraph": ("float32",)}
+    if (weights or "float32") not in runs[engine]:
+        others = [e for e in ENGINES if weights in runs[e]]
+        raise EngineError(
+            f"engine {engine!r} does not run {weights} weights (it runs {', '.join(runs[engine])}); {weights} "
+            f"weights run on engine {' or '.join(repr(e) for e in others)}"
+        )
+    if meta is not None:
+        format = meta.get("format", "paddle")
+        wanted = {"inference": "paddle", "onnxruntime": "onnx"}.get(engine)
+        if wanted is None:
+            raise EngineError(
+                f"{path}: an export folder runs only with engine 'inference' or 'onnxruntime' (dygraph runs "
+                "checkpoints)"
+            )
+        if format != wanted:
+            needs = {"paddle": "'inference'", "onnx": "'onnxruntime'"}[format]
+            raise EngineError(f"{path}: a --format {format} export runs on engine {needs}, not {engine!r}")
+    return engine, meta
+
+
+def _onnx_export(path: Path, weights: str | None, cache_dir: str | os.PathLike | None) -> Path:
+    """A `--format onnx` decode export of `path` with `weights` (None: an export folder's own, float32 for a
+    checkpoint): `path` itself when it is an export folder, else one in the export cache (exported on first use, as
+    `predictor.resolve_export` does)."""
+    from ..export import META_FILE, export_model
+    from .predictor import _fingerprint, export_cache_dir, resolve_export
+
+    if (path / META_FILE).is_file() or weights in QUANTIZED:
+        return resolve_export(path, "decode", cache_dir, weights=weights)
+    _check_checkpoint(path)
+    key = "decode-onnx"  # float32 weights in ONNX (resolve_export exports them for Paddle Inference)
+    out = Path(cache_dir or export_cache_dir()) / f"{path.name}-{key}-{_fingerprint(path, key)}"
+    if not (out / META_FILE).is_file():
+        print(f"paddle_qwen2: exporting {path} (decode, float32 weights) for onnxruntime into {out}", file=sys.stderr)
+        export_model(path, out, "decode", format="onnx", force=True)
+    return out
 
 
 class LLM:
@@ -256,6 +372,7 @@ class LLM:
         self._cache_layout = tuple(step.cache_layout)
         self._layers = int(config["num_hidden_layers"])
         self._cache_dtype = cache_dtype
+        self._host_cache = bool(getattr(step, "host_cache", False))  # numpy arrays in, numpy arrays out
         # a prefill from a cached prefix leaves padding columns between the prefix and the rest of a row, and a
         # sliding window counts columns: models with one prefill without the cache
         self.prefix_caching = not _sliding_window(config)
@@ -265,35 +382,42 @@ class LLM:
     def from_pretrained(
         cls,
         path: str | os.PathLike,
-        engine: str = "inference",
+        engine: str | None = None,
+        weights: str | None = None,
         onednn: bool | None = None,
         threads: int | None = None,
         cache_dir: str | os.PathLike | None = None,
         max_model_len: int | None = None,
         name: str | None = None,
     ) -> LLM:
-        """`path`: a Qwen2 checkpoint (HF or Paddle layout) or a `decode` export folder. `engine="inference"` runs
-        the export (a checkpoint is exported once into the export cache, see `predictor.resolve_export`);
-        `"dygraph"` runs the paddle model (checkpoints only)."""
+        """`path`: a Qwen2 checkpoint (HF or Paddle layout) or a `decode` export folder. `weights`: the precision of
+        the weights the engine reads (`export.WEIGHTS`; None: an export folder's own, float32 for a checkpoint).
+        `engine`: "inference" runs the export on Paddle Inference (a checkpoint is exported once into the export
+        cache, see `predictor.resolve_export`; float32 and bfloat16 weights), "onnxruntime" a `--format onnx`
+        export on onnxruntime (float32, int8, int4; `threads`: its intra-op threads), "dygraph" the paddle model
+        (checkpoints, float32); None picks onnxruntime for int8 / int4 weights or an ONNX export folder, else
+        "inference". A mismatch (engine "inference" with int8, "dygraph" with bfloat16, ...) is an EngineError
+        naming both. `LLM.engine` / `LLM.weights` say what runs."""
         from ..runtime import configure_cpu_threads
 
         configure_cpu_threads()
         path = Path(path)
-        if engine not in ENGINES:
-            raise EngineError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
         if not path.is_dir():
             raise EngineError(f"{path}: no such model folder")
         try:
+            engine, _ = _route(path, engine, weights)
             if engine == "inference":
                 from .predictor import resolve_export
 
-                folder = resolve_export(path, "decode", cache_dir)
+                folder = resolve_export(path, "decode", cache_dir, weights=weights)
                 step, dtype = _PredictorStep(folder, onednn, threads), None
+                dtype = step.predictor.meta["decode"]["cache_dtype"]
+            elif engine == "onnxruntime":
+                folder = _onnx_export(path, weights, cache_dir)
+                step = _OnnxStep(folder, threads)
                 dtype = step.predictor.meta["decode"]["cache_dtype"]
             else:
                 folder, dtype = path, "float32"
-                if (path / "export_meta.json").is_file():
-                    raise EngineError(f"{path}: an export folder runs only with engine 'inference'")
                 _check_checkpoint(path)
                 step = _DygraphStep(path, dtype)
             tokenizer = ChatTokenizer.from_folder(folder)
@@ -308,17 +432,20 @@ class LLM:
 
     @property
     def engine(self) -> str:
-        """The engine running the step program: "inference" (Paddle Inference) or "dygraph"."""
+        """The engine running the step program: "inference" (Paddle Inference), "onnxruntime" or "dygraph"."""
         return self.step.engine
 
     @property
     def weights(self) -> str:
-        """The precision of the weights the step program reads ("float32"; the export's `dtype`)."""
+        """The precision of the weights the step program reads (`export.WEIGHTS`: the export's `weights`)."""
         return self.step.weights
 
     # ----------------------------------------------------------------------------------------------- stepping
     def _run(self, ids: np.ndarray, batch: Batch) -> np.ndarray:
         """One program run on `batch` (its mask already covers `ids`); its cache is replaced by the grown one."""
+        if self._host_cache:
+            logits, batch.cache = self.step([ids, batch.mask, *batch.cache], batch)
+            return logits
         import paddle
 
         logits, batch.cache = self.step([paddle.to_tensor(ids), paddle.to_tensor(batch.mask), *batch.cache], batch)
@@ -326,10 +453,12 @@ class LLM:
 
     def empty_cache(self, rows: int) -> list:
         """The cache of `rows` rows before their prefill: `past` = 0, in the step program's layout."""
-        import paddle
-
         sizes = {**self._cache_sizes, "batch": rows, "past": 0}
         shape = [sizes[axis] for axis in self._cache_layout]
+        if self._host_cache:
+            return [np.zeros(shape, self._cache_dtype) for _ in range(2 * self._layers)]
+        import paddle
+
         return [paddle.zeros(shape, self._cache_dtype) for _ in range(2 * self._layers)]
 
     def prefill(
@@ -422,6 +551,9 @@ class LLM:
             ]
         except ValueError as exc:
             raise EngineError(str(exc)) from None
+        if self._host_cache and any(s.params.prompt_logprobs is not None for s in sequences):
+            # prompt_logprobs.py tiles the cache with paddle ops (Batch.tile handles both kinds)
+            raise EngineError(f"prompt_logprobs are not computed on engine {self.engine!r} (use 'inference')")
         scores = {
             i: prompt_logprobs(self, s.prompt_ids, s.params.prompt_logprobs)
             for i, s in enumerate(sequences)

@@ -10,7 +10,8 @@ the earlier turns of a chat) is prefilled from its first uncached token.
 A block's key is a hash chain: SHA-256 of the parent block's key and the block's token ids, so a block matches
 only when every token before it matches too. A block holds the keys and values of its tokens for every layer as
 one tensor `[2 * layers, *row cache shape with block_size on the past axis]` (for the decode program's layout
-`[2 * layers, kv_heads, block_size, head_dim]`), a copy of its own (never a view of a predictor's output buffers).
+`[2 * layers, kv_heads, block_size, head_dim]`), a copy of its own (never a view of a predictor's output buffers),
+of the batches' kind: a paddle tensor, or a numpy array for the onnxruntime engine's host cache.
 Only full blocks are stored. Blocks are evicted least recently used first once their bytes exceed
 `capacity_bytes`; a chain's later blocks count as less recently used than its earlier ones, so a chain is evicted
 from its end and a cached prefix stays reachable (an insertion that does not fit keeps its first blocks). `lookup`
@@ -108,9 +109,14 @@ class PrefixCache:
         """The past cache of rows whose cached blocks are `hits` (one list per row, maybe empty), left-padded with
         zeros to `width` tokens: a list `[key_0, value_0, ...]` of `[rows, ..., width, ...]` tensors, each a dense
         tensor of its own."""
-        import paddle
-
         template = next(blocks[0] for blocks in hits if blocks)
+        host = isinstance(template, np.ndarray)
+        if host:
+            zeros, concat = np.zeros, np.concatenate
+        else:
+            import paddle
+
+            zeros, concat = paddle.zeros, paddle.concat
         axis = self.past_axis  # a block's past axis: its leading axis is the layer, not the row
         rows = []
         for blocks in hits:
@@ -119,8 +125,11 @@ class PrefixCache:
             if missing:
                 shape = list(template.shape)
                 shape[axis] = missing
-                parts.insert(0, paddle.zeros(shape, template.dtype))
-            rows.append(parts[0] if len(parts) == 1 else paddle.concat(parts, axis=axis))
+                parts.insert(0, zeros(shape, template.dtype))
+            rows.append(parts[0] if len(parts) == 1 else concat(parts, axis=axis))
+        if host:
+            stacked = np.stack(rows, axis=1)  # [2 * layers, rows, ...], a new array
+            return [np.ascontiguousarray(t) for t in stacked]
         stacked = paddle.stack(rows, axis=1)  # [2 * layers, rows, ...]
         # split (unlike unbind) copies: each layer's tensor owns its memory, as a predictor input must
         return [t.squeeze(0) for t in paddle.split(stacked, stacked.shape[0], axis=0)]
@@ -148,12 +157,15 @@ class PrefixCache:
 
     def _copy_blocks(self, batch, row: int, columns: np.ndarray, blocks: list[int]) -> list:
         """Copies of the given blocks of `row`: `[2 * layers, ..., block_size, ...]` each."""
-        import paddle
-
         size = self.block_size
         picked = np.concatenate([columns[i * size : (i + 1) * size] for i in blocks]).astype(np.int64)
-        index = paddle.to_tensor(picked)
         axis = batch.past_axis - 1  # of one row's tensor
+        if isinstance(batch.cache[0], np.ndarray):
+            stacked = np.stack([np.take(t[row], picked, axis=axis) for t in batch.cache], axis=0)
+            return [np.ascontiguousarray(part) for part in np.split(stacked, len(blocks), axis=axis + 1)]
+        import paddle
+
+        index = paddle.to_tensor(picked)
         layers = [paddle.gather(t[row], index, axis=axis) for t in batch.cache]
         stacked = paddle.stack(layers, axis=0)  # a fresh tensor, nothing shared with the batch
         return paddle.split(stacked, len(blocks), axis=axis + 1)
@@ -161,7 +173,7 @@ class PrefixCache:
     def _store(self, key: bytes, tensor, chain: set[bytes]) -> bool:
         """Hold `tensor` under `key`, evicting least recently used blocks that are not of `chain` (the sequence
         being inserted: its earlier blocks are what makes this one reachable); False when there is no room."""
-        nbytes = int(tensor.numel()) * tensor.element_size()
+        nbytes = tensor.nbytes if isinstance(tensor, np.ndarray) else int(tensor.numel()) * tensor.element_size()
         while self.stats.bytes + nbytes > self.capacity_bytes:
             victim = next((k for k in self._blocks if k not in chain), None)
             if victim is None:
