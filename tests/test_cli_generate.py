@@ -89,6 +89,8 @@ BAD = [
         ["--engine", "dygraph"],
         "runs only with engine 'inference'",
     ),
+    (lambda tmp, ck, hf: ck("gqa"), ["--engine", "inference", "--weights", "int8"], "does not run int8 weights"),
+    (lambda tmp, ck, hf: ck("gqa"), ["--engine", "dygraph", "--weights", "bfloat16"], "run on engine 'inference'"),
     (lambda tmp, ck, hf: ck("gqa"), ["--system", "be brief"], "--system needs --chat"),
     (lambda tmp, ck, hf: ck("gqa"), ["--ignore-eos"], "--ignore-eos needs --max-new-tokens"),
     (lambda tmp, ck, hf: ck("gqa"), ["--temperature", "-1"], "temperature"),
@@ -190,3 +192,12 @@ def test_stats_line_and_ignore_eos(capsys, bundled_hf, prompt, extra, chat, stop
     assert record["engine"] == engine and record["weights"] == "float32"
     # (completion_tokens - 1) tokens after the first, within the run's wall time
     assert (len(reference) - 1) / record["decode_tokens_per_s"] < seconds - record["ttft_s"], record
+
+
+def test_stats_report_the_quantized_route(capsys):
+    """`--weights int8` without `--engine` runs on onnxruntime, and `--stats` says so; --ignore-eos gives exactly
+    --max-new-tokens tokens there too."""
+    args = ["--weights", "int8", "--ignore-eos", "--max-new-tokens", "6"]
+    out, record, _ = generate_with_stats(capsys, ITALY, *args)
+    assert record["engine"] == "onnxruntime" and record["weights"] == "int8", record
+    assert record["completion_tokens"] == 6 and out.strip(), (out, record)

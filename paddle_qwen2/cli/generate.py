@@ -14,7 +14,13 @@ printed as it is generated, whole characters at a time; a summary line goes to s
 `completion_tokens` counts a stop token too (as vLLM and the OpenAI usage count it); `ttft_s` is the time from the
 start of generation (after loading: tokenizing the prompt, the prefill, the first sampling) to the first token;
 `decode_tokens_per_s` is `(completion_tokens - 1) / (time of the last token - time of the first token)`, null with
-fewer than 2 tokens; `engine` is `--engine`'s value and `weights` the precision of the weights the engine reads.
+fewer than 2 tokens; `engine` is the engine that ran (`--engine`, or the one `--weights` chose) and `weights` the
+precision of the weights it read.
+
+`--weights float32|bfloat16|int8|int4` is the precision of the weights the engine reads (default: the export
+folder's own, float32 for a checkpoint; a checkpoint is exported once per precision into the export cache). Without
+`--engine`, int8 / int4 weights and ONNX export folders run on onnxruntime, the rest on Paddle Inference; an engine
+that cannot run the weights is an error naming both.
 
 `--ignore-eos` (vLLM's `ignore_eos`, needs `--max-new-tokens N`) does not stop at the model's eos tokens: an eos
 token is generated like any other and the generation goes on, so exactly N tokens come out unless a `--stop`
@@ -28,13 +34,18 @@ import json
 import sys
 import time
 
+from ..export import WEIGHTS
+
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
+
+ENGINES = ("inference", "onnxruntime", "dygraph")  # inference.engine.ENGINES (not imported: it loads numpy)
 
 HELP = "stream a model's answer to a prompt"
 DESCRIPTION = (
     "Generate text for one prompt and stream it to stdout, with the exported decode program on Paddle Inference "
-    "(--engine inference, default; a checkpoint is exported once into the export cache) or the dygraph model. "
-    "--chat applies the tokenizer's chat template."
+    "(--engine inference; a checkpoint is exported once into the export cache), on onnxruntime (--engine "
+    "onnxruntime: float32, int8 or int4 weights) or the dygraph model. --weights picks the weights' precision and, "
+    "without --engine, the engine. --chat applies the tokenizer's chat template."
 )
 
 
@@ -54,7 +65,18 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--ignore-eos", action="store_true", help="go on past eos tokens: exactly --max-new-tokens tokens (needs it)"
     )
-    p.add_argument("--engine", choices=("inference", "dygraph"), default="inference", help="default: inference")
+    p.add_argument(
+        "--weights",
+        choices=WEIGHTS,
+        help="precision of the weights the engine reads (default: an export folder's own, else float32); int8 / "
+        "int4 run on onnxruntime, bfloat16 on Paddle Inference's oneDNN bf16 passes",
+    )
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="inference (Paddle Inference), onnxruntime or dygraph (default: chosen by --weights: onnxruntime for "
+        "int8 / int4 weights or an ONNX export, else inference)",
+    )
     p.add_argument("--onednn", choices=("auto", "on", "off"), default="auto", help="oneDNN on CPU (default auto)")
     p.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     p.add_argument("--stats", action="store_true", help="one JSON line of token counts and timings on stderr instead")
@@ -77,7 +99,10 @@ def run(args: argparse.Namespace, own_process: bool = False) -> int:
     if args.ignore_eos and args.max_new_tokens is None:
         raise EngineError("--ignore-eos needs --max-new-tokens (it would generate until the context is full)")
     llm = LLM.from_pretrained(
-        args.model, engine=args.engine, onednn={"auto": None, "on": True, "off": False}[args.onednn]
+        args.model,
+        engine=args.engine,
+        weights=args.weights,
+        onednn={"auto": None, "on": True, "off": False}[args.onednn],
     )
     try:
         params = llm.sampling_params(

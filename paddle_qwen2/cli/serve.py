@@ -1,7 +1,8 @@
 """`paddle-qwen2 serve`: the OpenAI-compatible server (FastAPI on uvicorn) with continuous batching.
 
     paddle-qwen2 serve --model DIR [--embedding-model DIR] [--served-model-name NAME] [--host 127.0.0.1]
-                       [--port 8000] [--engine inference|dygraph] [--max-batch-size N] [--max-model-len N]
+                       [--port 8000] [--engine inference|onnxruntime|dygraph]
+                       [--weights float32|bfloat16|int8|int4] [--max-batch-size N] [--max-model-len N]
                        [--api-key KEY] [--max-engine-restarts N] [--prefix-cache-mb N | --no-prefix-cache]
 
 The port is bound and the folders are checked before any model loads, so a port in use or a missing folder is
@@ -28,7 +29,9 @@ import sys
 import threading
 from pathlib import Path
 
+from ..export import WEIGHTS
 from .errors import ServeError
+from .generate import ENGINES
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "engine_spec", "run"]
 
@@ -55,10 +58,18 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument(
         "--engine",
-        choices=("inference", "dygraph"),
-        default="inference",
+        choices=ENGINES,
         help="inference: Paddle Inference on the exported decode and embedding programs (a checkpoint is exported "
-        "once into the export cache); dygraph: the paddle models (default inference)",
+        "once into the export cache); onnxruntime: the causal LM's ONNX export (float32, int8 or int4 weights; the "
+        "embedding model runs as --weights says); dygraph: the paddle models (default: chosen by --weights: "
+        "onnxruntime for int8 / int4 weights or an ONNX export, else inference)",
+    )
+    p.add_argument(
+        "--weights",
+        choices=WEIGHTS,
+        help="precision of the weights the engine reads, for --model and --embedding-model (default: an export "
+        "folder's own, else float32); int8 / int4 run on onnxruntime, bfloat16 on Paddle Inference's oneDNN bf16 "
+        "passes",
     )
     p.add_argument(
         "--onednn",
@@ -187,6 +198,7 @@ def engine_spec(args: argparse.Namespace):
         args.max_batch_size,
         args.debug_step_delay,
         0 if args.no_prefix_cache else args.prefix_cache_mb,
+        weights=args.weights,
     )
 
 

@@ -74,7 +74,7 @@ class EngineSpec:
     """What the engine process loads and how it schedules (the `serve` options)."""
 
     model: str | None = None
-    engine: str = "inference"
+    engine: str | None = None  # None: chosen by `weights` (LLM.from_pretrained)
     onednn: bool | None = None
     max_model_len: int | None = None
     name: str | None = None
@@ -82,6 +82,7 @@ class EngineSpec:
     max_batch_size: int = 16
     step_delay: float = 0.0
     prefix_cache_mb: int = 512  # the prefix cache's budget in MiB; 0: no prefix cache
+    weights: str | None = None  # the models' weights' precision (None: an export's own, else float32)
 
 
 @dataclass
@@ -603,15 +604,20 @@ def _load(spec: EngineSpec, cpu_settings: str):
         from ..inference import LLM
 
         llm = LLM.from_pretrained(
-            spec.model, engine=spec.engine, onednn=spec.onednn, max_model_len=spec.max_model_len, name=spec.name
+            spec.model,
+            engine=spec.engine,
+            weights=spec.weights,
+            onednn=spec.onednn,
+            max_model_len=spec.max_model_len,
+            name=spec.name,
         )
         llm_card = GenerationModelCard(
             llm.name, str(llm.folder), llm.max_model_len, llm.generation_config, f"{llm.describe()}; {cpu_settings}"
         )
-    if spec.embedding_model and spec.engine == "inference":
+    if spec.embedding_model and spec.engine != "dygraph":
         from ..inference.embedding import InferenceEmbeddingModel
 
-        embedder = InferenceEmbeddingModel.from_pretrained(spec.embedding_model)
+        embedder = InferenceEmbeddingModel.from_pretrained(spec.embedding_model, weights=spec.weights)
     elif spec.embedding_model:
         from ..embedding.model import EmbeddingModel
 
