@@ -1,5 +1,6 @@
-"""Inference on the exported programs: generation (`LLM`, over the one-step `decode` program, or the dygraph model),
-host-side sampling and streaming detokenization, sentence embeddings through Paddle Inference. See `engine.py`.
+"""Inference on the exported programs: generation (`LLM`, over the one-step `decode` program on Paddle Inference or,
+for int8 / int4 weights and ONNX exports, on onnxruntime (`OnnxPredictor`); or the dygraph model), host-side sampling
+and streaming detokenization, sentence embeddings through Paddle Inference. See `engine.py`.
 
 Importing this package loads nothing heavy; its names import their modules on first use, and `LLM.from_pretrained`
 loads paddle.
@@ -24,6 +25,7 @@ __all__ = [
     "TokenizerError",
     "Completion",
     "GenerationSequence",
+    "OnnxPredictor",
 ]
 
 _MODULES = {
@@ -38,6 +40,7 @@ _MODULES = {
     "TokenizerError": "tokenization",
     "Completion": "sequence",
     "GenerationSequence": "sequence",
+    "OnnxPredictor": "onnx_predictor",
 }
 
 
