@@ -4,6 +4,7 @@ into a temporary folder beside `out`, renamed into place at the end."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -101,6 +102,8 @@ def export_model(
             ) from None
         quantization = None
         if weights in QUANTIZED:
+            layer = None  # the float32 model's memory, before the quantizer loads model.onnx's
+            gc.collect()
             files, quantization = quantize_folder(work, weights)
         copied = []
         for name in SIDE_FILES:
