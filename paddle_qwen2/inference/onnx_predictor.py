@@ -18,9 +18,11 @@ from ..export import ExportError, read_meta
 
 __all__ = ["OnnxPredictor", "onnxruntime"]
 
-# session options (see benchmarks/results/quant_configs.json): all graph optimizations; workers spin between ops
+# session options: all graph optimizations; idle intra-op workers sleep instead of spinning (faster per decode step
+# at 2 threads on a shared machine, and they leave the cores to other work: benchmarks/results/quant_configs.json,
+# "defaults")
 GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
-SPIN = True
+SPIN = False
 
 
 def onnxruntime():
