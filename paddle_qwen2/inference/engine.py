@@ -551,9 +551,6 @@ class LLM:
             ]
         except ValueError as exc:
             raise EngineError(str(exc)) from None
-        if self._host_cache and any(s.params.prompt_logprobs is not None for s in sequences):
-            # prompt_logprobs.py tiles the cache with paddle ops (Batch.tile handles both kinds)
-            raise EngineError(f"prompt_logprobs are not computed on engine {self.engine!r} (use 'inference')")
         scores = {
             i: prompt_logprobs(self, s.prompt_ids, s.params.prompt_logprobs)
             for i, s in enumerate(sequences)

@@ -45,8 +45,6 @@ def prompt_logprobs(llm: Any, prompt_ids: Sequence[int], k: int = 0) -> list[Tok
 
 def _run_positions(llm: Any, batch: Any, prompt: list[int], rows: list[int]) -> np.ndarray:
     """Logits `[len(rows), vocab]` at positions `rows`: token `j` over the cache with columns `< j` unmasked."""
-    import paddle
-
     from .engine import Batch
 
     width = batch.mask.shape[1]
@@ -55,6 +53,6 @@ def _run_positions(llm: Any, batch: Any, prompt: list[int], rows: list[int]) -> 
     for i, j in enumerate(rows):
         mask[i, real[:j]] = 1
     mask[:, width] = 1
-    cache = [paddle.tile(t, [len(rows)] + [1] * (len(t.shape) - 1)) for t in batch.cache]
+    cache = batch.tile(len(rows))
     ids = np.asarray([prompt[j] for j in rows], dtype=np.int64).reshape(-1, 1)
     return llm._run(ids, Batch(cache, mask, batch.past_axis))
