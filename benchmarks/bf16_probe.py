@@ -5,20 +5,22 @@ Each route runs in a fresh child process (`python benchmarks/bf16_probe.py child
 `paddle.inference.Config` so that settings the package does not expose can be tried:
 
 * float32 as the engine runs a one-token step (no oneDNN) on 1 and 2 threads, float32 on oneDNN;
-* bf16 (`enable_onednn_bfloat16`, as `Predictor` runs a `--weights bfloat16` export) on 1 and 2 threads;
-* bf16 variants: a oneDNN cache capacity (`set_onednn_cache_capacity`), `switch_ir_optim(False)`, the
-  `self_attention_fuse_pass` / `fc_onednn_enable_pass` deleted (`set_bfloat16_op` is not tried: the PIR
+* bf16 as `Predictor` runs a `--weights bfloat16` export (`enable_onednn_bfloat16`, without
+  `predictor.BF16_DELETED_PASSES`) on 1 and 2 threads, and with a oneDNN cache capacity
+  (`set_onednn_cache_capacity`);
+* bf16 with every oneDNN pass (the fc and self-attention fusions too), also with `switch_ir_optim(False)` and
+  with only `fc_onednn_enable_pass` left out (`set_bfloat16_op` is not tried: the PIR
   `cpu_bfloat16_placement_pass` ignores its list and places every oneDNN op it knows in bf16);
-* Paddle Inference's operator profile of the float32 and bf16 steps (`enable_profile()`).
+* Paddle Inference's operator profiles of the float32 and bf16 steps (`enable_profile()`).
 
-Per route: ms per one-token step with 32 cached tokens (median of `--steps`), ms of a 1x512 prefill through the
-same program (float32: median of 2 after a warm-up; bf16: one run, no warm-up, as `Predictor` runs it: with one
-masked cache position, since oneDNN's bf16 kernels fail on the empty cache; the variants time the step only), the
-relative error of its logits against float32's (||dlogits|| / ||logits||, of the decode step and of the prefill's
-last position). The load average is recorded before and after each
-route (the machine may be shared). The checkpoint and the exports are kept in `--workdir`.
+Per route: ms per one-token step with 32 cached tokens (median of `--steps`); for the float32 and `Predictor`
+routes, ms of a 1x512 prefill through the same program after a warm-up (float32: median of 2, bf16: one run; bf16
+runs it as `Predictor` does, with one masked cache position, since oneDNN's bf16 kernels fail on the empty cache);
+the relative error of the logits against float32's (||dlogits|| / ||logits||, of the decode step and of the
+prefill's last position). The load average is recorded before and after each route (the machine may be shared).
+The checkpoint and the export are kept in `--workdir`; a child gets `TIMEOUT_S`.
 
-    python benchmarks/bf16_probe.py     # ~6 min on 2 cores once the export exists (~3 min more the first time)
+    python benchmarks/bf16_probe.py     # ~8 min on 2 cores once the export exists (~1 min more the first time)
 """
 
 from __future__ import annotations
@@ -38,31 +40,43 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import write_hf_checkpoint, write_results  # noqa: E402
 from model_configs import load_config  # noqa: E402
 
+from paddle_qwen2.inference.predictor import BF16_DELETED_PASSES  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "bf16_probe.json"
 PAST = 32
 PREFILL = 512
 
 # name -> child settings (onednn, bf16, threads, and the variant's extra settings)
+FUSED = {"delete_passes": []}  # bf16 with every oneDNN pass, `BF16_DELETED_PASSES` too
 ROUTES: dict[str, dict] = {
     "float32_1t": {"onednn": False, "bf16": False, "threads": 1},
     "float32_2t": {"onednn": False, "bf16": False, "threads": 2},
     "float32_onednn_2t": {"onednn": True, "bf16": False, "threads": 2, "prefill": False},
-    "bf16_1t": {"onednn": True, "bf16": True, "threads": 1, "prefill": False},
-    "bf16_2t": {"onednn": True, "bf16": True, "threads": 2, "prefill": False},
-    "bf16_cache_capacity_10_2t": {"onednn": True, "bf16": True, "threads": 2, "cache_capacity": 10, "prefill": False},
-    "bf16_no_ir_optim_2t": {"onednn": True, "bf16": True, "threads": 2, "ir_optim": False, "prefill": False},
-    "bf16_no_attention_fc_fuse_2t": {
+    # as Predictor runs a bf16 export
+    "bf16_1t": {"onednn": True, "bf16": True, "threads": 1},
+    "bf16_2t": {"onednn": True, "bf16": True, "threads": 2},
+    "bf16_cache_capacity_10_1t": {"onednn": True, "bf16": True, "threads": 1, "cache_capacity": 10, "prefill": False},
+    # every oneDNN pass: the fc and self-attention fusions too
+    "bf16_all_passes_1t": {"onednn": True, "bf16": True, "threads": 1, "prefill": False, **FUSED},
+    "bf16_all_passes_2t": {"onednn": True, "bf16": True, "threads": 2, "prefill": False, **FUSED},
+    "bf16_all_passes_no_ir_optim_2t": {
         "onednn": True,
         "bf16": True,
         "threads": 2,
-        "delete_passes": ["self_attention_fuse_pass", "fc_onednn_enable_pass"],
+        "ir_optim": False,
+        "prefill": False,
+        **FUSED,
+    },
+    "bf16_all_passes_but_fc_2t": {
+        "onednn": True,
+        "bf16": True,
+        "threads": 2,
+        "delete_passes": ["fc_onednn_enable_pass"],
         "prefill": False,
     },
-    # last: the prefill without a warm-up run (one run, its primitives created in it), under a time limit
-    "bf16_2t_prefill": {"onednn": True, "bf16": True, "threads": 2, "steps": 1, "prefill_warmup": False},
 }
+PROFILED = ("float32_1t", "bf16_1t", "bf16_all_passes_1t")
 TIMEOUT_S = 300  # per child
-PROFILED = ("float32_1t", "bf16_2t")
 
 
 # ------------------------------------------------------------------------------------------------------ the child
@@ -82,7 +96,7 @@ def _config(folder: Path, spec: dict):
         config.set_onednn_cache_capacity(spec["cache_capacity"])
     if spec.get("ir_optim") is False:
         config.switch_ir_optim(False)
-    for name in spec.get("delete_passes", []):
+    for name in spec.get("delete_passes", BF16_DELETED_PASSES if spec["bf16"] else []):
         config.delete_pass(name)
     if spec.get("profile"):
         config.enable_profile()
@@ -201,12 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="timed one-token steps per route (default 10)")
     p.add_argument("--routes", nargs="*", default=list(ROUTES), help="routes to run (default: all)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--merge", action="store_true", help="keep the other routes of an existing --out file")
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     folder = prepare(args.workdir)
     from paddle_qwen2.runtime import bfloat16_missing
 
-    routes = {}
+    routes = json.loads(args.out.read_text())["routes"] if args.merge and args.out.is_file() else {}
     for name in args.routes:
         spec = dict(dict(steps=args.steps), **ROUTES[name], folder=str(folder))
         spec["prefill_runs"] = 1 if spec["bf16"] else 2
@@ -216,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         routes[name] = dict(ROUTES[name], **run_child(name, spec, name in PROFILED))
         print(name, json.dumps({k: v for k, v in routes[name].items() if k != "profile"}), file=sys.stderr)
     for name, route in routes.items():
-        if "error" not in route and "error" not in routes.get("float32_1t", {"error": 1}):
+        if "error" not in route and (args.workdir / "logits-float32_1t.npy.step.npy").is_file():
             route["relative_logits_error"] = relative_errors(args.workdir, name)
     result = {
         "model": "qwen2.5-0.5b (random weights, bf16 checkpoint written by transformers), decode export",

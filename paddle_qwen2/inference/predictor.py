@@ -162,9 +162,15 @@ def _drop_first(x, axis: int):
     return paddle.slice(x, axes=[axis], starts=[1], ends=[int(x.shape[axis])])
 
 
+# oneDNN passes a bf16 program runs without: `fc_onednn_enable_pass` turns the projections into oneDNN `fc` ops, whose
+# bf16 kernel takes several times the time of the bf16 `matmul` ops it replaces, and `self_attention_fuse_pass` adds
+# to that (benchmarks/bf16_probe.py: a Qwen2.5-0.5B decode step and prefill with and without them)
+BF16_DELETED_PASSES = ("fc_onednn_enable_pass", "self_attention_fuse_pass")
+
+
 def _set_onednn(config, onednn: bool, bfloat16: bool) -> None:
     """oneDNN on or off in `config` (the `onednn` API names where Paddle has them, else `mkldnn`), with its bf16
-    passes when `bfloat16`."""
+    passes when `bfloat16` (without `BF16_DELETED_PASSES`)."""
 
     def call(name: str) -> None:
         method = getattr(config, name.replace("mkldnn", "onednn"), None) or getattr(config, name)
@@ -173,6 +179,8 @@ def _set_onednn(config, onednn: bool, bfloat16: bool) -> None:
     call("enable_mkldnn" if onednn else "disable_mkldnn")
     if bfloat16:
         call("enable_mkldnn_bfloat16")
+        for name in BF16_DELETED_PASSES:
+            config.delete_pass(name)
 
 
 class Predictor:
