@@ -14,7 +14,6 @@ from conftest import EMBED_TEXTS
 from paddle_qwen2 import runtime
 from paddle_qwen2.cli import main
 from paddle_qwen2.embedding import EmbeddingError
-from paddle_qwen2.export import export_model
 from paddle_qwen2.inference.embedding import InferenceEmbeddingModel
 
 pytest.importorskip("onnxruntime")
@@ -98,8 +97,8 @@ def test_bad_weights_exit_1(st_folder, tmp_path, capsys, monkeypatch, extra, mes
     assert not out.exists()
 
 
-def test_export_folder_of_other_weights_is_refused(st_folder, tmp_path):
-    folder = export_model(st_folder("last"), tmp_path / "exp", "embedding")
+def test_export_folder_of_other_weights_is_refused(st_folder, float32_embeddings):
+    folder = InferenceEmbeddingModel.from_pretrained(st_folder("last")).predictor.folder  # the cache's float32 export
     with pytest.raises(EmbeddingError, match="an export with float32 weights, not int8"):
         InferenceEmbeddingModel.from_pretrained(folder, weights="int8")
 
