@@ -59,9 +59,13 @@ def masked_fill(x: Tensor, mask: Tensor, value: float) -> Tensor:
 
 
 def _additive_mask(allowed: Tensor, dtype) -> Tensor:
-    """Boolean mask (True = attend) -> additive mask in `dtype`: 0 where allowed, the dtype's minimum elsewhere."""
+    """Boolean mask (True = attend) -> additive mask in `dtype`: 0 where allowed, the dtype's minimum elsewhere. In
+    a traced program a float32 mask holds bfloat16's minimum instead (a float32 number too, whose softmax weight is
+    the same 0): Paddle Inference's oneDNN bf16 passes run the mask's add in bf16, where float32's minimum rounds
+    to -inf and a padded query row, with every key masked, would turn into NaN."""
     zeros = paddle.zeros_like(allowed, dtype="float32")
-    return masked_fill(zeros, paddle.logical_not(allowed), _dtype_min(dtype)).astype(dtype)
+    fill = _dtype_min("bfloat16" if not _eager() and _dtype_min(dtype) < _dtype_min("bfloat16") else dtype)
+    return masked_fill(zeros, paddle.logical_not(allowed), fill).astype(dtype)
 
 
 def _causal_allowed(q_len, past_key_values_length=0, sliding_window: int | None = None) -> Tensor:

@@ -41,19 +41,21 @@ def fast_bf16(monkeypatch):
 
 
 def prefill_and_step(predictor: Predictor) -> list[np.ndarray]:
-    """A prefill of two unpadded rows (empty cache), then a step of one more token each on its cache: both logits,
-    and the prefill's cache.
-    (A padded row is NaN in bf16: the mask's float32 minimum is -inf in bf16, and a query row with every key
-    masked then has a NaN softmax.)"""
+    """A prefill of two rows, the second left-padded by 3 (empty cache), then a step of one more token each on its
+    cache: both logits, and the prefill's cache. (A padded query row has every key masked: with float32's minimum
+    in the mask, -inf in bf16, its softmax would be NaN.)"""
     rng = np.random.default_rng(0)
     decode = predictor.meta["decode"]
     shape = [2, decode["num_key_value_heads"], 0, decode["head_dim"]]
     cache = [paddle.zeros(shape, dtype="float32") for _ in decode["cache_inputs"]]
     ids = paddle.to_tensor(rng.integers(0, 128, (2, 12)).astype("int64"))
-    first = predictor.run([ids, paddle.ones([2, 12], dtype="int64"), *cache])
+    mask = np.ones((2, 12), dtype="int64")
+    mask[1, :3] = 0
+    first = predictor.run([ids, paddle.to_tensor(mask), *cache])
     first = [x.numpy() for x in first]  # before the next run reuses the outputs' buffers
     step_ids = paddle.to_tensor(rng.integers(0, 128, (2, 1)).astype("int64"))
-    step = predictor.run([step_ids, paddle.ones([2, 13], dtype="int64"), *(paddle.to_tensor(x) for x in first[1:])])
+    step_mask = paddle.to_tensor(np.concatenate([mask, np.ones((2, 1), dtype="int64")], axis=1))
+    step = predictor.run([step_ids, step_mask, *(paddle.to_tensor(x) for x in first[1:])])
     return [first[0], step[0].numpy(), np.stack(first[1:])]
 
 
