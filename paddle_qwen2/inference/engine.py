@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -321,24 +320,6 @@ def _route(path: Path, engine: str | None, weights: str | None) -> tuple[str, di
     return engine, meta
 
 
-def _onnx_export(path: Path, weights: str | None, cache_dir: str | os.PathLike | None) -> Path:
-    """A `--format onnx` decode export of `path` with `weights` (None: an export folder's own, float32 for a
-    checkpoint): `path` itself when it is an export folder, else one in the export cache (exported on first use, as
-    `predictor.resolve_export` does)."""
-    from ..export import META_FILE, export_model
-    from .predictor import _fingerprint, export_cache_dir, resolve_export
-
-    if (path / META_FILE).is_file() or weights in QUANTIZED:
-        return resolve_export(path, "decode", cache_dir, weights=weights)
-    _check_checkpoint(path)
-    key = "decode-onnx"  # float32 weights in ONNX (resolve_export exports them for Paddle Inference)
-    out = Path(cache_dir or export_cache_dir()) / f"{path.name}-{key}-{_fingerprint(path, key)}"
-    if not (out / META_FILE).is_file():
-        print(f"paddle_qwen2: exporting {path} (decode, float32 weights) for onnxruntime into {out}", file=sys.stderr)
-        export_model(path, out, "decode", format="onnx", force=True)
-    return out
-
-
 class LLM:
     """A causal LM for generation: a tokenizer, a one-step program (`step`) and the cache shape it takes."""
 
@@ -413,7 +394,9 @@ class LLM:
                 step, dtype = _PredictorStep(folder, onednn, threads), None
                 dtype = step.predictor.meta["decode"]["cache_dtype"]
             elif engine == "onnxruntime":
-                folder = _onnx_export(path, weights, cache_dir)
+                from .predictor import resolve_export
+
+                folder = resolve_export(path, "decode", cache_dir, weights=weights, format="onnx")
                 step = _OnnxStep(folder, threads)
                 dtype = step.predictor.meta["decode"]["cache_dtype"]
             else:

@@ -55,11 +55,16 @@ def _fingerprint(folder: Path, task: str) -> str:
 
 
 def resolve_export(
-    path: str | os.PathLike, task: str, cache_dir: str | os.PathLike | None = None, weights: str | None = None
+    path: str | os.PathLike,
+    task: str,
+    cache_dir: str | os.PathLike | None = None,
+    weights: str | None = None,
+    format: str | None = None,
 ) -> Path:
     """An export folder of `task` for `path` (an export folder, or a checkpoint exported into the cache) whose
-    weights are `weights` (None: an export folder's own, float32 for a checkpoint). Precisions that only ONNX holds
-    (`export.WEIGHT_FORMATS`) are exported with `--format onnx`, the others with `--format paddle`."""
+    weights are `weights` (None: an export folder's own, float32 for a checkpoint), in `format` (None: any export
+    folder's; for a checkpoint the first format that holds the weights, `export.WEIGHT_FORMATS`: `--format onnx`
+    for int8 / int4, `--format paddle` for float32 and bfloat16)."""
     from ..export.meta import WEIGHT_FORMATS, check_weights
 
     path = Path(path)
@@ -75,13 +80,16 @@ def resolve_export(
             raise ExportError(
                 f"{path}: an export with {own} weights, not {weights} (paddle-qwen2 export --weights {weights})"
             )
+        if format is not None and meta.get("format", "paddle") != format:
+            raise ExportError(f"{path}: a --format {meta.get('format', 'paddle')} export; this needs --format {format}")
         return path
     if not path.is_dir():
         raise ExportError(f"{path}: no such model folder")
     weights = weights or "float32"
-    format = WEIGHT_FORMATS.get(weights, ("paddle",))[0]
+    default = WEIGHT_FORMATS.get(weights, ("paddle",))[0]
+    format = format or default
     check_weights(weights, format, "float32")
-    key = task if weights == "float32" else f"{task}-{weights}"
+    key = "-".join([task] + [weights] * (weights != "float32") + [format] * (format != default))
     out = Path(cache_dir or export_cache_dir()) / f"{path.name}-{key}-{_fingerprint(path, key)}"
     if not (out / META_FILE).is_file():
         if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
