@@ -22,10 +22,6 @@ PROMPTS = ["What is the capital of France?", "Name a colour.", "Count to three."
 TEXTS = ["The capital of France is Paris.", "猫喜欢吃鱼。", "a", "hello world"]
 MAX_TOKENS = 12
 
-pytestmark = pytest.mark.skipif(
-    pytest.importorskip("paddle").__version__.startswith("2."), reason="--weights int8 exports ONNX (Paddle >= 3)"
-)
-
 
 @pytest.fixture(scope="module")
 def server(chat_checkpoint, st_folder, tmp_path_factory):
