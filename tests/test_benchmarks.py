@@ -353,6 +353,10 @@ def test_precision_table_shows_rows_refusals_and_verdicts(bench_precision):
     assert by_what["prefill 1x512, engine int8: time / engine float32's"]["met"] is False
     assert by_what["relative logits error, engine int8 vs engine float32"]["met"] is True
     assert by_what["decode 1 stream, int4: engine tokens/s / llama.cpp Q4_0's"]["met"] is None
+    # medians and best runs that disagree judge nothing
+    noisy = dict(rows, llama_f32=dict(rows["llama_f32"], decode_1={"tokens_per_s": 8.0, "best_tokens_per_s": 16.0}))
+    unclear = {t["what"]: t for t in bench_precision.verdicts(noisy)}
+    assert unclear["decode 1 stream, float32: engine tokens/s / llama.cpp f32's"]["met"] is None
     result = {
         "config": "qwen2.5-0.5b",
         "threads": 2,
