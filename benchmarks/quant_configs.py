@@ -239,3 +239,41 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _settings_text(c: dict) -> str:
+    kind = "symmetric" if c["symmetric"] else "asymmetric"
+    level, head = c["accuracy_level"], c["head_bits"]
+    return f"{c['weights']}, block {c['block_size']}, {kind}, accuracy_level {level}, head {head}-bit"
+
+
+def table(result: dict) -> str:
+    """The markdown tables of a result (benchmarks/results/quant_configs.json): every candidate, then the chosen
+    settings timed against float32 in alternation."""
+    lines = [
+        f"Random-weight `{result['config']}` decode export on onnxruntime {result['onnxruntime']}; step: "
+        f"{result['step']}; error: ||dlogits|| / ||logits|| against float32 ({result['error']}). Load average "
+        f"{result['load_average_at_start'][0]:.1f} at the start: the candidates' times are single runs on a busy "
+        "machine, the chosen settings' times below alternate.",
+        "",
+        "| candidate | file MB | ms / step, 1 thread | ms / step, 2 threads | logits error | top-1 agreement |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in result["candidates"]:
+        lines.append(
+            f"| {_settings_text(c)} | {c['file_mb']:.0f} | {c['ms_per_step_1t']:.1f} | {c['ms_per_step_2t']:.1f} | "
+            f"{c['relative_logits_error']:.1%} | {c['top1_agreement']:.0%} |"
+        )
+    defaults = result.get("defaults") or {}
+    if defaults:
+        lines += [
+            "",
+            "| chosen (`quantize.SETTINGS`) | file MB | ms / step, 1 thread | 2 threads | 2 threads, workers asleep |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for weights, d in defaults.items():
+            lines.append(
+                f"| {weights} | {d['file_mb']:.0f} | {d['ms_per_step_1t']:.1f} | {d['ms_per_step_2t']:.1f} | "
+                f"{d['ms_per_step_2t_no_spin']:.1f} |"
+            )
+    return "\n".join(lines)

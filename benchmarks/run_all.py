@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-load", action="store_true", help="leave out bench_load.py (~10 min)")
     parser.add_argument("--skip-embed", action="store_true", help="leave out bench_embed.py (~5 min)")
     parser.add_argument("--skip-inference", action="store_true", help="leave out bench_inference.py (~5 min)")
+    parser.add_argument(
+        "--skip-precision", action="store_true", help="leave out bench_precision.py (real size vs llama.cpp, ~15 min)"
+    )
     parser.add_argument("--skip-serve", action="store_true", help="leave out bench_serve.py (~15 min with its soak)")
     parser.add_argument("--summary-only", action="store_true", help="run nothing: summary.md from results/")
     args = parser.parse_args(argv)
@@ -53,6 +56,8 @@ def run_benchmarks(args: argparse.Namespace) -> None:
         run("bench_embed.py")
     if not args.skip_inference:
         run("bench_inference.py")
+    if not args.skip_precision:
+        run("bench_precision.py")
     if not args.skip_serve:
         run("bench_serve.py", "--soak-seconds", "300")
         run("bench_serve.py", "--workload", "prefix")

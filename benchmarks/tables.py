@@ -3,7 +3,8 @@
 One table per results file, each headed by the benchmark, its date and the machine it ran on (both recorded in the
 JSON). `run_all.py` writes them to benchmarks/results/summary.md; the docs hook (docs/hooks.py) puts them into
 docs/benchmarks.md. The model and conversion tables are rendered here; the other benchmarks render their own
-(`table(result)` in bench_load.py, bench_embed.py, bench_inference.py, bench_precision.py, bench_serve.py),
+(`table(result)` in bench_load.py, bench_embed.py, bench_inference.py, bench_precision.py, quant_configs.py,
+bench_serve.py),
 imported on demand.
 
     python benchmarks/tables.py            # print every table
@@ -28,6 +29,7 @@ KINDS = {
     "embed": ("Embeddings", "bench_embed.py"),
     "inference": ("Inference engine", "bench_inference.py"),
     "precision": ("Real size: weight precisions against llama.cpp", "bench_precision.py"),
+    "quant_configs": ("Quantization settings", "quant_configs.py"),
     "serve": ("Serving", "bench_serve.py"),
     "prefix": ("Prefix caching", "bench_serve.py"),
 }

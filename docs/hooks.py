@@ -1,8 +1,9 @@
 """mkdocs hooks (mkdocs.yml `hooks:`): generated content that has its source outside docs/.
 
-- `<!-- benchmark-table: KIND -->` (KIND: model, convert, load, embed, inference, serve, prefix) becomes the table(s) of
-  benchmarks/results/ for that benchmark, each with its date and machine, rendered by benchmarks/tables.py. A page
-  that has any such marker must have one for every results file's benchmark, so no result goes unshown.
+- `<!-- benchmark-table: KIND -->` (KIND: model, convert, load, embed, inference, precision, quant_configs, serve,
+  prefix) becomes the table(s) of benchmarks/results/ for that benchmark, each with its date and machine, rendered
+  by benchmarks/tables.py. A page that has any such marker must have one for every results file's benchmark, so no
+  result goes unshown.
 - `<!-- contributing -->` becomes CONTRIBUTING.md (without its title), which stays the one source of that page.
 """
 
@@ -18,7 +19,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import tables  # noqa: E402  (benchmarks/tables.py)
 
-BENCHMARK_MARKER = re.compile(r"<!-- benchmark-table: ([a-z]+) -->")
+BENCHMARK_MARKER = re.compile(r"<!-- benchmark-table: ([a-z_]+) -->")
 CONTRIBUTING_MARKER = "<!-- contributing -->"
 
 
