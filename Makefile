@@ -17,21 +17,19 @@ venv26: $(VENV26)/.installed
 
 # Main venv (paddlepaddle 3.3.1). requirements-test.txt is installed second on
 # purpose: it overrides huggingface_hub for transformers (see the file's header).
-# --no-compile: pip would byte-compile every module of torch, paddle, ... (~20,000 files); Python compiles the
-# ones a run imports when it first imports them.
 $(VENV)/.installed: requirements.txt requirements-test.txt requirements-docs.txt pyproject.toml setup.py paddle_qwen2/conversion/_transpose.c
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --no-compile -r requirements.txt
-	$(VENV)/bin/python -m pip install --no-compile -r requirements-test.txt
-	$(VENV)/bin/python -m pip install --no-compile -r requirements-docs.txt
+	$(VENV)/bin/python -m pip install -r requirements.txt
+	$(VENV)/bin/python -m pip install -r requirements-test.txt
+	$(VENV)/bin/python -m pip install -r requirements-docs.txt
 	$(VENV)/bin/python -m pip install -e . --no-deps
 	touch $@
 
 # Parity venv (paddlepaddle 2.6.2, otherwise the same pins).
 $(VENV26)/.installed: requirements-paddle26.txt requirements-test.txt pyproject.toml setup.py paddle_qwen2/conversion/_transpose.c
 	test -x $(VENV26)/bin/python || $(PY) -m venv $(VENV26)
-	$(VENV26)/bin/python -m pip install --no-compile -r requirements-paddle26.txt
-	$(VENV26)/bin/python -m pip install --no-compile -r requirements-test.txt
+	$(VENV26)/bin/python -m pip install -r requirements-paddle26.txt
+	$(VENV26)/bin/python -m pip install -r requirements-test.txt
 	$(VENV26)/bin/python -m pip install -e . --no-deps
 	touch $@
 
