@@ -50,7 +50,6 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,7 +64,14 @@ THREADS = int(configure_cpu_threads()["OMP_NUM_THREADS"])
 import numpy as np  # noqa: E402
 from bandwidth import ReadProbe, read_bandwidth  # noqa: E402
 from bandwidth import summary as bandwidth_summary  # noqa: E402
-from common import machine_info, status_bytes, timed, write_hf_checkpoint, write_results  # noqa: E402
+from common import (  # noqa: E402
+    machine_info,
+    run_result_child,
+    status_bytes,
+    timed,
+    write_hf_checkpoint,
+    write_results,
+)
 from model_configs import load_config  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "inference.json"
@@ -506,15 +512,7 @@ def run_child(name: str, workdir: Path, settings: dict) -> dict:
         from paddle_qwen2.serving.engine_process import ENGINE_ENVIRONMENT
 
         env = {**ENGINE_ENVIRONMENT, **env}
-    start, load = time.perf_counter(), os.getloadavg()[0]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr or proc.stdout)[-2000:].strip()}
-    result = json.loads(lines[-1][len("RESULT ") :])
-    result["process_seconds"] = time.perf_counter() - start
-    result["load_average_at_start"] = round(load, 2)
-    return result
+    return run_result_child(cmd, env)
 
 
 def load_average() -> list[float]:

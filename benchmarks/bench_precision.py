@@ -42,7 +42,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,7 +56,14 @@ THREADS = int(configure_cpu_threads()["OMP_NUM_THREADS"])
 import llama_cpp_peer  # noqa: E402
 import numpy as np  # noqa: E402
 from bandwidth import ReadProbe, read_bandwidth  # noqa: E402
-from common import machine_info, status_bytes, timed, write_hf_checkpoint, write_results  # noqa: E402
+from common import (  # noqa: E402
+    machine_info,
+    run_result_child,
+    status_bytes,
+    timed,
+    write_hf_checkpoint,
+    write_results,
+)
 from model_configs import load_config  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "precision.json"
@@ -370,15 +376,7 @@ def run_child(name: str, workdir: Path, settings: dict) -> dict:
     """Run child `name` in a fresh process; its result, or {"error": ...} when it failed."""
     cmd = [sys.executable, __file__, "--child", name, "--workdir", str(workdir), "--settings", json.dumps(settings)]
     env = dict(os.environ, PADDLE_QWEN2_CACHE=str(workdir / "exports"), OMP_NUM_THREADS=str(THREADS))
-    start, load = time.perf_counter(), os.getloadavg()[0]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr or proc.stdout)[-2000:].strip()}
-    result = json.loads(lines[-1][len("RESULT ") :])
-    result["process_seconds"] = time.perf_counter() - start
-    result["load_average_at_start"] = round(load, 2)
-    return result
+    return run_result_child(cmd, env)
 
 
 def prepare_checkpoint(workdir: Path) -> Path:

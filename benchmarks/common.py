@@ -6,6 +6,7 @@ programs, and random-weight HF checkpoints.
     status_bytes(field)      a /proc/<pid>/status memory field (VmRSS, VmHWM) in bytes
     corpus_spans(n, length)  `n` spans of the bundled corpus (examples/data/corpus), seeded
     run_json_child(...)      `python -c PROGRAM ARGS` with the benchmark's thread count; its last JSON line
+    run_result_child(cmd)    a child that prints `RESULT {json}`: that result, its process seconds and the load
     timed(fn)                (seconds, fn's result)
     write_hf_checkpoint(...) a random-weight transformers `Qwen2ForCausalLM`, written by a child process
 
@@ -119,6 +120,24 @@ def run_json_child(program: str, args: list[str], what: str) -> dict[str, Any]:
     if result.returncode != 0:
         raise RuntimeError(f"{what} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+RESULT_PREFIX = "RESULT "
+
+
+def run_result_child(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run `cmd` in `env` and return the JSON object of the last line of its output that starts with "RESULT ",
+    with "process_seconds" (the child's wall time, start to exit) and "load_average_at_start" (1-minute load
+    average) added; {"error": the tail of its stderr (else stdout)} when it exits non-zero or prints no result."""
+    start, load = time.perf_counter(), os.getloadavg()[0]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr or proc.stdout)[-2000:].strip()}
+    result = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    result["process_seconds"] = time.perf_counter() - start
+    result["load_average_at_start"] = round(load, 2)
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ inputs
