@@ -2,8 +2,8 @@
 
 `read_jsonl(path)` yields `(line_number, value)` for every non-blank line (1-based numbers, counted over all lines,
 blank ones included). The file is UTF-8; a leading UTF-8 byte-order mark is dropped; `\\r\\n` endings are fine; a
-name ending in `.gz` is read through gzip. Every problem of the file itself raises `JSONLError` with one message
-form, `FILE:LINE: what is wrong (detail)` or `FILE: what is wrong`:
+name ending in `.gz` is read through gzip. Every problem of the file itself (a truncated or corrupt `.gz` too)
+raises `JSONLError` with one message form, `FILE:LINE: what is wrong (detail)` or `FILE: what is wrong`:
 
     data.jsonl: no such file
     data.jsonl:3: not valid JSON (Expecting ',' delimiter at column 12)
@@ -18,13 +18,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import PaddleQwen2Error
 
-__all__ = ["JSONLError", "read_jsonl", "read_lines", "where"]
+__all__ = ["JSONLError", "decode_line", "parse_line", "read_jsonl", "read_lines", "read_raw_lines", "where"]
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -47,31 +48,57 @@ def _open(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
 
 
+def read_raw_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
+    """`(line_number, raw)` of every line of a text file (1-based), undecoded, without its `\\n` / `\\r\\n`; blank
+    lines included; a leading byte-order mark is dropped and the final newline does not make an extra line. A read
+    error (a truncated or corrupt `.gz`) raises `JSONLError` naming the line being read."""
+    path = Path(path)
+    lineno = 0
+    with _open(path) as f:
+        lines = iter(f)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+                kind = "gzip file" if path.name.endswith(".gz") else "file"
+                raise JSONLError(f"{where(path, lineno + 1)}: not a readable {kind} ({e})") from None
+            lineno += 1
+            if lineno == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            raw = raw[:-1] if raw.endswith(b"\n") else raw
+            yield lineno, raw[:-1] if raw.endswith(b"\r") else raw
+
+
+def decode_line(path: str | os.PathLike, lineno: int, raw: bytes) -> str:
+    """Line `lineno` of `path` (as `read_raw_lines` gives it) as text; `JSONLError` naming it if it is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JSONLError(f"{where(path, lineno)}: not valid UTF-8 ({e.reason} at byte {e.start + 1})") from None
+
+
+def parse_line(path: str | os.PathLike, lineno: int, line: str) -> Any:
+    """The JSON value of the non-blank line `lineno` of `path`; `JSONLError` naming file, line and column if it is
+    not valid JSON."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise JSONLError(f"{where(path, lineno)}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
 def read_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     """`(line_number, line)` of every line of a UTF-8 text file (1-based), without its `\\n` / `\\r\\n`; blank
     lines included; a leading byte-order mark is dropped and the final newline does not make an extra line. A line
     that is not UTF-8 raises `JSONLError` naming it."""
-    path = Path(path)
-    with _open(path) as f:
-        for lineno, raw in enumerate(f, start=1):
-            if lineno == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM) :]
-            raw = raw[:-1] if raw.endswith(b"\n") else raw
-            raw = raw[:-1] if raw.endswith(b"\r") else raw
-            try:
-                yield lineno, raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise JSONLError(f"{where(path, lineno)}: not valid UTF-8 ({e.reason} at byte {e.start + 1})") from None
+    for lineno, raw in read_raw_lines(path):
+        yield lineno, decode_line(path, lineno, raw)
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """`(line_number, value)` of every non-blank line of a JSON-lines file (see the module docstring); an empty
     file yields nothing. A line that is not valid JSON raises `JSONLError` naming the file, line and column."""
     for lineno, line in read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise JSONLError(f"{where(path, lineno)}: not valid JSON ({e.msg} at column {e.colno})") from None
-        yield lineno, value
+        if line.strip():
+            yield lineno, parse_line(path, lineno, line)
