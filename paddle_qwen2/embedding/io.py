@@ -194,17 +194,28 @@ def _read_parquet(path: Path, text_field: str) -> Records:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
         raise EmbedInputError(f"{path}: not a readable parquet file ({e})") from None
-    if text_field not in table.column_names:
-        columns = ", ".join(table.column_names) or "none"
+    _check_text_column(path, table.schema, text_field)
+    return Records(texts=_column_texts(path, table, text_field), table=table)
+
+
+def _check_text_column(path: Path, schema: pa.Schema, text_field: str) -> None:
+    """`EmbedInputError` naming `path` unless `schema` has a string column `text_field`."""
+    if text_field not in schema.names:
+        columns = ", ".join(schema.names) or "none"
         raise EmbedInputError(f'{path}: no "{text_field}" column (columns: {columns})')
+    dtype = schema.field(text_field).type
+    if not _is_string_type(dtype):
+        raise EmbedInputError(f'{path}: column "{text_field}" has type {dtype}, expected strings')
+
+
+def _column_texts(path: Path, table: pa.Table, text_field: str, first_row: int = 0) -> list[str]:
+    """The `text_field` strings of `table` (rows `first_row`... of `path`); `EmbedInputError` naming the first null."""
     column = table.column(text_field)
-    if not _is_string_type(column.type):
-        raise EmbedInputError(f'{path}: column "{text_field}" has type {column.type}, expected strings')
     texts = column.to_pylist()
     if column.null_count:
-        row = texts.index(None)
+        row = first_row + texts.index(None)
         raise EmbedInputError(f'{path}: "{text_field}" is null in row {row} (0-based)')
-    return Records(texts=texts, table=table)
+    return texts
 
 
 # ---------------------------------------------------------------------------------------------------- writing
