@@ -157,6 +157,7 @@ def test_unknown_prompt_name_lists_the_prompts(st_folder):
         (dict(truncate_dim=0), r"truncate_dim must be in \[1, 64\]"),
         (dict(truncate_dim=65), r"truncate_dim must be in \[1, 64\]"),
         (dict(batch_size=0), r"batch_size must be positive"),
+        (dict(max_batch_tokens=0), r"max_batch_tokens must be positive"),
     ],
 )
 def test_bad_encode_arguments(st_folder, kwargs, message):
@@ -187,6 +188,25 @@ def test_long_batches_are_split_and_give_the_same_embeddings(st_folder, monkeypa
     monkeypatch.setattr(model_module, "BATCH_TENSOR_BYTES", 1)
     assert [len(b) for b in model._batches(order, [24, 24, 10, 5, 3, 1], 4)] == [1] * 6
     assert_embeddings(model.encode(EMBED_TEXTS, batch_size=4), st_encode(st_folder("last")))
+
+
+@pytest.mark.parametrize(
+    "batch_size, max_batch_tokens, sizes",
+    [
+        (None, 48, [2, 4]),  # rows x longest <= 48: 2 x 24, then 4 x 10
+        (None, 30, [1, 1, 3, 1]),  # a text longer than the budget runs alone
+        (3, 48, [2, 3, 1]),  # both limits
+        (None, None, [6]),
+    ],
+)
+def test_token_budget_batches(st_folder, batch_size, max_batch_tokens, sizes):
+    """`max_batch_tokens` caps a batch's padded tokens (rows x its longest text); the embeddings do not change."""
+    model = EmbeddingModel.from_pretrained(st_folder("last"))
+    batches = model._batches(np.arange(6), [24, 24, 10, 5, 3, 1], batch_size, max_batch_tokens)
+    assert [len(b) for b in batches] == sizes
+    out, tokens = model.embed_texts(EMBED_TEXTS, max_batch_tokens=max_batch_tokens, batch_size=batch_size)
+    assert_embeddings(out, st_encode(st_folder("last")))
+    assert tokens == sum(len(ids) for ids in model.tokenizer.encode_ids(EMBED_TEXTS))
 
 
 POOLING_MASK = np.array(

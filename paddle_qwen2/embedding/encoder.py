@@ -90,27 +90,56 @@ class EmbeddingEncoder:
         texts: str | Sequence[str],
         prompt_name: str | None = None,
         prompt: str | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = 32,
         normalize_embeddings: bool | None = None,
         truncate_dim: int | None = None,
         show_progress_bar: bool | None = None,
+        max_batch_tokens: int | None = None,
     ) -> np.ndarray:
         """Embeddings of `texts` as float32 numpy `[n, dim]` in input order (`[dim]` for one string).
 
         As sentence-transformers: the prompt is prepended to each text, texts are stripped and tokenized with the
         tokenizer's post-processor, truncated to `max_seq_length`, and run in batches sorted by token length,
         longest first. `truncate_dim=N` keeps the first N dimensions and L2-normalises them again when the
-        embeddings are normalised (as OpenAI's `dimensions` and TEI do)."""
+        embeddings are normalised (as OpenAI's `dimensions` and TEI do). A batch holds at most `batch_size` texts
+        (None: no count limit) and, with `max_batch_tokens` (TEI's name), at most that many padded tokens
+        (rows x its longest text; a longer text runs alone)."""
         single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
-        self._check_encode_args(batch_size, truncate_dim)
+        out, _ = self.embed_texts(
+            [texts] if single else texts,
+            prompt_name=prompt_name,
+            prompt=prompt,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            normalize_embeddings=normalize_embeddings,
+            truncate_dim=truncate_dim,
+            show_progress_bar=show_progress_bar,
+        )
+        return out[0] if single else out
+
+    def embed_texts(
+        self,
+        texts: Sequence[str],
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int | None = 32,
+        max_batch_tokens: int | None = None,
+        normalize_embeddings: bool | None = None,
+        truncate_dim: int | None = None,
+        show_progress_bar: bool | None = False,
+    ) -> tuple[np.ndarray, int]:
+        """`encode` of a list of texts, and the number of tokens it ran (prompt and special tokens included,
+        padding not): what the corpus runner reports as tokens/s. Returns (`[n, dim]` float32, tokens)."""
+        texts = list(texts)
+        self._check_encode_args(batch_size, truncate_dim, max_batch_tokens)
         if not all(isinstance(t, str) for t in texts):
             bad = next(i for i, t in enumerate(texts) if not isinstance(t, str))
             raise EmbeddingError(f"texts[{bad}] is {type(texts[bad]).__name__}, expected str")
         ids, prompt_length = self._tokenize(texts, self.resolve_prompt(prompt_name, prompt))
-        out = self._encode_ids(ids, batch_size, prompt_length, normalize_embeddings, show_progress_bar)
-        out = self._truncate_dim(out, truncate_dim, normalize_embeddings)
-        return out[0] if single else out
+        out = self._encode_ids(
+            ids, batch_size, prompt_length, normalize_embeddings, show_progress_bar, max_batch_tokens
+        )
+        return self._truncate_dim(out, truncate_dim, normalize_embeddings), sum(len(row) for row in ids)
 
     def encode_tokens(
         self,
@@ -152,9 +181,11 @@ class EmbeddingEncoder:
                 counts[i] = len(row)
         return out, counts
 
-    def _check_encode_args(self, batch_size: int, truncate_dim: int | None) -> None:
-        if batch_size <= 0:
+    def _check_encode_args(self, batch_size: int | None, truncate_dim: int | None, max_batch_tokens=None) -> None:
+        if batch_size is not None and batch_size <= 0:
             raise EmbeddingError(f"batch_size must be positive, got {batch_size}")
+        if max_batch_tokens is not None and max_batch_tokens <= 0:
+            raise EmbeddingError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
         if truncate_dim is not None and not 0 < truncate_dim <= self.dimension:
             raise EmbeddingError(f"truncate_dim must be in [1, {self.dimension}], got {truncate_dim}")
 
@@ -191,13 +222,20 @@ class EmbeddingEncoder:
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def _encode_ids(
-        self, ids: list[list[int]], batch_size: int, prompt_length: int, normalize_embeddings, show_progress_bar
+        self,
+        ids: list[list[int]],
+        batch_size: int | None,
+        prompt_length: int,
+        normalize_embeddings,
+        show_progress_bar,
+        max_batch_tokens: int | None = None,
     ) -> np.ndarray:
         out = np.zeros((len(ids), self.dimension), dtype=np.float32)
         order = np.argsort([-len(row) for row in ids], kind="stable")
-        show = len(ids) > batch_size if show_progress_bar is None else show_progress_bar
+        show = len(ids) > (batch_size or 32) if show_progress_bar is None else show_progress_bar
+        batches = self._batches(order, [len(ids[i]) for i in order], batch_size, max_batch_tokens)
         with self._running(), tqdm(total=len(ids), unit="text", desc="Embedding", disable=not show) as bar:
-            for batch in self._batches(order, [len(ids[i]) for i in order], batch_size):
+            for batch in batches:
                 input_ids, mask = self.tokenizer.pad([ids[i] for i in batch])
                 if input_ids.shape[1] == 0:  # only empty texts and no special tokens: nothing to run
                     out[batch] = self._empty_embedding(normalize_embeddings)
@@ -206,17 +244,25 @@ class EmbeddingEncoder:
                 bar.update(len(batch))
         return out
 
-    def _batches(self, order: np.ndarray, lengths: list[int], batch_size: int) -> list[np.ndarray]:
+    def _batches(
+        self, order: np.ndarray, lengths: list[int], batch_size: int | None, max_batch_tokens: int | None = None
+    ) -> list[np.ndarray]:
         """`order` (sorted longest first, `lengths` its token counts) cut into batches of at most `batch_size`
-        texts, fewer where the texts are long: a batch's largest activations (the attention scores
-        `[rows, heads, seq, seq]` and the MLP's `[rows * seq, intermediate]`, float32) stay within
-        `BATCH_TENSOR_BYTES`, which glibc serves from its reusable heap instead of fresh, page-faulting mappings."""
+        texts and `max_batch_tokens` padded tokens (either None: no such limit), fewer where the texts are long: a
+        batch's largest activations (the attention scores `[rows, heads, seq, seq]` and the MLP's
+        `[rows * seq, intermediate]`, float32) stay within `BATCH_TENSOR_BYTES`, which glibc serves from its
+        reusable heap instead of fresh, page-faulting mappings. Every batch holds at least one text."""
         heads, intermediate = self._activation_dims()
         batches, start = [], 0
         while start < len(order):
             seq = max(lengths[start], 1)
             per_row = 4 * seq * max(heads * seq, intermediate)
-            rows = max(1, min(batch_size, BATCH_TENSOR_BYTES // per_row))
+            rows = BATCH_TENSOR_BYTES // per_row
+            if batch_size is not None:
+                rows = min(rows, batch_size)
+            if max_batch_tokens is not None:
+                rows = min(rows, max_batch_tokens // seq)
+            rows = max(1, rows)
             batches.append(order[start : start + rows])
             start += rows
         return batches
