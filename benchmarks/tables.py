@@ -3,9 +3,8 @@
 One table per results file, each headed by the benchmark, its date and the machine it ran on (both recorded in the
 JSON). `run_all.py` writes them to benchmarks/results/summary.md; the docs hook (docs/hooks.py) puts them into
 docs/benchmarks.md. The model and conversion tables are rendered here; the other benchmarks render their own
-(`table(result)` in bench_load.py, bench_embed.py, bench_inference.py, bench_precision.py, quant_configs.py,
-bench_serve.py),
-imported on demand.
+(`table(result)` in bench_load.py, bench_embed.py, bench_embed_corpus.py, bench_inference.py, bench_precision.py,
+quant_configs.py, bench_serve.py), imported on demand.
 
     python benchmarks/tables.py            # print every table
 """
@@ -27,6 +26,7 @@ KINDS = {
     "convert": ("Conversion", "bench_convert.py"),
     "load": ("Loading", "bench_load.py"),
     "embed": ("Embeddings", "bench_embed.py"),
+    "embed_corpus": ("Corpus-scale embedding", "bench_embed_corpus.py"),
     "inference": ("Inference engine", "bench_inference.py"),
     "precision": ("Real size: weight precisions against llama.cpp", "bench_precision.py"),
     "quant_configs": ("Quantization settings", "quant_configs.py"),

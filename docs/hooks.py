@@ -1,9 +1,9 @@
 """mkdocs hooks (mkdocs.yml `hooks:`): generated content that has its source outside docs/.
 
-- `<!-- benchmark-table: KIND -->` (KIND: model, convert, load, embed, inference, precision, quant_configs, serve,
-  prefix) becomes the table(s) of benchmarks/results/ for that benchmark, each with its date and machine, rendered
-  by benchmarks/tables.py. A page that has any such marker must have one for every results file's benchmark, so no
-  result goes unshown.
+- `<!-- benchmark-table: KIND -->` (KIND: model, convert, load, embed, embed_corpus, inference, precision,
+  quant_configs, serve, prefix) becomes the table(s) of benchmarks/results/ for that benchmark, each with its date
+  and machine, rendered by benchmarks/tables.py. A page that has any such marker must have one for every results
+  file's benchmark, so no result goes unshown.
 - `<!-- contributing -->` becomes CONTRIBUTING.md (without its title), which stays the one source of that page.
 """
 
