@@ -2,8 +2,8 @@
 
 `read_jsonl(path)` yields `(line_number, value)` for every non-blank line (1-based numbers, counted over all lines,
 blank ones included). The file is UTF-8; a leading UTF-8 byte-order mark is dropped; `\\r\\n` endings are fine; a
-name ending in `.gz` is read through gzip. Every problem of the file itself (a truncated or corrupt `.gz` too)
-raises `JSONLError` with one message form, `FILE:LINE: what is wrong (detail)` or `FILE: what is wrong`:
+name ending in `.gz` (any case) is read through gzip. Every problem of the file itself (a truncated or corrupt `.gz`
+too) raises `JSONLError` with one message form, `FILE:LINE: what is wrong (detail)` or `FILE: what is wrong`:
 
     data.jsonl: no such file
     data.jsonl:3: not valid JSON (Expecting ',' delimiter at column 12)
@@ -45,7 +45,7 @@ def _open(path: Path) -> IO[bytes]:
         raise JSONLError(f"{path}: no such file")
     if not path.is_file():
         raise JSONLError(f"{path}: not a file")
-    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
 
 
 def read_raw_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
@@ -62,7 +62,7 @@ def read_raw_lines(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
             except StopIteration:
                 return
             except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-                kind = "gzip file" if path.name.endswith(".gz") else "file"
+                kind = "gzip file" if path.name.lower().endswith(".gz") else "file"
                 raise JSONLError(f"{where(path, lineno + 1)}: not a readable {kind} ({e})") from None
             lineno += 1
             if lineno == 1 and raw.startswith(_BOM):

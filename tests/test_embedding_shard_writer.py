@@ -80,9 +80,11 @@ def test_chunks_give_write_embeddings_output_and_resume_byte_identical(tmp_path,
     assert writer.committed() == 6
     leftover = writer.parts_dir / f".000000000006-3x5.{fmt}.tmp-0badf00d"  # a commit killed half-way
     leftover.write_bytes(b"half")
+    killed_finish = resumed.with_name(f".{resumed.name}.tmp-12345678")
+    killed_finish.write_bytes(b"half an output")
     assert run(src, resumed, fmt, chunk_size=3) == result
     assert resumed.read_bytes() == data
-    assert not writer.parts_dir.exists()
+    assert not writer.parts_dir.exists() and not killed_finish.exists()
 
 
 def test_committed_after_partial_work_and_discard(tmp_path):
@@ -160,16 +162,18 @@ def test_jsonl_keys_appearing_late_are_null_before(tmp_path):
     assert table.column("n").type == pa.float64()
 
 
-def test_jsonl_type_conflict_names_key_and_output(tmp_path):
+@pytest.mark.parametrize("resumed", [False, True])
+def test_jsonl_type_conflict_names_key_and_output_at_commit(tmp_path, resumed):
     rows = [{"text": "a", "k": 1}, {"text": "b", "k": 2}, {"text": "c", "k": "three"}]
     out = tmp_path / "c.parquet"
     writer = ShardWriter(out, "parquet")
-    for chunk in jsonl_chunks(rows, 2, tmp_path):
-        writer.commit(chunk, embeddings_for(len(chunk.records.texts)))
+    first, second = jsonl_chunks(rows, 2, tmp_path)
+    writer.commit(first, embeddings_for(2))
+    writer = ShardWriter(out, "parquet") if resumed else writer  # the columns of the committed parts are read back
     with pytest.raises(EmbedInputError, match=r'c\.parquet: the JSONL "k" values do not fit one parquet column') as e:
-        writer.finish()
+        writer.commit(second, embeddings_for(1))
     assert "int64 before text 2, string in texts 2..2" in str(e.value)
-    assert not out.exists() and writer.committed() == 3  # the parts are kept
+    assert writer.committed() == 2 and len(list(writer.parts_dir.iterdir())) == 1
 
 
 @pytest.mark.parametrize("fmt", OUTPUT_FORMATS)

@@ -293,3 +293,9 @@ def test_corrupt_row_group_names_the_file(tmp_path):
     chunks = read_chunks(shard_of(path), "text", 2)
     with pytest.raises(EmbedInputError, match=re.escape(f"{path}: not a readable parquet file")):
         list(chunks)
+
+
+def test_upper_case_suffix_is_read_through_gzip(tmp_path):
+    shard = shard_of(write_shard(tmp_path / "x.jsonl.gz", ["a", "b"]).rename(tmp_path / "UP.JSONL.GZ"))
+    assert (shard.name, shard.suffix) == ("UP", ".jsonl.gz")
+    assert [c.records.texts for c in read_chunks(shard, "text", 5)] == [["a", "b"]]

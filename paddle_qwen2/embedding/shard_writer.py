@@ -118,6 +118,7 @@ class ShardWriter:
         self.text_field = text_field
         self._committed: int | None = None  # known after committed() / commit()
         self._dim: int | None = None
+        self._columns: dict[str, pa.Field] | None = None  # parquet: the committed parts' input columns
 
     @property
     def parts_dir(self) -> Path:
@@ -160,11 +161,13 @@ class ShardWriter:
         parts = self._parts()
         self._committed = parts[-1].start + parts[-1].count if parts else 0
         self._dim = parts[0].dim if parts else None
+        self._columns = None
         return self._committed
 
     def commit(self, chunk: Chunk, embeddings: np.ndarray) -> None:
         """Commit the `[len(chunk.records.texts), dim]` embeddings of `chunk` as one part file, durably.
-        `chunk.start` must be `committed()` and `dim` that of the earlier parts (`ValueError` else)."""
+        `chunk.start` must be `committed()` and `dim` that of the earlier parts (`ValueError` else). Parquet: JSONL
+        values that do not fit the columns of the earlier parts are an `EmbedInputError` now, not at `finish()`."""
         embeddings = np.asarray(embeddings, dtype=np.float32)
         count = len(chunk.records.texts)
         if count == 0 or embeddings.ndim != 2 or embeddings.shape[0] != count:
@@ -175,21 +178,30 @@ class ShardWriter:
         dim = embeddings.shape[1]
         if self._dim is not None and dim != self._dim:
             raise ValueError(f"{self.output}: embeddings of width {dim}, the committed ones have {self._dim}")
+        table, columns = None, None
+        if self.fmt == "parquet":
+            table = _parquet_table(self.output, chunk.records, embeddings, self.text_field)
+            columns = self._parquet_columns() if self._columns is None else dict(self._columns)
+            _merge_columns(columns, table.schema, chunk.start, count, self.output)
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         with atomic_output(self.parts_dir / f"{chunk.start:012d}-{count}x{dim}.{self.fmt}") as tmp:
-            self._write_part(tmp, chunk.records, embeddings)
+            if self.fmt == "npy":
+                with tmp.open("wb") as f:
+                    np.save(f, embeddings)
+            elif self.fmt == "jsonl":
+                _write_jsonl(tmp, _input_rows(chunk.records, self.text_field), embeddings)
+            else:
+                pq.write_table(table, tmp)
             _fsync(tmp)
         _fsync(self.parts_dir)
-        self._committed, self._dim = committed + count, dim
+        self._committed, self._dim, self._columns = committed + count, dim, columns
 
-    def _write_part(self, tmp: Path, records: Records, embeddings: np.ndarray) -> None:
-        if self.fmt == "npy":
-            with tmp.open("wb") as f:
-                np.save(f, embeddings)
-        elif self.fmt == "jsonl":
-            _write_jsonl(tmp, _input_rows(records, self.text_field), embeddings)
-        else:
-            pq.write_table(_parquet_table(self.output, records, embeddings, self.text_field), tmp)
+    def _parquet_columns(self) -> dict[str, pa.Field]:
+        """The input columns of the committed parquet parts (`_merge_columns` of their schemas)."""
+        columns: dict[str, pa.Field] = {}
+        for part in self._parts():
+            _merge_columns(columns, pq.read_schema(part.path), part.start, part.count, self.output)
+        return columns
 
     # ------------------------------------------------------------------------------------------------ output
 
@@ -215,7 +227,7 @@ class ShardWriter:
         _fsync(self.output.parent)
         if self.parts_dir.exists():
             shutil.rmtree(self.parts_dir)
-        self._committed, self._dim = None, None
+        self._committed, self._dim, self._columns = None, None, None
         return ShardResult(rows=rows, dim=dim, bytes=out.bytes, sha256=out.hexdigest())
 
     def discard(self) -> None:
@@ -224,7 +236,7 @@ class ShardWriter:
             shutil.rmtree(self.parts_dir)
         self.output.unlink(missing_ok=True)
         self._remove_output_temps()
-        self._committed, self._dim = None, None
+        self._committed, self._dim, self._columns = None, None, None
 
     def _remove_output_temps(self) -> None:
         for tmp in self.output.parent.glob(f".{glob.escape(self.output.name)}.tmp-*"):
@@ -265,26 +277,32 @@ def _join_parquet(out: _HashingWriter, parts: Sequence[_Part], output: Path, tex
             writer.write_table(_conform(table, schema, part, output), row_group_size=table.num_rows)
 
 
+def _merge_columns(columns: dict[str, pa.Field], schema: pa.Schema, start: int, count: int, output: Path) -> None:
+    """Add the input columns of `schema` (a part of texts `start..start + count - 1`) to `columns`: new ones last, a
+    known one typed to hold both parts' values (pyarrow's permissive promotion: null -> any type, int -> float,
+    structs merged); `EmbedInputError` naming the key and `output` when no type holds both."""
+    for field in schema:
+        known = columns.setdefault(field.name, field)
+        if field.name == EMBEDDING_FIELD or known.type == field.type:
+            continue
+        try:
+            pair = [pa.schema([known]), pa.schema([field])]
+            columns[field.name] = pa.unify_schemas(pair, promote_options="permissive").field(0)
+        except (pa.ArrowException, TypeError):
+            raise EmbedInputError(
+                f'{output}: the JSONL "{field.name}" values do not fit one parquet column ({known.type} before '
+                f"text {start}, {field.type} in texts {start}..{start + count - 1})"
+            ) from None
+
+
 def _unified_schema(parts: Sequence[_Part], output: Path) -> pa.Schema:
-    """The input columns of all parts in order of first appearance, each of the type that holds every part's values
-    (pyarrow's permissive promotion: null -> any type, int -> float, structs merged), then `embedding`."""
+    """The input columns of all parts in order of first appearance (`_merge_columns`), then `embedding`."""
+    columns: dict[str, pa.Field] = {}
     schemas = [pq.read_schema(part.path) for part in parts]
-    fields: dict[str, pa.Field] = {}
-    for part, part_schema in zip(parts, schemas):
-        for field in part_schema:
-            known = fields.setdefault(field.name, field)
-            if known.type == field.type:
-                continue
-            try:
-                pair = [pa.schema([known]), pa.schema([field])]
-                fields[field.name] = pa.unify_schemas(pair, promote_options="permissive").field(0)
-            except (pa.ArrowException, TypeError):
-                raise EmbedInputError(
-                    f'{output}: the JSONL "{field.name}" values do not fit one parquet column ({known.type} before '
-                    f"text {part.start}, {field.type} in texts {part.start}..{part.start + part.count - 1})"
-                ) from None
-    embedding = fields.pop(EMBEDDING_FIELD)
-    return pa.schema([*fields.values(), embedding], metadata=schemas[0].metadata)
+    for part, schema in zip(parts, schemas):
+        _merge_columns(columns, schema, part.start, part.count, output)
+    embedding = columns.pop(EMBEDDING_FIELD)
+    return pa.schema([*columns.values(), embedding], metadata=schemas[0].metadata)
 
 
 def _conform(table: pa.Table, schema: pa.Schema, part: _Part, output: Path) -> pa.Table:
