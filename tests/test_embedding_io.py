@@ -130,6 +130,19 @@ def test_round_trip(tmp_path, in_fmt, out_fmt, text_field):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, dst.name])
 
 
+def test_parquet_output_encodings(tmp_path):
+    """Dictionary encoding and statistics for the input columns (nested ones too), neither for the embeddings."""
+    src, _ = write_input(tmp_path, ".parquet", "text")
+    embed(src, tmp_path / "out.parquet")
+    group = pq.ParquetFile(tmp_path / "out.parquet").metadata.row_group(0)
+    columns = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    assert list(columns) == ["id", "text", "score", "tags.list.element", "embedding.list.element"]
+    for path, column in columns.items():
+        embedding = path.startswith("embedding")
+        assert ("RLE_DICTIONARY" in column.encodings) != embedding, path
+        assert column.is_stats_set != embedding, path
+
+
 def test_parquet_to_parquet_keeps_the_input_schema(tmp_path):
     src, _ = write_input(tmp_path, ".parquet", "text")
     embed(src, tmp_path / "out.parquet")
@@ -319,7 +332,7 @@ def _fail_npy(f, array):
     raise OSError("No space left on device")
 
 
-def _fail_parquet(table, where):
+def _fail_parquet(table, where, **options):
     Path(where).write_bytes(b"PAR1 partial")
     raise OSError("No space left on device")
 

@@ -11,7 +11,8 @@ Outputs (`n` texts, embeddings of width `dim`):
     .npy      float32 `[n, dim]`.
     .jsonl    each input object with an added `"embedding"` list of floats (`{text_field: text, "embedding": [...]}`
               for .txt input and bare-string lines); the floats are the float32 values' exact `float(x)` reprs.
-    .parquet  the input columns plus an `embedding` list<float32> column (a single `text_field` column for .txt).
+    .parquet  the input columns plus an `embedding` list<float32> column (a single `text_field` column for .txt);
+              the embeddings are written without dictionary encoding or statistics (which random floats never use).
 An `embedding` key / column already in the input is replaced.
 
 Every output is written to a temp file beside it (`.{name}.tmp-XXXXXXXX`) and renamed into place when complete; a
@@ -237,7 +238,7 @@ def write_embeddings(path: PathLike, records: Records, embeddings: np.ndarray, t
         elif suffix == ".jsonl":
             _write_jsonl(tmp, _input_rows(records, text_field), embeddings)
         else:
-            pq.write_table(table, tmp)
+            pq.write_table(table, tmp, **parquet_write_options(table.schema))
 
 
 def _input_rows(records: Records, text_field: str) -> list[dict[str, Any]]:
@@ -290,3 +291,16 @@ def _parquet_table(path: Path, records: Records, embeddings: np.ndarray, text_fi
     if EMBEDDING_FIELD in table.column_names:
         table = table.drop_columns([EMBEDDING_FIELD])
     return table.append_column(EMBEDDING_FIELD, column)
+
+
+def parquet_write_options(schema: pa.Schema) -> dict[str, Any]:
+    """`pq.write_table` / `pq.ParquetWriter` options for an output of `schema` (input columns, then `embedding`):
+    dictionary encoding and statistics for the input columns' leaves, neither for the embedding floats. A
+    dictionary of float32 embeddings overflows and falls back to plain pages, so building it only costs: most of
+    the write time and a larger file."""
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, schema):  # an empty file: the parquet leaf paths of `schema` (`tags.list.element`)
+        pass
+    leaves = pq.ParquetFile(pa.BufferReader(sink.getvalue())).schema
+    inputs = [leaves.column(i).path for i in range(len(leaves) - 1)]  # `embedding` is the last column, one leaf
+    return {"use_dictionary": inputs, "write_statistics": inputs}

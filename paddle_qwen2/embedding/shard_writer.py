@@ -34,7 +34,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import EmbedInputError
-from .io import EMBEDDING_FIELD, Records, _input_rows, _parquet_table, _write_jsonl, atomic_output
+from .io import (
+    EMBEDDING_FIELD,
+    Records,
+    _input_rows,
+    _parquet_table,
+    _write_jsonl,
+    atomic_output,
+    parquet_write_options,
+)
 from .shards import Chunk
 
 __all__ = ["OUTPUT_FORMATS", "ShardResult", "ShardWriter"]
@@ -191,7 +199,7 @@ class ShardWriter:
             elif self.fmt == "jsonl":
                 _write_jsonl(tmp, _input_rows(chunk.records, self.text_field), embeddings)
             else:
-                pq.write_table(table, tmp)
+                pq.write_table(table, tmp, **parquet_write_options(table.schema))
             _fsync(tmp)
         _fsync(self.parts_dir)
         self._committed, self._dim, self._columns = committed + count, dim, columns
@@ -268,10 +276,11 @@ def _join_parquet(out: _HashingWriter, parts: Sequence[_Part], output: Path, tex
     """The parts' tables as one row group each, in one schema (see `_unified_schema`)."""
     if not parts:
         empty = Records(texts=[])
-        pq.write_table(_parquet_table(output, empty, np.zeros((0, 0), np.float32), text_field), out)
+        table = _parquet_table(output, empty, np.zeros((0, 0), np.float32), text_field)
+        pq.write_table(table, out, **parquet_write_options(table.schema))
         return
     schema = _unified_schema(parts, output)
-    with pq.ParquetWriter(out, schema) as writer:
+    with pq.ParquetWriter(out, schema, **parquet_write_options(schema)) as writer:
         for part in parts:
             table = pq.read_table(part.path)
             writer.write_table(_conform(table, schema, part, output), row_group_size=table.num_rows)
