@@ -242,7 +242,9 @@ def _parquet_chunks(path: Path, text_field: str, chunk_size: int, start: int) ->
     return _parquet_chunk_iter(path, file, text_field, chunk_size, start)
 
 
-def _parquet_chunk_iter(path: Path, file: pq.ParquetFile, text_field: str, chunk_size: int, start: int):
+def _parquet_chunk_iter(
+    path: Path, file: pq.ParquetFile, text_field: str, chunk_size: int, start: int
+) -> Iterator[Chunk]:
     metadata = file.metadata
     first_group, skip = 0, start  # row groups wholly before `start` are not read
     while first_group < metadata.num_row_groups and skip >= metadata.row_group(first_group).num_rows:
