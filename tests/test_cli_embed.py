@@ -87,6 +87,10 @@ def _no_field(path):
     path.write_text('{"text": "fine"}\n\n{"body": "no text field"}\n')
 
 
+def _csv(path):
+    path.with_name("in.csv").write_text("text\nnot a format embed reads\n")
+
+
 BAD_INPUTS = [
     # (what, input writer, extra args / replacements, expected stderr regex)
     ("malformed JSONL", _bad_jsonl, {}, r"error: \S+in\.jsonl:2: not valid JSON"),
@@ -97,7 +101,9 @@ BAD_INPUTS = [
      r"error: unknown prompt name 'passage'; \S+ has prompts: 'query', 'document'"),
     ("output extension", write_input, {"--output": "out.csv"},
      r"error: \S*out\.csv: unsupported output format '\.csv'"),
-    ("input extension", None, {"--input": "in.csv"}, r"error: \S*in\.csv: unsupported input format '\.csv'"),
+    ("input extension", _csv, {"--input": "in.csv"},
+     r"error: \S*in\.csv: unsupported input format \(expected \.txt, \.jsonl, \.jsonl\.gz or \.parquet\)"),
+    ("no input at all", None, {"--input": "*.jsonl"}, r"error: \S*\*\.jsonl: no input shard matches this pattern"),
 ]  # fmt: skip
 
 
@@ -115,7 +121,7 @@ def test_bad_input(st_folder, tmp_path, capsys, what, writer, changes, message):
     err = capsys.readouterr().err
     assert re.search(message, err), err
     assert "Traceback" not in err and err.count("\n") == 1
-    assert not [p for p in tmp_path.iterdir() if p.name != "in.jsonl"], "output or temp file written"
+    assert not [p for p in tmp_path.iterdir() if p.name not in ("in.jsonl", "in.csv")], "output or temp file written"
 
 
 @pytest.mark.slow

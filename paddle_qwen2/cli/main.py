@@ -45,7 +45,10 @@ COMMANDS = {
     "generate": generate,
     "serve": serve,
 }
-_AFTER_INTERRUPT = {"finetune": "--resume continues from the last complete checkpoint"}
+_AFTER_INTERRUPT = {
+    "finetune": "--resume continues from the last complete checkpoint",
+    "embed": "rerunning the same command resumes after the last committed chunk",
+}
 
 
 class UsageError(Exception):
@@ -85,6 +88,7 @@ def _parse(argv: list[str], own_process: bool = False) -> argparse.Namespace:
     imports paddle."""
     parser, subparsers = _build_parsers()
     args = parser.parse_args(argv)
+    args.argv = list(argv)  # what a command that starts copies of itself passes on (`embed --processes`)
     if own_process:
         configure_console(args.verbose)
     if args.command == "finetune":
