@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,6 +140,15 @@ def test_rerun_skips_finished_shards_and_refuses_other_settings(model_dir, tmp_p
     assert main([*argv, "--chunk-size", "3", "--max-batch-tokens", "40"]) == 0
     assert "22 were done before" in capsys.readouterr().out
     assert digests(out) == before and {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    moved = shutil.copytree(model_dir, tmp_path / "moved")  # the same model at another path (another node)
+    assert embed(moved, [tmp_path / "corpus"], out) == 0
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # resumed: nothing embedded again
+    (moved / "config.json").write_text(
+        (moved / "config.json").read_text().replace('"rms_norm_eps"', '"x": 1, "rms_norm_eps"')
+    )
+    assert embed(moved, [tmp_path / "corpus"], out) == 1
+    assert "(model.fingerprint: " in capsys.readouterr().err
+    before = digests(out)  # the manifest names the moved folder now
     assert embed(model_dir, [tmp_path / "corpus"], out, "--prompt-name", "query") == 1
     err = capsys.readouterr().err
     assert re.search(r"was embedded with other settings \(options\.prompt_name: None -> 'query'\)", err), err

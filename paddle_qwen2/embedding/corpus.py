@@ -242,7 +242,8 @@ def _claim(plan: CorpusPlan, spec: dict, overwrite: bool) -> None:
         manifest = _read_json(plan.output / MANIFEST)
         existing = {k: manifest[k] for k in ("model", "options")} if manifest else None
     if existing is not None:
-        diffs = _differences(existing, spec)
+        # the model's folder may sit at another path on another node: its fingerprint says whether it is the same
+        diffs = [d for d in _differences(existing, spec) if not d.startswith("model.path:")]
         if diffs:
             raise EmbedInputError(
                 f"{plan.output}: was embedded with other settings ({'; '.join(diffs)}); rerun with the same model "
