@@ -316,6 +316,9 @@ def test_processes_2_report_a_bad_shard_then_resume_to_the_same_bytes(model_dir,
     done = subprocess.run(cmd, env=one_thread_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"embedded 22 texts, dim 64, in [\d.]+ s", done.stdout), done.stdout
+    assert re.search(r"Embedding: 100%\|.*\| 22/22 \[.*text/s, [\d,]+ tokens/s\]", done.stderr), (
+        done.stderr
+    )  # both ranks
     outputs = {name: digest for name, digest in digests(out).items() if name != "manifest.json"}
     assert outputs == {name: digest for name, digest in expected.items() if name != "manifest.json"}
     manifest = json.loads((out / "manifest.json").read_text())

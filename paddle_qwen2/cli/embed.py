@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -121,6 +122,10 @@ def run(args: argparse.Namespace, own_process: bool = False) -> int:
 
     _check_numbers(args)
     plan = plan_corpus(args.input, args.output, args.output_format)
+    if not Path(args.model).is_dir():  # before any process starts or paddle loads
+        from ..embedding.errors import EmbeddingError
+
+        raise EmbeddingError(f"{args.model}: no such model folder")
     _check_weights(args)
     if args.processes is not None and _CHILD not in os.environ:
         return _launch(args, plan)
@@ -248,6 +253,7 @@ def _launch(args: argparse.Namespace, plan) -> int:
         raise EmbeddingError(f"{plan.output}: --processes needs a folder --output (one output per shard)")
     log_dir = plan.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(plan.state_dir / "progress", ignore_errors=True)  # the ranks about to start write theirs anew
     threads = args.threads_per_process or max(1, len(os.sched_getaffinity(0)) // args.processes)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), **{_CHILD: str(args.processes)})
     cmd = [
@@ -269,7 +275,12 @@ def _launch(args: argparse.Namespace, plan) -> int:
     start = time.perf_counter()
     with open(log_dir / "launch.log", "wb") as launch_log:
         proc = subprocess.Popen(cmd, env=env, stdout=launch_log, stderr=subprocess.STDOUT)
-        sums = _watch(proc, plan, args.processes, show=not args.quiet)
+        try:
+            sums = _watch(proc, plan, args.processes, show=not args.quiet)
+        except BaseException:  # Ctrl-C, SIGTERM: the launcher stops its ranks (what they committed stays)
+            proc.terminate()
+            proc.wait()
+            raise
     if proc.returncode != 0:
         errors = _rank_errors(log_dir) or [f"error: a rank failed (exit {proc.returncode}); see {log_dir}"]
         print("\n".join(dict.fromkeys(errors)), file=sys.stderr)
@@ -292,7 +303,7 @@ def _watch(proc: subprocess.Popen, plan, world: int, show: bool) -> dict[str, in
     with tqdm(total=None, unit="text", desc="Embedding", disable=not show, dynamic_ncols=True) as bar:
         while True:
             done = proc.poll() is not None
-            sums = read_progress(plan, world, started)
+            sums = read_progress(plan, world, None)
             bar.total, bar.n = sums["total"], sums["texts"]
             bar.set_postfix_str(f"{sums['tokens'] / max(time.time() - started, 1e-9):,.0f} tokens/s", refresh=False)
             bar.refresh()

@@ -67,6 +67,7 @@ class Rank:
 
     rank: int = 0
     world: int = 1
+    launch: str = ""  # the same for every rank of one launch (its endpoints), another for the next launch
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Rank:
@@ -83,7 +84,8 @@ class Rank:
             ) from None
         if not 0 <= rank < world:
             raise EmbedInputError(f"PADDLE_TRAINER_ID={rank} is not in [0, PADDLE_TRAINERS_NUM={world})")
-        return cls(rank, world)
+        endpoints = env.get("PADDLE_TRAINER_ENDPOINTS", "")
+        return cls(rank, world, hashlib.sha256(endpoints.encode()).hexdigest()[:16] if endpoints else "")
 
 
 @dataclass(frozen=True)
@@ -283,14 +285,14 @@ class _Progress:
     def publish(self) -> None:
         if self.path is not None:
             own = {"texts": self.done, "new_texts": self.new, "tokens": self.tokens, "total": self.total}
-            _write_json(self.path, dict(own, started=self.started))
+            _write_json(self.path, dict(own, launch=self.rank.launch))
 
     def totals(self) -> dict[str, int]:
         """`read_progress` over every rank, this one's own counts taken as they are."""
         own = {"texts": self.done, "new_texts": self.new, "tokens": self.tokens, "total": self.total}
         if not self.plan.folder:
             return own
-        others = read_progress(self.plan, self.rank.world, self.started, skip=self.rank.rank)
+        others = read_progress(self.plan, self.rank.world, self.rank.launch, skip=self.rank.rank)
         return {key: own[key] + others[key] for key in own}
 
     def refresh(self) -> None:
@@ -311,10 +313,10 @@ class _Progress:
             self.bar.close()
 
 
-def read_progress(plan: CorpusPlan, world: int, since: float, skip: int | None = None) -> dict[str, int]:
+def read_progress(plan: CorpusPlan, world: int, launch: str | None, skip: int | None = None) -> dict[str, int]:
     """texts (committed, earlier runs included), new_texts and tokens (embedded by this run) and total (texts of
-    the ranks' shares) summed over the progress files of ranks `[0, world)` but `skip` that a run started after
-    `since - 60` s (epoch seconds) wrote: files left by an earlier run do not count."""
+    the ranks' shares) summed over the progress files of ranks `[0, world)` but `skip` that ranks of `launch`
+    (`Rank.launch`; None: any) wrote: files left by an earlier launch do not count."""
     sums = dict.fromkeys(("texts", "new_texts", "tokens", "total"), 0)
     for r in range(world):
         if r == skip:
@@ -323,7 +325,7 @@ def read_progress(plan: CorpusPlan, world: int, since: float, skip: int | None =
             value = json.loads((plan.state_dir / "progress" / f"rank-{r}.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if value.get("started", 0) >= since - 60:
+        if launch is None or value.get("launch") == launch:
             for key in sums:
                 sums[key] += int(value.get(key, 0))
     return sums
