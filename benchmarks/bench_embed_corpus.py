@@ -1,26 +1,27 @@
 """Corpus-scale `paddle-qwen2 embed`: peak memory against corpus size, texts/s of one and two processes, and the
 time a kill-and-resume costs.
 
-The model is the bundled trained tiny causal LM (examples/model, a plain Qwen2 folder) with `--pooling mean`. The
-corpus is short texts (5 to 30 English words, or 10 to 60 Chinese characters, a quarter of them) cut from the bundled
-corpus (examples/data/corpus) with a fixed seed, written as `--shards` JSONL shards (`{"id", "text"}` per line);
-outputs are the default parquet shards, one per input shard, and manifest.json. Every run is the real command line
-in a fresh process, with the same options but the corpus and the process settings:
+The model is the bundled trained tiny causal LM (examples/model, a plain Qwen2 folder) with `--pooling mean`. A
+corpus is short texts (5 to 30 English words, or for a quarter of them 10 to 60 Chinese characters) cut from the
+bundled corpus (examples/data/corpus) with a fixed seed, in `--shards` JSONL shards (`{"id", "text"}` per line);
+outputs are the default parquet shards and manifest.json. Every run is the real command line in a fresh process,
+with the same options but the corpus and the process settings:
 
-- memory: one process over `--small` and `--large` texts (same shard count). Peak RSS is `ru_maxrss` of
-  `RUSAGE_CHILDREN` in a small runner process that only starts the command and waits (the largest process of the
-  run: with `--processes`, one rank); target: the large run within 1.2x of the small one's;
-- processes: `--throughput-texts` texts by 1 process on 1 thread, 1 process on 2 threads, and 2 processes of 1
-  thread each (`--processes 2 --threads-per-process 1`): wall seconds of the whole command and the texts/s and
-  tokens/s of its summary line;
-- resume: `--resume-texts` texts once uninterrupted (T0), then into a fresh folder, SIGKILL of the command's whole
-  process group once its progress files (`.embed/progress/rank-*.json`) say half the texts are committed, and the
-  same command again to the end. Time lost = (killed run + resumed run - T0) / T0, target <= 10%; the resumed
-  folder's files (every shard output and manifest.json) must have the uninterrupted folder's sha256.
+- memory: one process (2 threads) over `--small` and `--large` texts, same shard count. Peak RSS is `ru_maxrss` of
+  `RUSAGE_CHILDREN` in a small runner process that only starts the command and waits for it (the largest process
+  it waited for); target: the large run within 1.2x of the small one's.
+- processes: `--texts` texts by 1 process on 1 thread, 1 process on 2 threads, and 2 processes of 1 thread each
+  (`--processes 2 --threads-per-process 1`). Seconds are the whole command's; texts/s and tokens/s are its
+  embedding, from the ranks' progress files (`.embed/progress/rank-*.json`): the first rank's start of work to the
+  last commit (the newest file's mtime).
+- resume: the 1-process, 2-thread command again into a fresh folder, SIGKILL of its whole process group once its
+  progress file says half the texts are committed, then the same command to the end. Time lost = (killed run +
+  resumed run - the uninterrupted run's seconds) / those seconds, target <= 10%; every file of the resumed folder
+  (shard outputs and manifest.json) must have the sha256 of the uninterrupted folder's.
 
-The 1-minute load average at each run's start is recorded (the machine is shared: compare ratios of one run).
+The 1-minute load average at each run's start is recorded (the machine is shared: compare the ratios of one run).
 
-    python benchmarks/bench_embed_corpus.py              # full run (~10 min on 2 cores)
+    python benchmarks/bench_embed_corpus.py              # 20k / 400k / 40k texts
     python benchmarks/bench_embed_corpus.py --quick      # tiny corpora, a smoke run (results not for the docs)
 """
 
@@ -49,12 +50,12 @@ POOLING = "mean"
 RSS_TARGET = 1.2
 RESUME_TARGET = 0.10
 KILL_AT = 0.5
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.02
 SUMMARY = re.compile(
     r"embedded (\d+) texts, dim (\d+), in ([\d.]+) s \(([\d.]+) texts/s, ([\d.]+) tokens/s",
 )
-FULL = {"small": 20_000, "large": 400_000, "throughput_texts": 40_000, "resume_texts": 100_000, "chunk_size": 2048}
-QUICK = {"small": 300, "large": 1_200, "throughput_texts": 600, "resume_texts": 2_000, "chunk_size": 64}
+FULL = {"small": 20_000, "large": 400_000, "texts": 40_000, "chunk_size": 2048}
+QUICK = {"small": 200, "large": 800, "texts": 1_500, "chunk_size": 64}
 PROCESS_SETTINGS = {
     "1 process, 1 thread": ([], "1"),
     "1 process, 2 threads": ([], "2"),
@@ -147,36 +148,63 @@ def command_env(threads: str | None) -> dict[str, str]:
 
 
 def parse_summary(stdout: str) -> dict:
-    """texts, dim, seconds, texts_per_s, tokens_per_s of the command's summary line; RuntimeError without one."""
+    """The texts and the dimension of the command's summary line; RuntimeError without one."""
     matches = SUMMARY.findall(stdout)
     if not matches:
         raise RuntimeError(f"no summary line ('embedded N texts, ...') in the command's output:\n{stdout[-2000:]}")
-    texts, dim, seconds, rate, tokens = matches[-1]
-    return {
-        "texts": int(texts),
-        "dim": int(dim),
-        "embed_seconds": float(seconds),
-        "texts_per_s": float(rate),
-        "tokens_per_s": float(tokens),
-    }
+    texts, dim = matches[-1][:2]
+    return {"texts": int(texts), "dim": int(dim)}
 
 
-def run_embed(cmd: list[str], env: dict[str, str]) -> dict:
-    """Run `cmd` to its end through the runner: wall seconds, peak RSS (bytes, the largest process), the load
-    average at the start and the summary line's numbers. RuntimeError with the command's stderr if it fails."""
+def progress_files(out: Path) -> list[Path]:
+    """The ranks' progress files of the output folder `out` (`.embed/progress/rank-*.json`; they are replaced by a
+    rename, so a listed file stays there)."""
+    return sorted((out / ".embed" / "progress").glob("rank-*.json"))
+
+
+def embedding_phase(out: Path, began: float) -> dict:
+    """The embedding of a finished run from its ranks' progress files: the texts and tokens this run embedded
+    (`new_texts`, else `texts`, and `tokens` summed over the ranks) and the seconds from `began` (epoch seconds: when
+    a rank first wrote its progress file, its model loaded and its shards counted) to the last commit (the newest
+    file's mtime), with the rates over them."""
+    files = progress_files(out)
+    if not files:
+        raise RuntimeError(f"{out}: no progress files (.embed/progress/rank-*.json)")
+    states = [json.loads(f.read_text()) for f in files]
+    seconds = max(max(f.stat().st_mtime for f in files) - began, 1e-9)
+    texts = sum(state.get("new_texts", state["texts"]) for state in states)
+    tokens = sum(state["tokens"] for state in states)
+    return {"embed_seconds": seconds, "texts_per_s": texts / seconds, "tokens_per_s": tokens / seconds}
+
+
+def run_embed(cmd: list[str], env: dict[str, str], out: Path) -> dict:
+    """Run `cmd` (which writes the folder `out`) to its end through the runner, watching `out` for the first
+    progress file this run writes: wall seconds, peak RSS (bytes, the largest process), the load average at the
+    start, the summary line's texts and dimension and the embedding phase's rates (`embedding_phase`).
+    RuntimeError with the command's stderr if it fails."""
     load = os.getloadavg()[0]
-    proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER, json.dumps(cmd)], capture_output=True, text=True, env=env, check=True
-    )
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    began = None
+    with tempfile.TemporaryFile() as report_file:
+        start_epoch = time.time()
+        proc = subprocess.Popen([sys.executable, "-c", _RUNNER, json.dumps(cmd)], stdout=report_file, env=env)
+        while proc.poll() is None:
+            if began is None and any(f.stat().st_mtime >= start_epoch for f in progress_files(out)):
+                began = time.time()
+            time.sleep(POLL_SECONDS)
+        report_file.seek(0)
+        lines = report_file.read().decode(errors="replace").strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"the runner of {' '.join(cmd)} failed (exit {proc.returncode})")
+    report = json.loads(lines[-1])
     if report["returncode"] != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {report['returncode']}:\n{report['stderr']}")
-    return {
-        "seconds": report["seconds"],
-        "peak_rss": report["peak_rss"],
-        "load_average_at_start": round(load, 2),
-        **parse_summary(report["stdout"]),
-    }
+    if began is None:
+        raise RuntimeError(f"{' '.join(cmd)} ended before its progress file was seen: use a larger corpus")
+    run = {"seconds": report["seconds"], "peak_rss": report["peak_rss"], "load_average_at_start": round(load, 2)}
+    run.update(parse_summary(report["stdout"]))
+    run["wall_texts_per_s"] = run["texts"] / report["seconds"]
+    run.update(embedding_phase(out, began))
+    return run
 
 
 def progress(out: Path) -> float | None:
@@ -226,63 +254,60 @@ def folder_digests(out: Path) -> dict[str, str]:
 
 
 def measure_memory(workdir: Path, sizes: dict, shards: int) -> dict:
-    """Peak RSS of one process over the small and the large corpus, and their ratio."""
+    """Peak RSS of one process (2 threads) over the small and the large corpus, and their ratio."""
     runs = {}
     for key in ("small", "large"):
-        corpus = workdir / f"corpus-{key}"
+        corpus, out = workdir / f"corpus-{key}", workdir / f"out-{key}"
         write_corpus(corpus, sizes[key], shards)
-        out = workdir / f"out-{key}"
         shutil.rmtree(out, ignore_errors=True)
-        runs[str(sizes[key])] = run_embed(embed_command(corpus, out, sizes["chunk_size"], []), command_env("2"))
+        run = run_embed(embed_command(corpus, out, sizes["chunk_size"], []), command_env("2"), out)
+        runs[str(sizes[key])] = run
         shutil.rmtree(out)
-        print(f"  memory, {sizes[key]} texts: {runs[str(sizes[key])]['peak_rss'] / 2**20:.0f} MB", flush=True)
+        shutil.rmtree(corpus)
+        print(f"  {sizes[key]} texts: peak RSS {run['peak_rss'] / 2**20:.0f} MB, {run['seconds']:.1f} s", flush=True)
     small, large = (runs[str(sizes[k])]["peak_rss"] for k in ("small", "large"))
     return {"threads": 2, "runs": runs, "ratio": large / small, "target": RSS_TARGET}
 
 
-def measure_processes(workdir: Path, sizes: dict, shards: int) -> dict:
-    """texts/s of every PROCESS_SETTINGS entry over the same corpus, and each one's ratio to BASELINE's."""
-    corpus = workdir / "corpus-throughput"
-    write_corpus(corpus, sizes["throughput_texts"], shards)
+def measure_processes(workdir: Path, corpus: Path, sizes: dict) -> tuple[dict, Path]:
+    """Every PROCESS_SETTINGS entry over `corpus`, each one's rates against BASELINE's; returns the result and
+    BASELINE's output folder (kept: the uninterrupted run the resume part compares with)."""
     runs = {}
     for name, (extra, threads) in PROCESS_SETTINGS.items():
-        out = workdir / "out-throughput"
+        out = workdir / ("out-whole" if name == BASELINE else "out-processes")
         shutil.rmtree(out, ignore_errors=True)
-        runs[name] = run_embed(embed_command(corpus, out, sizes["chunk_size"], extra), command_env(threads))
-        runs[name]["wall_texts_per_s"] = sizes["throughput_texts"] / runs[name]["seconds"]
-        print(f"  {name}: {runs[name]['texts_per_s']:.0f} texts/s ({runs[name]['seconds']:.1f} s)", flush=True)
-    shutil.rmtree(workdir / "out-throughput", ignore_errors=True)
+        runs[name] = run_embed(embed_command(corpus, out, sizes["chunk_size"], extra), command_env(threads), out)
+        if name != BASELINE:
+            shutil.rmtree(out)
+        r = runs[name]
+        print(f"  {name}: {r['texts_per_s']:.0f} texts/s embedding, {r['seconds']:.1f} s in all", flush=True)
     base = runs[BASELINE]
     for r in runs.values():
         r["vs_baseline"] = r["texts_per_s"] / base["texts_per_s"]
         r["wall_vs_baseline"] = r["wall_texts_per_s"] / base["wall_texts_per_s"]
-    return {"texts": sizes["throughput_texts"], "baseline": BASELINE, "runs": runs}
+    return {"texts": sizes["texts"], "baseline": BASELINE, "runs": runs}, workdir / "out-whole"
 
 
-def measure_resume(workdir: Path, sizes: dict, shards: int) -> dict:
-    """An uninterrupted run, then a run killed at KILL_AT progress and the same command to its end: the time lost
-    and whether the resumed folder's files are the uninterrupted ones byte for byte."""
-    corpus = workdir / "corpus-resume"
-    write_corpus(corpus, sizes["resume_texts"], shards)
-    whole, resumed = workdir / "out-whole", workdir / "out-resumed"
-    for out in (whole, resumed):
-        shutil.rmtree(out, ignore_errors=True)
-    env = command_env("2")
-    uninterrupted = run_embed(embed_command(corpus, whole, sizes["chunk_size"], []), env)
-    print(f"  uninterrupted: {uninterrupted['seconds']:.1f} s", flush=True)
-    cmd = embed_command(corpus, resumed, sizes["chunk_size"], [])
+def measure_resume(workdir: Path, corpus: Path, sizes: dict, uninterrupted: dict, whole: Path) -> dict:
+    """The command of `uninterrupted` (BASELINE's run, its folder `whole`) into a fresh folder, killed at KILL_AT
+    progress and run again to its end: the time lost against `uninterrupted` and whether the resumed folder's
+    files are `whole`'s byte for byte."""
+    resumed = workdir / "out-resumed"
+    shutil.rmtree(resumed, ignore_errors=True)
+    extra, threads = PROCESS_SETTINGS[BASELINE]
+    cmd, env = embed_command(corpus, resumed, sizes["chunk_size"], extra), command_env(threads)
     killed = run_killed(cmd, env, resumed)
     print(f"  killed at {killed['progress_at_kill']:.0%} after {killed['seconds']:.1f} s", flush=True)
-    rerun = run_embed(cmd, env)
-    print(f"  resumed: {rerun['seconds']:.1f} s", flush=True)
+    rerun = run_embed(cmd, env, resumed)
+    print(f"  resumed: {rerun['seconds']:.1f} s (uninterrupted: {uninterrupted['seconds']:.1f} s)", flush=True)
     expected, got = folder_digests(whole), folder_digests(resumed)
     for out in (whole, resumed):
         shutil.rmtree(out)
     lost = (killed["seconds"] + rerun["seconds"] - uninterrupted["seconds"]) / uninterrupted["seconds"]
     return {
-        "texts": sizes["resume_texts"],
-        "threads": 2,
-        "uninterrupted": uninterrupted,
+        "texts": sizes["texts"],
+        "setting": BASELINE,
+        "uninterrupted_seconds": uninterrupted["seconds"],
         "killed": killed,
         "resumed": rerun,
         "time_lost": lost,
@@ -300,11 +325,12 @@ def table(result: dict) -> str:
     """The docs tables of a result (benchmarks/results/embed_corpus.json)."""
     mem, procs, resume = result["memory"], result["processes"], result["resume"]
     lines = [
-        f"`paddle-qwen2 embed` of {result['corpus']}, {result['shards']} JSONL shards, model {result['model']}; "
-        f"options `{' '.join(result['options'])}`; each run a fresh command (1-minute load average at its start "
-        "in brackets).",
+        f"`paddle-qwen2 embed` of {result['corpus']} in {result['shards']} JSONL shards, model {result['model']}, "
+        f"`--chunk-size {result['chunk_size']}`, other options at their defaults; every run a fresh command. Seconds: "
+        "the whole command (the 1-minute load average at its start in brackets); texts/s and tokens/s: its "
+        "embedding, from the first rank's start of work to the last commit.",
         "",
-        "| texts | peak RSS | seconds | texts/s | tokens/s |",
+        "| texts, 1 process | peak RSS | seconds | texts/s | tokens/s |",
         "| --- | --- | --- | --- | --- |",
     ]
     for texts, r in mem["runs"].items():
@@ -316,31 +342,29 @@ def table(result: dict) -> str:
         "",
         f"Peak RSS of the larger corpus: **{mem['ratio']:.2f}x** the smaller's (target <= {mem['target']:.1f}x).",
         "",
-        f"| {procs['texts']:,} texts | seconds | texts/s | tokens/s | vs {procs['baseline']} |",
-        "| --- | --- | --- | --- | --- |",
+        f"| {procs['texts']:,} texts | seconds | texts/s | tokens/s | texts/s vs {procs['baseline']} | wall |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in procs["runs"].items():
         lines.append(
             f"| {name} | {r['seconds']:.1f} ({r['load_average_at_start']:.1f}) | {r['texts_per_s']:.0f} | "
-            f"{r['tokens_per_s']:.0f} | **{r['vs_baseline']:.2f}x** ({r['wall_vs_baseline']:.2f}x wall) |"
+            f"{r['tokens_per_s']:.0f} | **{r['vs_baseline']:.2f}x** | {r['wall_vs_baseline']:.2f}x |"
         )
-    killed = resume["killed"]
+    killed, resumed = resume["killed"], resume["resumed"]
     lines += [
         "",
-        f"| kill and resume, {resume['texts']:,} texts | seconds |",
+        f"| kill and resume, {resume['texts']:,} texts, {resume['setting']} | seconds |",
         "| --- | --- |",
-        f"| uninterrupted (T0) | {resume['uninterrupted']['seconds']:.1f} "
-        f"({resume['uninterrupted']['load_average_at_start']:.1f}) |",
+        f"| uninterrupted (T0, the run above) | {resume['uninterrupted_seconds']:.1f} |",
         f"| SIGKILL at {killed['progress_at_kill']:.0%} committed | {killed['seconds']:.1f} "
         f"({killed['load_average_at_start']:.1f}) |",
-        f"| the same command again, to the end | {resume['resumed']['seconds']:.1f} "
-        f"({resume['resumed']['load_average_at_start']:.1f}) |",
+        f"| the same command again, to the end | {resumed['seconds']:.1f} ({resumed['load_average_at_start']:.1f}) |",
         "",
-        f"Time lost: **{resume['time_lost']:.1%}** of T0 (target <= {resume['target']:.0%}); resumed outputs "
+        f"Time lost: **{resume['time_lost']:.1%}** of T0 (target <= {resume['target']:.0%}); the resumed folder "
         + (
-            "byte-identical to the uninterrupted run's (sha256 of every shard output and manifest.json)."
+            "is byte-identical to the uninterrupted one (sha256 of every shard output and manifest.json)."
             if resume["identical"]
-            else f"**differ** from the uninterrupted run's: {', '.join(resume['differing_files'])}."
+            else f"**differs** from the uninterrupted one: {', '.join(resume['differing_files'])}."
         ),
     ]
     return "\n".join(lines)
@@ -348,36 +372,37 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny corpora (a smoke run)")
-    p.add_argument("--small", type=int, help=f"texts of the smaller memory run (default {FULL['small']})")
-    p.add_argument("--large", type=int, help=f"texts of the larger memory run (default {FULL['large']})")
-    p.add_argument("--throughput-texts", type=int, help=f"default {FULL['throughput_texts']}")
-    p.add_argument("--resume-texts", type=int, help=f"default {FULL['resume_texts']}")
-    p.add_argument("--chunk-size", type=int, help=f"texts per committed chunk (default {FULL['chunk_size']})")
-    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--quick", action="store_true", help=f"tiny corpora, a smoke run ({QUICK})")
+    p.add_argument("--small", type=int, help=f"texts of the smaller memory run (default {FULL['small']:,})")
+    p.add_argument("--large", type=int, help=f"texts of the larger memory run (default {FULL['large']:,})")
+    p.add_argument("--texts", type=int, help=f"texts of the processes and resume runs (default {FULL['texts']:,})")
+    p.add_argument("--chunk-size", type=int, help=f"embed's --chunk-size (default {FULL['chunk_size']})")
+    p.add_argument("--shards", type=int, default=4, help="JSONL shards of every corpus (default 4)")
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "paddle_qwen2_bench_embed_corpus"))
     p.add_argument("--out", default=str(RESULTS), help="the results JSON file")
     args = p.parse_args(argv)
     sizes = dict(QUICK if args.quick else FULL)
-    for key in sizes:
-        if getattr(args, key) is not None:
-            sizes[key] = getattr(args, key)
+    sizes.update({key: getattr(args, key) for key in sizes if getattr(args, key) is not None})
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     started, load = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
     print("memory ...", flush=True)
     memory = measure_memory(workdir, sizes, args.shards)
+    corpus = workdir / "corpus"
+    write_corpus(corpus, sizes["texts"], args.shards)
     print("processes ...", flush=True)
-    processes = measure_processes(workdir, sizes, args.shards)
+    processes, whole = measure_processes(workdir, corpus, sizes)
     print("kill and resume ...", flush=True)
-    resume = measure_resume(workdir, sizes, args.shards)
+    resume = measure_resume(workdir, corpus, sizes, processes["runs"][BASELINE], whole)
+    shutil.rmtree(corpus)
     result = {
         "benchmark": "embed_corpus",
+        "command": " ".join(["python", "benchmarks/bench_embed_corpus.py", *(sys.argv[1:] if argv is None else argv)]),
         "quick": args.quick,
         "model": f"examples/model (--pooling {POOLING})",
-        "corpus": "short texts (5-30 English words or 10-60 Chinese characters) of examples/data/corpus",
+        "corpus": "short texts (5-30 English words or 10-60 Chinese characters of examples/data/corpus)",
         "shards": args.shards,
-        "options": ["--chunk-size", str(sizes["chunk_size"])],
+        "chunk_size": sizes["chunk_size"],
         "load_average_at_start": load,
         "memory": memory,
         "processes": processes,
