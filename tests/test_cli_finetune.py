@@ -9,8 +9,6 @@ import pytest
 from paddle_qwen2.cli.finetune import parse_args
 from paddle_qwen2.training.finetune import training_arguments
 
-pytestmark = pytest.mark.paddle26
-
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = ["--model", "model-dir", "--train-file", "data.jsonl"]
 
@@ -22,6 +20,7 @@ def test_shipped_configs_parse(name):
     assert (REPO / args.train_file).is_file() and args.lora == (name == "finetune_lora")
 
 
+@pytest.mark.paddle26
 def test_options_reach_the_trainer(tmp_path):
     args = parse_args(
         [

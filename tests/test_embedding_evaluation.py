@@ -11,8 +11,6 @@ import pytest
 
 from paddle_qwen2.embedding.evaluation import load_retrieval_pairs, retrieval_metrics
 
-pytestmark = pytest.mark.paddle26
-
 DATA = Path(__file__).resolve().parent.parent / "examples" / "data"
 
 

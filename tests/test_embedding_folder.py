@@ -10,8 +10,6 @@ from paddle_qwen2.embedding import EmbeddingError
 from paddle_qwen2.embedding.folder import read_folder
 from paddle_qwen2.embedding.model import EmbeddingModel
 
-pytestmark = pytest.mark.paddle26
-
 
 def _edit_json(name: str, change):
     def edit(folder):

@@ -29,8 +29,6 @@ from paddle_qwen2.embedding.io import (
 )
 from paddle_qwen2.jsonl import JSONLError
 
-pytestmark = pytest.mark.paddle26
-
 DIM = 7
 TEXTS = ["first", "", "zweite Zeile ü", "第三行 with  spaces ", "tab\there", 'quote " and \\ backslash', "cr\rinside"]
 

@@ -10,8 +10,6 @@ import pytest
 from paddle_qwen2.errors import PaddleQwen2Error
 from paddle_qwen2.jsonl import JSONLError, read_jsonl, read_lines, where
 
-pytestmark = pytest.mark.paddle26
-
 # (file bytes, the (line, value) pairs read)
 GOOD_FILES = {
     "two lines": (b'{"a": 1}\n"b"\n', [(1, {"a": 1}), (2, "b")]),

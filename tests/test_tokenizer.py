@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.paddle26
-
 tokenizers = pytest.importorskip("tokenizers")
 transformers = pytest.importorskip("transformers")
 
@@ -192,6 +190,7 @@ def test_default_chat_template_is_chatml(tok_dir, tmp_path, hf_tok):
     assert CHATML_TEMPLATE
 
 
+@pytest.mark.paddle26
 def test_special_tokens_and_padding(ours, hf_tok):
     endoftext = hf_tok.convert_tokens_to_ids("<|endoftext|>")
     assert ours.pad_token == ours.eos_token == "<|endoftext|>"

@@ -6,8 +6,6 @@ import numpy as np
 import paddle
 import pytest
 
-pytestmark = pytest.mark.paddle26
-
 from paddle_qwen2 import Qwen2Config, Qwen2ForCausalLM
 from paddle_qwen2.jsonl import JSONLError
 from paddle_qwen2.tokenizer import load_tokenizer, save_qwen2_tokenizer, train_qwen2_bpe
@@ -89,6 +87,7 @@ def test_prompt_response_records_are_chatml(tok, tmp_path):
     assert tok.decode(dataset[2]["input_ids"]).startswith("<|im_start|>system\nBe brief.<|im_end|>")
 
 
+@pytest.mark.paddle26
 def test_collator_pads_with_pad_id_and_masks_labels(tok):
     features = [tokenize_chat(tok, CHAT[:2]), tokenize_chat(tok, CHAT)]
     batch = DataCollatorForSFT(tok.pad_token_id)(features)
@@ -161,6 +160,7 @@ def test_truncation(tok, tmp_path):
         build_sft_dataset(tok, write_jsonl(tmp_path / "only_long.jsonl", [long_prompt]), max_length=limit)
 
 
+@pytest.mark.paddle26
 def test_packing_rows_and_block_mask(tok):
     examples = [tokenize_chat(tok, CHAT[:2]), tokenize_chat(tok, CHAT), tokenize_chat(tok, CHAT[:2])]
     lengths = [len(e["input_ids"]) for e in examples]
@@ -178,6 +178,7 @@ def test_packing_rows_and_block_mask(tok):
     assert batch["position_ids"].numpy()[0, a] == 0
 
 
+@pytest.mark.paddle26
 def test_packed_example_gives_the_same_logits_as_alone(tok):
     """The block-diagonal mask and restarted positions make a packed example see exactly what it sees alone."""
     config = Qwen2Config(
@@ -213,6 +214,7 @@ def test_packed_example_gives_the_same_logits_as_alone(tok):
     assert loss == pytest.approx(float(np.mean(per_token)), abs=1e-4)
 
 
+@pytest.mark.paddle26
 def test_classification_csv_and_jsonl(tok, tmp_path):
     csv_path = tmp_path / "cls.csv"
     csv_path.write_text('text,label\nI love it,1\n"bad, very bad",0\nso-so,2\n')

@@ -29,8 +29,6 @@ from paddle_qwen2.training.embedding import (
     prompt_length,
 )
 
-pytestmark = pytest.mark.paddle26
-
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-5  # normalised embeddings
 TEXTS = ["What is the capital of Peru?", "The capital of Peru is Lima.", "猫喜欢吃鱼。", "a"]
@@ -176,6 +174,7 @@ def test_bad_files_stop_before_training(st_folder, data, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ dataset and collator
+@pytest.mark.paddle26
 def test_dataset_tokenizes_as_encode_and_collator_shares_passages(st_folder, data):
     model = EmbeddingModel.from_pretrained(st_folder("last"))
     examples = load_retrieval_examples(data["train"])
@@ -214,6 +213,7 @@ def test_choices_depend_on_seed_epoch_and_index_only(st_folder, data):
 
 
 # ---------------------------------------------------------------------------------------------------------- loss
+@pytest.mark.paddle26
 @pytest.mark.parametrize("matryoshka", [[], [8, 4]])
 def test_info_nce_against_numpy(matryoshka):
     rng = np.random.default_rng(0)
@@ -234,6 +234,7 @@ def test_matryoshka_dims_must_fit_the_embedding():
         matryoshka_dims([32, 8], 16)
 
 
+@pytest.mark.paddle26
 @pytest.mark.parametrize("kind", ["last", "mean_dense"])
 @pytest.mark.parametrize("matryoshka", [[], [16]])
 def test_training_loss_uses_the_embeddings_encode_gives(st_folder, data, kind, matryoshka):
@@ -298,6 +299,7 @@ def test_bad_embedding_options(extra, message, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
+@pytest.mark.paddle26
 @pytest.mark.parametrize("lora", [False, True])
 def test_trained_folder_embeds_alike_in_sentence_transformers(st_folder, data, tmp_path, lora):
     """last: EOS-appending tokenizer, left padding, prompts "query" / "document" and max length 24 from the folder."""
@@ -331,6 +333,7 @@ def _changed_tensors(a: Path, b: Path) -> list[str]:
     return [k for k in x if not np.array_equal(x[k], y[k])]
 
 
+@pytest.mark.paddle26
 def test_plain_paddle_folder_mean_pooling_bidirectional(data, tmp_path):
     """A plain Qwen2 folder in the Paddle layout: --pooling mean, --bidirectional, prompts from the options; the
     result is a sentence-transformers folder with `is_causal: false` that reloads with the same embeddings."""
@@ -358,6 +361,7 @@ def test_plain_paddle_folder_mean_pooling_bidirectional(data, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.paddle26
 @pytest.mark.parametrize("lora", [False, True])
 def test_resume_after_kill_continues_the_same_loss_curve(st_folder, data, tmp_path, lora):
     """12 rows, batch 4: 3 steps an epoch, so the kill (at the first checkpoint, step 5) falls in the middle of the
