@@ -351,16 +351,22 @@ def table(result: dict) -> str:
             f"{r['tokens_per_s']:.0f} | **{r['vs_baseline']:.2f}x** | {r['wall_vs_baseline']:.2f}x |"
         )
     killed, resumed = resume["killed"], resume["resumed"]
+    whole = procs["runs"][resume["setting"]]
+    restart = resumed["seconds"] - resumed["embed_seconds"]
     lines += [
         "",
-        f"| kill and resume, {resume['texts']:,} texts, {resume['setting']} | seconds |",
-        "| --- | --- |",
-        f"| uninterrupted (T0, the run above) | {resume['uninterrupted_seconds']:.1f} |",
+        f"| kill and resume, {resume['texts']:,} texts, {resume['setting']} | seconds | embedding seconds | texts/s |",
+        "| --- | --- | --- | --- |",
+        f"| uninterrupted (T0, the run above) | {whole['seconds']:.1f} ({whole['load_average_at_start']:.1f}) | "
+        f"{whole['embed_seconds']:.1f} | {whole['texts_per_s']:.0f} |",
         f"| SIGKILL at {killed['progress_at_kill']:.0%} committed | {killed['seconds']:.1f} "
-        f"({killed['load_average_at_start']:.1f}) |",
-        f"| the same command again, to the end | {resumed['seconds']:.1f} ({resumed['load_average_at_start']:.1f}) |",
+        f"({killed['load_average_at_start']:.1f}) | - | - |",
+        f"| the same command again, to the end | {resumed['seconds']:.1f} ({resumed['load_average_at_start']:.1f}) | "
+        f"{resumed['embed_seconds']:.1f} | {resumed['texts_per_s']:.0f} |",
         "",
-        f"Time lost: **{resume['time_lost']:.1%}** of T0 (target <= {resume['target']:.0%}); the resumed folder "
+        f"Time lost: **{resume['time_lost']:.1%}** of T0 (target <= {resume['target']:.0%}), of which the rerun's "
+        f"start (model load, the shards counted) {restart:.1f} s = {restart / whole['seconds']:.1%}; the resumed "
+        "folder "
         + (
             "is byte-identical to the uninterrupted one (sha256 of every shard output and manifest.json)."
             if resume["identical"]

@@ -462,3 +462,21 @@ def test_embed_corpus_bench_quick_run(tmp_path):
     assert resume["killed"]["progress_at_kill"] >= bench.KILL_AT and resume["resumed"]["texts"] == sizes["texts"]
     assert resume["identical"] and resume["files"] == ["manifest.json", *(f"part-{i:05d}.parquet" for i in range(4))]
     assert "byte-identical" in bench.table(result)
+
+
+def test_embed_corpus_recorded_results_hold_their_ratios_and_render():
+    """benchmarks/results/embed_corpus.json (the docs table's source): a full run, its ratios recomputed from its
+    own runs, and every part in the table."""
+    bench = load_script("bench_embed_corpus")
+    result = json.loads((RESULTS / "embed_corpus.json").read_text())
+    assert not result["quick"] and {"date", "machine", "memory", "processes", "resume"} <= set(result)
+    memory = result["memory"]
+    small, large = (memory["runs"][str(bench.FULL[k])] for k in ("small", "large"))
+    assert memory["ratio"] == pytest.approx(large["peak_rss"] / small["peak_rss"])
+    runs, resume = result["processes"]["runs"], result["resume"]
+    assert set(runs) == set(bench.PROCESS_SETTINGS) and resume["setting"] == bench.BASELINE
+    t0 = runs[bench.BASELINE]["seconds"]
+    assert resume["time_lost"] == pytest.approx((resume["killed"]["seconds"] + resume["resumed"]["seconds"] - t0) / t0)
+    assert resume["resumed"]["texts"] == resume["texts"] == result["processes"]["texts"]
+    table = bench.table(result)
+    assert all(name in table for name in runs) and f"**{resume['time_lost']:.1%}**" in table
