@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-convert", action="store_true")
     parser.add_argument("--skip-load", action="store_true", help="leave out bench_load.py (~10 min)")
     parser.add_argument("--skip-embed", action="store_true", help="leave out bench_embed.py (~5 min)")
-    parser.add_argument("--skip-embed-corpus", action="store_true", help="leave out bench_embed_corpus.py (~10 min)")
+    parser.add_argument("--skip-embed-corpus", action="store_true", help="leave out bench_embed_corpus.py (~20 min)")
     parser.add_argument("--skip-inference", action="store_true", help="leave out bench_inference.py (~5 min)")
     parser.add_argument(
         "--skip-precision", action="store_true", help="leave out bench_precision.py (real size vs llama.cpp, ~15 min)"
