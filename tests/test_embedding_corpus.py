@@ -196,6 +196,8 @@ PLANS = [
     (["a.jsonl"], "vectors", None, (True, "parquet", ["vectors/a.parquet"])),
     (["a.jsonl", "sub"], "vectors", "jsonl", (True, "jsonl", ["vectors/a.jsonl", "vectors/c.jsonl"])),
     (["*.jsonl"], "vectors", "npy", (True, "npy", ["vectors/a.npy"])),
+    (["."], "sub", None, (True, "parquet", ["sub/a.parquet"])),  # sub/c.txt is inside the output folder
+    (["sub"], "sub", None, r"sub: no input shard outside the output folder sub"),
     (["a.jsonl"], "v.csv", None, r"v\.csv: unsupported output format '\.csv'"),
     (["a.jsonl"], "v.npy", "jsonl", r"v\.npy: the file name says npy, --output-format says jsonl"),
     (["a.jsonl", "sub"], "v.npy", None, r"v\.npy: with 2 input shard\(s\) .* --output is a folder"),

@@ -148,7 +148,8 @@ class Summary:
 
 def plan_corpus(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, fmt: str | None) -> CorpusPlan:
     """The shards of `inputs` and their outputs under `output` (see the module docstring for the two modes).
-    `fmt` is `--output-format` (npy | jsonl | parquet; folder mode's default: parquet). EmbedInputError for a bad
+    `fmt` is `--output-format` (npy | jsonl | parquet; folder mode's default: parquet). Shards inside the output
+    folder are not inputs (an output folder inside the input folder: its outputs). EmbedInputError for a bad
     input (from `find_shards`), an output that cannot be what the mode needs, or a format that contradicts it."""
     if fmt is not None and fmt not in OUTPUT_FORMATS:
         raise EmbedInputError(f"--output-format {fmt}: expected one of {', '.join(OUTPUT_FORMATS)}")
@@ -162,6 +163,9 @@ def plan_corpus(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
             f"{output}: with {len(shards)} input shard(s) from {', '.join(map(str, inputs))} --output is a folder "
             f"(one output per shard); give a folder name ({suffix} output files take exactly one input file)"
         )
+    shards = [s for s in shards if output.resolve() not in s.path.resolve().parents]  # its own outputs
+    if not shards:
+        raise EmbedInputError(f"{', '.join(map(str, inputs))}: no input shard outside the output folder {output}")
     fmt = fmt or "parquet"
     targets = [Target(s, output / f"{s.name}.{fmt}", output / STATE_DIR / "shards" / f"{s.name}.json") for s in shards]
     return CorpusPlan(targets, output, fmt, folder=True)
