@@ -438,32 +438,6 @@ def test_precision_onnx_step_bytes_read_a_gathered_table_one_row(bench_precision
 # ------------------------------------------------------------------------- corpus-scale embed (bench_embed_corpus)
 
 
-@pytest.mark.slow
-def test_embed_corpus_bench_quick_run(tmp_path):
-    """bench_embed_corpus.py --quick: every part runs the real command on tiny corpora; each run embedded its whole
-    corpus, the killed-and-resumed folder equals the uninterrupted one byte for byte, and the table renders."""
-    import subprocess
-
-    out = tmp_path / "embed_corpus.json"
-    cmd = [sys.executable, str(BENCH / "bench_embed_corpus.py"), "--quick", "--workdir", str(tmp_path / "w")]
-    done = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
-    assert {"date", "machine", "memory", "processes", "resume"} <= set(result) and result["quick"]
-    bench = load_script("bench_embed_corpus")
-    sizes = bench.QUICK
-    memory = result["memory"]
-    assert {int(n): r["texts"] for n, r in memory["runs"].items()} == {n: n for n in (sizes["small"], sizes["large"])}
-    assert all(r["peak_rss"] > 0 and r["dim"] == 128 for r in memory["runs"].values()) and memory["ratio"] > 0
-    runs = result["processes"]["runs"]
-    assert set(runs) == set(bench.PROCESS_SETTINGS)
-    assert all(r["texts"] == sizes["texts"] and 0 < r["embed_seconds"] < r["seconds"] for r in runs.values())
-    resume = result["resume"]
-    assert resume["killed"]["progress_at_kill"] >= bench.KILL_AT and resume["resumed"]["texts"] == sizes["texts"]
-    assert resume["identical"] and resume["files"] == ["manifest.json", *(f"part-{i:05d}.parquet" for i in range(4))]
-    assert "byte-identical" in bench.table(result)
-
-
 def test_embed_corpus_recorded_results_hold_their_ratios_and_render():
     """benchmarks/results/embed_corpus.json (the docs table's source): a full run, its ratios recomputed from its
     own runs, and every part in the table."""
