@@ -186,7 +186,7 @@ def test_a_bad_shard_is_named_and_finished_shards_stay(model_dir, tmp_path, caps
     assert embed(model_dir, [root], out) == 1
     err = capsys.readouterr().err
     assert re.search(message, err) and err.count("\n") == 1, err
-    assert digests(out) == before
+    assert digests(out) == {k: v for k, v in before.items() if k != "manifest.json"}  # the corpus is incomplete
 
 
 PLANS = [

@@ -453,6 +453,8 @@ def embed_corpus(
     if overwrite:
         work.discard()
     _claim(plan, spec, overwrite)
+    if plan.folder and rank.rank == 0 and not all(_finished(t) for t in plan.targets):
+        (plan.output / MANIFEST).unlink(missing_ok=True)  # no longer complete: shards were added or removed
     try:
         progress = work.run(show_progress_bar)
     except BaseException:
