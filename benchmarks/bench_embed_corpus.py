@@ -266,7 +266,19 @@ def measure_memory(workdir: Path, sizes: dict, shards: int) -> dict:
         shutil.rmtree(corpus)
         print(f"  {sizes[key]} texts: peak RSS {run['peak_rss'] / 2**20:.0f} MB, {run['seconds']:.1f} s", flush=True)
     small, large = (runs[str(sizes[k])]["peak_rss"] for k in ("small", "large"))
-    return {"threads": 2, "runs": runs, "ratio": large / small, "target": RSS_TARGET}
+    measured = time.strftime("%Y-%m-%d %H:%M")
+    return {"threads": 2, "runs": runs, "ratio": large / small, "target": RSS_TARGET, "measured": measured}
+
+
+def previous_memory(path: str) -> dict:
+    """The memory part of the results at `path` (`--reuse-memory`), with the date it was measured."""
+    try:
+        previous = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--reuse-memory: no results to reuse in {path} ({e})") from None
+    if previous.get("quick"):
+        raise SystemExit(f"--reuse-memory: {path} holds a --quick run")
+    return {"measured": previous["date"], **previous["memory"]}
 
 
 def measure_processes(workdir: Path, corpus: Path, sizes: dict) -> tuple[dict, Path]:
@@ -340,7 +352,8 @@ def table(result: dict) -> str:
         )
     lines += [
         "",
-        f"Peak RSS of the larger corpus: **{mem['ratio']:.2f}x** the smaller's (target <= {mem['target']:.1f}x).",
+        f"Peak RSS of the larger corpus: **{mem['ratio']:.2f}x** the smaller's (target <= {mem['target']:.1f}x; "
+        f"measured {mem.get('measured', '')}).",
         "",
         f"| {procs['texts']:,} texts | seconds | texts/s | tokens/s | texts/s vs {procs['baseline']} | wall |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -386,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", type=int, default=4, help="JSONL shards of every corpus (default 4)")
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "paddle_qwen2_bench_embed_corpus"))
     p.add_argument("--out", default=str(RESULTS), help="the results JSON file")
+    p.add_argument(
+        "--reuse-memory",
+        action="store_true",
+        help="keep the memory part of --out's results (the long 400k-text run; its date is kept) and measure the rest",
+    )
     args = p.parse_args(argv)
     sizes = dict(QUICK if args.quick else FULL)
     sizes.update({key: getattr(args, key) for key in sizes if getattr(args, key) is not None})
@@ -393,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     started, load = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
     print("memory ...", flush=True)
-    memory = measure_memory(workdir, sizes, args.shards)
+    memory = previous_memory(args.out) if args.reuse_memory else measure_memory(workdir, sizes, args.shards)
     corpus = workdir / "corpus"
     write_corpus(corpus, sizes["texts"], args.shards)
     print("processes ...", flush=True)
