@@ -21,10 +21,12 @@ from paddle_qwen2.runtime import configure_cpu_threads
 # process and the CLI processes it starts compute alike however pytest was started.
 configure_cpu_threads()
 
-# Checkpoints the inference engine exports on the fly go to a folder of this session (also in the CLI processes
-# the tests start), never into the user's cache.
-if "PADDLE_QWEN2_CACHE" not in os.environ:
-    os.environ["PADDLE_QWEN2_CACHE"] = tempfile.mkdtemp(prefix="paddle-qwen2-exports-")
+# Checkpoints the inference engine exports on the fly go to a folder of this process (also in the CLI processes
+# the tests start), never into the user's cache. A pytest-xdist worker inherits the folder the controller made and
+# makes its own, so no test sees another worker's exports appear in its cache.
+_OWN_CACHE = "PADDLE_QWEN2_TESTS_OWN_CACHE"
+if "PADDLE_QWEN2_CACHE" not in os.environ or os.environ["PADDLE_QWEN2_CACHE"] == os.environ.get(_OWN_CACHE):
+    os.environ["PADDLE_QWEN2_CACHE"] = os.environ[_OWN_CACHE] = tempfile.mkdtemp(prefix="paddle-qwen2-exports-")
     atexit.register(shutil.rmtree, os.environ["PADDLE_QWEN2_CACHE"], True)
 
 import numpy as np
@@ -145,6 +147,20 @@ def write_hf_checkpoint(path: Path, variant: str, head: str = "causal_lm", seed:
     redraw_weights(model, seed)
     model.save_pretrained(path)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs `-n 2 --dist loadfile --no-loadscope-reorder`) the test files holding
+    a `slow` test come first, then the others, within each group the files with more tests first, each file's tests
+    in their order: the scheduler hands out whole files in collection order, and a long file handed out last would
+    keep one worker busy while the other has nothing left to run."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    counts = {}
+    for item in items:
+        counts[item.path] = counts.get(item.path, 0) + 1
+    items.sort(key=lambda item: (item.path not in slow_files, -counts[item.path]))
 
 
 @pytest.fixture(autouse=True)
