@@ -8,6 +8,13 @@ VENV26 ?= .venv26
 OMP_NUM_THREADS ?= 2
 export OMP_NUM_THREADS
 
+# `make test` / `make test-paddle26` run pytest in TEST_WORKERS pytest-xdist processes, each given whole test files
+# (files holding `slow` tests first: tests/conftest.py) and TEST_THREADS CPU threads. One process on both cores:
+# `make test TEST_WORKERS=0 TEST_THREADS=2`.
+TEST_WORKERS ?= 2
+TEST_THREADS ?= 1
+PYTEST_XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 .PHONY: all venv venv26 lint format test test-fast test-paddle26 demo bench clean distclean docs
 
 all: test
@@ -45,7 +52,7 @@ format: $(VENV)/.installed
 
 test: lint
 	$(MAKE) docs
-	$(VENV)/bin/python -m pytest -q tests
+	OMP_NUM_THREADS=$(TEST_THREADS) $(VENV)/bin/python -m pytest -q $(PYTEST_XDIST) tests
 	$(MAKE) test-paddle26
 
 # The docs site (mkdocs.yml, docs/): a strict build fails on any warning (broken link, missing page, hook error).
@@ -53,7 +60,7 @@ docs: $(VENV)/.installed
 	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 test-paddle26: $(VENV26)/.installed
-	$(VENV26)/bin/python -m pytest -q -m paddle26 tests
+	OMP_NUM_THREADS=$(TEST_THREADS) $(VENV26)/bin/python -m pytest -q $(PYTEST_XDIST) -m paddle26 tests
 
 # The quick loop while editing: paddle 3.3.1 only, no lint, no `slow` tests (multi-process and long runs; `make
 # test` runs them).
