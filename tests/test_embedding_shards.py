@@ -250,7 +250,7 @@ GOOD_PARQUET = parquet_bytes(pa.table({"text": ["a", "b", "c", "d", "e"]}))
         ("s.jsonl", b'"a"\n"\xc3"\n', r"s\.jsonl:2: not valid UTF-8"),
         ("s.jsonl.gz", gzip.compress(b'"a"\n' * 2000, mtime=0)[:-30], r"s\.jsonl\.gz:\d+: not a readable gzip file"),
         ("s.jsonl.gz", b"this is not gzip\n", r"s\.jsonl\.gz:1: not a readable gzip file"),
-        ("s.jsonl.gz", gzip.compress(b'"a"\n{"t": 1}\n'), r's\.jsonl\.gz:2: no "text" field'),
+        ("s.jsonl.gz", gzip.compress(b'"a"\n{"t": 1}\n', mtime=0), r's\.jsonl\.gz:2: no "text" field'),
         ("s.parquet", b"PAR1 not parquet", r"s\.parquet: not a readable parquet file"),
         ("s.parquet", GOOD_PARQUET[: len(GOOD_PARQUET) // 2], r"s\.parquet: not a readable parquet file"),
         ("s.parquet", parquet_bytes(pa.table({"body": ["a"]})), r's\.parquet: no "text" column \(columns: body\)'),
