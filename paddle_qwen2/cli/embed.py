@@ -181,7 +181,12 @@ def _configure_threads(threads: int | None) -> None:
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     local = int(os.environ.get("PADDLE_LOCAL_SIZE", "1") or 1)
-    configure_cpu_threads(max(1, len(os.sched_getaffinity(0)) // max(local, 1)) if threads is None else threads)
+    configure_cpu_threads(_cores_each(local) if threads is None else threads)
+
+
+def _cores_each(processes: int) -> int:
+    """The usable cores of this machine shared by `processes` processes (at least 1 each)."""
+    return max(1, len(os.sched_getaffinity(0)) // max(processes, 1))
 
 
 def _load(args: argparse.Namespace):
@@ -254,7 +259,7 @@ def _launch(args: argparse.Namespace, plan) -> int:
     log_dir = plan.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(plan.state_dir / "progress", ignore_errors=True)  # the ranks about to start write theirs anew
-    threads = args.threads_per_process or max(1, len(os.sched_getaffinity(0)) // args.processes)
+    threads = args.threads_per_process or _cores_each(args.processes)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), **{_CHILD: str(args.processes)})
     cmd = [
         sys.executable,
@@ -323,4 +328,6 @@ def _rank_errors(log_dir: Path) -> list[str]:
 def _dimension(plan) -> int:
     import json
 
-    return json.loads((plan.output / "manifest.json").read_text(encoding="utf-8"))["dimension"]
+    from ..embedding.corpus import MANIFEST
+
+    return json.loads((plan.output / MANIFEST).read_text(encoding="utf-8"))["dimension"]

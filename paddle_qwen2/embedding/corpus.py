@@ -38,7 +38,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import EmbedInputError
-from .io import atomic_output
+from .io import atomic_output, check_output_path
 from .shard_writer import OUTPUT_FORMATS, ShardResult, ShardWriter
 from .shards import Shard, count_texts, find_shards, read_chunks
 
@@ -172,16 +172,10 @@ def plan_corpus(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, 
 
 
 def _file_plan(shard: Shard, output: Path, suffix: str, fmt: str | None) -> CorpusPlan:
-    if suffix.lstrip(".") not in OUTPUT_FORMATS:
-        expected = ", ".join(f".{f}" for f in OUTPUT_FORMATS)
-        raise EmbedInputError(f"{output}: unsupported output format {suffix!r} (expected {expected}, or a folder)")
+    check_output_path(output)  # a known format, in a writable folder
     suffix = suffix.lstrip(".")
     if fmt is not None and fmt != suffix:
         raise EmbedInputError(f"{output}: the file name says {suffix}, --output-format says {fmt}")
-    if not output.parent.is_dir():
-        raise EmbedInputError(f"{output}: no such directory {str(output.parent)!r}")
-    if not os.access(output.parent, os.W_OK | os.X_OK):
-        raise EmbedInputError(f"{output}: directory {str(output.parent)!r} is not writable")
     return CorpusPlan([Target(shard, output)], output, suffix, folder=False)
 
 
